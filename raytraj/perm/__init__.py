@@ -1,0 +1,39 @@
+"""Permutation symmetry: specs, permutations, spec inference and checking, and matching."""
+
+from .apply import (
+    Permutation,
+    apply_permutation,
+    compose_permutations,
+    identity_permutation,
+    invert_permutation,
+    perm_from_lists,
+    perm_to_lists,
+    random_permutation,
+)
+from .check import SpecCheckError, check_spec
+from .coloring import color_groups
+from .infer import SpecInferenceError, SpecInferenceWarning, infer_spec
+from .match import PairBank, match, solve_laps_serial
+from .spec import PermutationSpec, SpecError
+
+__all__ = [
+    "PairBank",
+    "Permutation",
+    "PermutationSpec",
+    "SpecCheckError",
+    "SpecError",
+    "SpecInferenceError",
+    "SpecInferenceWarning",
+    "apply_permutation",
+    "check_spec",
+    "color_groups",
+    "compose_permutations",
+    "identity_permutation",
+    "infer_spec",
+    "invert_permutation",
+    "match",
+    "perm_from_lists",
+    "perm_to_lists",
+    "random_permutation",
+    "solve_laps_serial",
+]

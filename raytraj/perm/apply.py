@@ -1,0 +1,63 @@
+"""Permutations as data: a dict group -> LongTensor of indices, and how they act on tensors.
+
+Semantics follow Git Re-Basin: along every axis of group g, ``new[..., i, ...] = old[..., perm[g][i], ...]``,
+so a permutation maps source units into target order.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .spec import PermutationSpec
+
+Permutation = dict  # dict[str, torch.LongTensor]
+
+
+def identity_permutation(spec: PermutationSpec) -> Permutation:
+    return {g: torch.arange(n) for g, n in spec.sizes.items()}
+
+
+def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None) -> Permutation:
+    """One uniformly random permutation per group, drawn from ``generator`` in group order."""
+    return {g: torch.randperm(n, generator=generator) for g, n in spec.sizes.items()}
+
+
+def apply_permutation(
+    spec: PermutationSpec, perm: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A new dict with every tensor permuted along its grouped axes.
+
+    ``state_dict`` may hold any subset of the spec's tensors (gradients have no buffers), but
+    every name must be in the spec with the spec's shape.
+    """
+    spec.check_tensors(state_dict, what="state_dict")
+    spec.check_perm(perm)
+    return {name: permute_tensor(t, spec.axes[name], perm) for name, t in state_dict.items()}
+
+
+def permute_tensor(t: torch.Tensor, axes, perm: Mapping[str, torch.Tensor], skip_axis: int | None = None):
+    """``t`` gathered along each grouped axis (except ``skip_axis``); unchecked, for hot loops."""
+    for axis, group in enumerate(axes):
+        if group is not None and axis != skip_axis:
+            t = t.index_select(axis, perm[group].to(t.device))
+    return t
+
+
+def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:
+    return {g: torch.argsort(p) for g, p in perm.items()}
+
+
+def compose_permutations(outer: Mapping[str, torch.Tensor], inner: Mapping[str, torch.Tensor]) -> Permutation:
+    """The permutation that applies ``inner`` first, then ``outer``."""
+    return {g: inner[g][outer[g]] for g in outer}
+
+
+def perm_to_lists(perm: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """JSON-friendly form, for metrics files and checkpoints."""
+    return {g: p.tolist() for g, p in perm.items()}
+
+
+def perm_from_lists(data: Mapping[str, list[int]]) -> Permutation:
+    return {g: torch.tensor(v, dtype=torch.long) for g, v in data.items()}
