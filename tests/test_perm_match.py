@@ -90,26 +90,43 @@ def test_planted_recovery_from_gradients(key):
         assert_same(apply_permutation(spec, perm, theta), theta2)
 
 
-def test_stacked_cost_equals_the_sum_of_per_pair_terms():
+def naive_cost(spec, pairs, perm, group):
+    n = spec.sizes[group]
+    expected = torch.zeros(n, n)
+    for t, s in pairs:
+        for name, axis in spec.groups[group]:
+            src = permute_tensor(s[name], spec.axes[name], perm, skip_axis=axis)
+            expected += torch.movedim(t[name], axis, 0).reshape(n, -1) @ torch.movedim(src, axis, 0).reshape(n, -1).T
+    return expected
+
+
+def test_cached_costs_equal_a_fresh_sum_of_per_pair_terms():
     _, _, spec = setup("resnet20")
     gen = torch.Generator().manual_seed(0)
-    pairs = [
-        ({k: torch.randn(s, generator=gen) for k, s in spec.shapes.items() if "num_batches" not in k},
-         {k: torch.randn(s, generator=gen) for k, s in spec.shapes.items() if "num_batches" not in k})
-        for _ in range(3)
-    ]
+
+    def pair():
+        return tuple({k: torch.randn(s, generator=gen) for k, s in spec.shapes.items() if "num_batches" not in k}
+                     for _ in range(2))
+
+    pairs = [pair() for _ in range(3)]
     bank = PairBank(spec)
     for t, s in pairs:
         bank.add(t, s)
     perm = random_permutation(spec, gen)
-    for g, members in spec.groups.items():
-        expected = torch.zeros(spec.sizes[g], spec.sizes[g])
-        for t, s in pairs:
-            for name, axis in members:
-                src = permute_tensor(s[name], spec.axes[name], perm, skip_axis=axis)
-                expected += torch.movedim(t[name], axis, 0).reshape(spec.sizes[g], -1) @ \
-                    torch.movedim(src, axis, 0).reshape(spec.sizes[g], -1).T
-        torch.testing.assert_close(bank.cost(g, perm), expected, rtol=1e-4, atol=1e-3)
+    for g in spec.sizes:
+        torch.testing.assert_close(bank.cost(g, perm), naive_cost(spec, pairs, perm, g), rtol=1e-4, atol=1e-3)
+    # a few units move (the incremental path), then a pair arrives (added to the caches)
+    for g in list(perm)[::2]:
+        perm[g] = perm[g].clone()
+        perm[g][[0, 1]] = perm[g][[1, 0]]
+    pairs.append(pair())
+    bank.add(*pairs[-1])
+    for g in spec.sizes:
+        torch.testing.assert_close(bank.cost(g, perm), naive_cost(spec, pairs, perm, g), rtol=1e-4, atol=1e-3)
+    # and most units move (a full recompute)
+    perm = random_permutation(spec, gen)
+    for g in spec.sizes:
+        torch.testing.assert_close(bank.cost(g, perm), naive_cost(spec, pairs, perm, g), rtol=1e-4, atol=1e-3)
 
 
 def test_pairs_may_hold_a_subset_and_objective_counts_every_pair():

@@ -52,6 +52,54 @@ class _Stack:
         return self.data[: self.n]
 
 
+class _DynamicTerm:
+    """One (tensor, axis) of a group whose contraction depends on other groups' permutations.
+
+    The contraction over all stored pairs is cached together with the permutations it was
+    taken at. When those change in a few units, only the changed slices are recomputed; a new
+    pair adds only its own contribution. Warm-started solves change few units per step, so
+    this keeps a solve's cost near one pair's worth instead of all pairs'.
+    """
+
+    def __init__(self, spec: PermutationSpec, name: str, axis: int):
+        self.name, self.axis = name, axis
+        self.stacked_axes = (None, *spec.axes[name])  # dim 0 stacks the pairs
+        self.others = [(i + 1, g) for i, g in enumerate(spec.axes[name]) if i != axis and g is not None]
+        self.value: torch.Tensor | None = None
+        self.at: dict[int, torch.Tensor] = {}
+
+    def _permuted_source(self, source: torch.Tensor, at: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        for dim, _ in self.others:
+            source = source.index_select(dim, at[dim])
+        return source
+
+    def add_pair(self, target: torch.Tensor, source: torch.Tensor) -> None:
+        if self.value is not None:
+            self.value += _contract(target, self._permuted_source(source, self.at), self.axis + 1)
+
+    def refresh(self, targets: torch.Tensor, sources: torch.Tensor, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        want = {dim: perm[g] for dim, g in self.others}
+        if self.value is None:
+            self.at = {dim: p.clone() for dim, p in want.items()}
+            self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
+            return self.value
+        for dim, p in want.items():
+            changed = (self.at[dim] != p).nonzero().flatten()
+            if len(changed) == 0:
+                continue
+            if 2 * len(changed) > len(p):  # most units moved: a full recompute is cheaper
+                self.at = {d: q.clone() for d, q in want.items()}
+                self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
+                return self.value
+            diff = sources.index_select(dim, p[changed]) - sources.index_select(dim, self.at[dim][changed])
+            for other, _ in self.others:
+                if other != dim:
+                    diff = diff.index_select(other, self.at[other])
+            self.value += _contract(targets.index_select(dim, changed), diff, self.axis + 1)
+            self.at[dim] = p.clone()
+        return self.value
+
+
 class PairBank:
     """(target, source) tensor pairs for one spec, ready for repeated solves.
 
@@ -66,14 +114,25 @@ class PairBank:
         self.targets: dict[str, _Stack] = {}
         self.sources: dict[str, _Stack] = {}
         self.num_pairs = 0
-        self._static: dict[str, torch.Tensor] = {}
-        # (tensor, axis) terms per group, split by whether other groups' permutations enter them.
+        # A tensor's only grouped axis contracts to the same matrix whatever the other groups'
+        # permutations (first layers, biases, BatchNorm): summed once per pair.
+        self._static: dict[tuple[str, int], torch.Tensor] = {}
         self._static_terms: dict[str, list[tuple[str, int]]] = {g: [] for g in spec.sizes}
-        self._dynamic_terms: dict[str, list[tuple[str, int]]] = {g: [] for g in spec.sizes}
+        self._dynamic: dict[str, list[_DynamicTerm]] = {g: [] for g in spec.sizes}
+        self._constant = 0.0  # <target, source> of tensors no permutation touches
         for g, members in spec.groups.items():
             for name, axis in members:
-                others = [a for i, a in enumerate(spec.axes[name]) if i != axis and a is not None]
-                (self._dynamic_terms if others else self._static_terms)[g].append((name, axis))
+                if any(a is not None for i, a in enumerate(spec.axes[name]) if i != axis):
+                    self._dynamic[g].append(_DynamicTerm(spec, name, axis))
+                else:
+                    self._static_terms[g].append((name, axis))
+        # One term per permuted tensor is enough to read off its share of the objective.
+        self._objective_terms: dict[str, tuple[str, object]] = {}
+        for g in spec.sizes:
+            for name, axis in self._static_terms[g]:
+                self._objective_terms.setdefault(name, (g, (name, axis)))
+            for term in self._dynamic[g]:
+                self._objective_terms.setdefault(term.name, (g, term))
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -110,35 +169,65 @@ class PairBank:
                 self.sources[name] = _Stack(s.shape, self.device, self.dtype)
             self.targets[name].append(t)
             self.sources[name].append(s)
-            for g in self.spec.axes[name]:
-                if g is None:
-                    continue
-                for term_name, axis in self._static_terms[g]:
-                    if term_name == name:
-                        term = _contract(t.unsqueeze(0), s.unsqueeze(0), axis + 1)
-                        self._static[g] = self._static[g] + term if g in self._static else term
+        for name in target:
+            if name not in self._objective_terms:
+                self._constant += float((self.targets[name].view()[-1] * self.sources[name].view()[-1]).sum())
+        for g in self.spec.sizes:
+            for name, axis in self._static_terms[g]:
+                if name in target:
+                    term = _contract(self.targets[name].view()[-1:], self.sources[name].view()[-1:], axis + 1)
+                    key = (name, axis)
+                    self._static[key] = self._static[key] + term if key in self._static else term
+            for term in self._dynamic[g]:
+                if term.name in target:
+                    term.add_pair(self.targets[term.name].view()[-1:], self.sources[term.name].view()[-1:])
         self.num_pairs += 1
 
     # -- solving ------------------------------------------------------------------------------
     def cost(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A_group under the current permutations of the other groups."""
         n = self.spec.sizes[group]
-        a = self._static.get(group)
-        a = a.clone() if a is not None else torch.zeros((n, n), device=self.device, dtype=self.dtype)
-        for name, axis in self._dynamic_terms[group]:
-            if name not in self.targets:
-                continue
-            src = permute_tensor(self.sources[name].view(), (None, *self.spec.axes[name]), perm, skip_axis=axis + 1)
-            a += _contract(self.targets[name].view(), src, axis + 1)
+        a = torch.zeros((n, n), device=self.device, dtype=self.dtype)
+        for key in self._static_terms[group]:
+            if key in self._static:
+                a += self._static[key]
+        for term in self._dynamic[group]:
+            if term.name in self.targets:
+                a += term.refresh(self.targets[term.name].view(), self.sources[term.name].view(), perm)
         return a
 
     def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
-        """sum over pairs of <target, perm(source)>."""
-        total = 0.0
-        for name, targets in self.targets.items():
-            src = permute_tensor(self.sources[name].view(), (None, *self.spec.axes[name]), perm)
-            total += float((targets.view() * src).sum())
+        """sum over pairs of <target, perm(source)>, read off the cached contractions."""
+        total = self._constant
+        for name, (group, term) in self._objective_terms.items():
+            if name not in self.targets:
+                continue
+            if isinstance(term, _DynamicTerm):
+                c = term.refresh(self.targets[name].view(), self.sources[name].view(), perm)
+            else:
+                c = self._static[term]
+            rows = torch.arange(c.shape[0], device=c.device)
+            total += float(c[rows, perm[group].to(c.device)].double().sum())
         return total
+
+    def cache_state(self) -> dict[str, torch.Tensor]:
+        """The cached contractions, so that a resumed run continues bit for bit."""
+        out = {}
+        for g, terms in self._dynamic.items():
+            for term in terms:
+                if term.value is not None:
+                    key = f"{term.name}:{term.axis}"
+                    out[f"value/{key}"] = term.value
+                    out.update({f"at/{key}/{dim}": p for dim, p in term.at.items()})
+        return out
+
+    def load_cache_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        for terms in self._dynamic.values():
+            for term in terms:
+                key = f"{term.name}:{term.axis}"
+                if f"value/{key}" in tensors:
+                    term.value = tensors[f"value/{key}"].to(self.device, self.dtype).clone()
+                    term.at = {dim: tensors[f"at/{key}/{dim}"].to(self.device) for dim, _ in term.others}
 
     def solve(
         self,
@@ -157,24 +246,34 @@ class PairBank:
         perm = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
         rng = np.random.default_rng(seed)
         classes = color_groups(self.spec)
+        neighbours = self.spec.conflicts()
+        # A group whose neighbours kept their permutations since its last solve has the same
+        # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
+        stale = set(self.spec.sizes)
         cost_s = lap_s = 0.0
-        sweeps, converged = 0, False
+        sweeps, converged, laps = 0, False, 0
         while sweeps < max_sweeps:
             sweeps += 1
             progress = False
             for cls in sweep_order(classes, rng):
+                todo = [g for g in cls if g in stale]
+                if not todo:
+                    continue
                 t0 = time.perf_counter()
-                costs = [self.cost(g, perm).double().cpu().numpy() for g in cls]
+                costs = [self.cost(g, perm).double().cpu().numpy() for g in todo]
                 t1 = time.perf_counter()
                 new = solve_laps(costs)
                 lap_s += time.perf_counter() - t1
                 cost_s += t1 - t0
-                for g, a, p_new in zip(cls, costs, new):
+                laps += len(todo)
+                for g, a, p_new in zip(todo, costs, new):
+                    stale.discard(g)
                     rows = np.arange(a.shape[0])
-                    old_value = a[rows, perm[g].cpu().numpy()].sum()
-                    new_value = a[rows, p_new].sum()
-                    if new_value > old_value + tol:
+                    old = perm[g].cpu().numpy()
+                    if a[rows, p_new].sum() > a[rows, old].sum() + tol:
                         progress = True
+                    if not np.array_equal(old, p_new):
+                        stale |= neighbours[g]
                     perm[g] = torch.as_tensor(np.asarray(p_new), dtype=torch.long, device=self.device)
             if not progress:
                 converged = True
@@ -183,6 +282,7 @@ class PairBank:
         info = {
             "objective": self.objective(perm),
             "sweeps": sweeps,
+            "laps": laps,
             "converged": converged,
             "cost_s": cost_s,
             "lap_s": lap_s,

@@ -1,0 +1,222 @@
+"""The ``raytraj`` command line: argument parsing only; the work lives in the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .perm import SpecError
+from .trajectory import TrajectoryError
+
+USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
+
+
+def _key_values(items: list[str] | None) -> dict:
+    """KEY=VALUE pairs; values are parsed as JSON when they can be (numbers, lists, true/false)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _recipe(args) -> dict:
+    return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                              "save_every": args.save_every, "weight_decay": args.weight_decay,
+                              "momentum": args.momentum, "warmup_epochs": args.warmup_epochs}.items()
+            if v is not None}
+
+
+def cmd_train(args):
+    from .train import train_from_args
+
+    r = train_from_args(args.model, args.data, args.out, seed=args.seed, init=args.init, new_head=args.new_head,
+                        model_args=_key_values(args.model_arg), progress=not args.quiet, **_recipe(args))
+    print(f"recorded {r.steps + 1} steps to {r.location}: val {r.val_acc[-1]:.2f}%, test {r.test_acc:.2f}%, "
+          f"{r.train_s:.1f}s of training ({r.total_s:.1f}s in all)")
+
+
+def _transfer_config(args):
+    from .transfer import TransferConfig
+
+    fields = {"method": args.method, "schedule": args.schedule, "steps": args.steps, "grad_batches": args.grad_batches,
+              "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
+              "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize}
+    if args.schedule == "actual" and args.steps is None:
+        fields["steps"] = None
+    return TransferConfig(**{k: v for k, v in fields.items() if v is not None or k == "steps"})
+
+
+def _backend_options(args) -> dict:
+    if args.backend != "ray":
+        given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker") if getattr(args, f) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
+        return {}
+    return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+                              "gpus_per_worker": args.gpus_per_worker}.items() if v is not None}
+
+
+def cmd_transfer(args):
+    from .quickstart import format_table
+    from .transfer import transfer
+
+    m = transfer(args.source, args.out, _transfer_config(args), target_seed=args.target_seed,
+                 target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
+                 backend=args.backend, backend_options=_backend_options(args), resume=args.resume,
+                 progress=not args.quiet)
+    print(format_table([m]))
+    print(f"wrote {args.out}/metrics.json")
+
+
+def cmd_finetune(args):
+    from .transfer.finetune import finetune
+
+    r = finetune(args.run, args.out, epochs=args.epochs, lr=args.lr, progress=not args.quiet)
+    print(f"fine-tuned {r.steps} epochs from {args.run}: val " + ", ".join(f"{v:.1f}" for v in r.val_acc)
+          + f"; test {r.test_acc:.2f}%")
+
+
+def cmd_eval(args):
+    from .evaluation import evaluate_path
+
+    r = evaluate_path(args.path, split=args.split, which=args.which)
+    print(f"{r['model']}: {r['split']} accuracy {r['accuracy']:.2f}%")
+
+
+def cmd_plot(args):
+    from .plot import plot_runs
+
+    print(plot_runs(args.runs, args.out, title=args.title))
+
+
+def cmd_quickstart(args):
+    from .quickstart import quickstart
+
+    quickstart(args.out, progress=not args.quiet)
+
+
+def cmd_spec(args):
+    from .data import load_data
+    from .models import build_model, config_for_data
+    from .perm import check_spec, infer_spec
+
+    data = load_data(args.data)
+    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d"]
+    for name in models:
+        try:
+            cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
+        except ConfigError as e:
+            print(f"{name}: skipped ({e})")
+            continue
+        model = build_model(cfg, 0)
+        spec = infer_spec(model, data.x["train"][:8])
+        check_spec(model, spec, data.x["train"][:8])
+        print(f"{name} on {data.config.describe()}: spec checked, {spec.summary()}" if args.verbose else
+              f"{name} on {data.config.describe()}: spec checked, {len(spec.sizes)} groups, "
+              f"{sum(spec.sizes.values())} permuted units")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q):
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train a model and record its trajectory")
+    t.add_argument("--model", required=True, choices=["mlp", "conv", "resnet20", "conv1d"])
+    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT")
+    t.add_argument("--epochs", type=int, required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="trajectory store: a folder, s3://... or gs://...")
+    t.add_argument("--init", help="start from STORE[:STEP] (fine-tuning a pre-trained model)")
+    t.add_argument("--new-head", action="store_true", help="re-initialise the classifier head (seeded)")
+    for flag, typ in (("--lr", float), ("--batch-size", int), ("--save-every", int), ("--weight-decay", float),
+                      ("--momentum", float), ("--warmup-epochs", float)):
+        t.add_argument(flag, type=typ)
+    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,256]")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("transfer", help="transfer a recorded trajectory to a new init")
+    x.add_argument("--source", required=True, help="the source trajectory store")
+    tgt = x.add_mutually_exclusive_group(required=True)
+    tgt.add_argument("--target-seed", type=int, help="a new random init with this seed")
+    tgt.add_argument("--target-init", help="a pre-trained target: STORE[:STEP]")
+    x.add_argument("--new-head", action="store_true", help="with --target-init: re-initialise its head")
+    x.add_argument("--method", required=True, choices=["fgmt", "gmt", "naive", "oracle"])
+    x.add_argument("--oracle-target", help="oracle: the target init actually trained with the source recipe")
+    x.add_argument("--steps", type=int, help="T (linear schedules)")
+    x.add_argument("--schedule", default="cosine", choices=["cosine", "uniform", "actual"])
+    x.add_argument("--grad-batches", type=int, default=1)
+    x.add_argument("--batch-size", type=int, default=128)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--eval-every", type=int, default=1, help="evaluate every k steps (0: only the last)")
+    x.add_argument("--bn-batches", type=int, default=10, help="batches for BatchNorm recalibration")
+    x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
+    x.add_argument("--normalize", action="store_true", help="normalise each matching term")
+    x.add_argument("--out", required=True)
+    x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
+    x.add_argument("--backend", default="local", choices=["local", "ray"])
+    x.add_argument("--address", help="Ray cluster: auto, or ray://HOST:PORT (default: start a local one)")
+    x.add_argument("--workers", type=int, help="Ray gradient workers")
+    x.add_argument("--cpus-per-worker", type=float)
+    x.add_argument("--gpus-per-worker", type=float)
+    common(x)
+    x.set_defaults(func=cmd_transfer)
+
+    f = sub.add_parser("finetune", help="train on from a transfer run's best model")
+    f.add_argument("--from", dest="run", required=True, help="a transfer run folder")
+    f.add_argument("--epochs", type=int, required=True)
+    f.add_argument("--lr", type=float, help="initial lr (default: the source recipe's)")
+    f.add_argument("--out", required=True)
+    common(f)
+    f.set_defaults(func=cmd_finetune)
+
+    e = sub.add_parser("eval", help="accuracy of a transfer run's model or of STORE[:STEP]")
+    e.add_argument("path")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--which", default="best", choices=["best", "final"])
+    e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plot", help="accuracy against transfer step for several runs")
+    pl.add_argument("runs", nargs="+", help="transfer run folders (and training stores)")
+    pl.add_argument("--out", required=True, help="PNG file")
+    pl.add_argument("--title")
+    pl.set_defaults(func=cmd_plot)
+
+    q = sub.add_parser("quickstart", help="train, transfer with Naive and FGMT, table and plot, on digits")
+    q.add_argument("--out", default="runs/quickstart")
+    common(q)
+    q.set_defaults(func=cmd_quickstart)
+
+    s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
+    s.add_argument("--data", default="digits")
+    s.add_argument("--model", choices=["mlp", "conv", "resnet20", "conv1d"])
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
+    s.add_argument("--verbose", action="store_true")
+    s.set_defaults(func=cmd_spec)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

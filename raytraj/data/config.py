@@ -1,0 +1,78 @@
+"""What data to use, as a typed config or a short string.
+
+Grammar: ``NAME[:ARG][CLASSES]``
+
+* ``digits``                  scikit-learn's bundled 8x8 handwritten digits
+* ``mnist1d`` / ``mnist1d:200000``   MNIST-1D generated locally, with a sample count
+* ``npz:PATH``                user arrays (x_train, y_train, and optionally x_test, y_test)
+* ``cifar10:ROOT``            a torchvision dataset already on disk under ROOT (never downloaded)
+* a class subset in brackets: ``digits[0-4]``, ``mnist1d[5-9]``, ``digits[0,3,5]``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..config import ConfigError
+
+BUILTIN = ("digits", "mnist1d", "npz")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    path: str | None = None  # npz file, or torchvision root
+    num_samples: int | None = None  # mnist1d only; None means 20000
+    classes: tuple[int, ...] | None = None  # a class subset, relabelled 0..k-1 in this order
+    val_fraction: float = 0.1  # of the training split
+    test_fraction: float = 0.2  # only for data without its own test split
+    split_seed: int = 777
+
+    def describe(self) -> str:
+        arg = f":{self.path}" if self.path else (f":{self.num_samples}" if self.num_samples else "")
+        cls = f"[{','.join(map(str, self.classes))}]" if self.classes else ""
+        return f"{self.source}{arg}{cls}"
+
+
+_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?::(?P<arg>[^\[\]]+))?(?:\[(?P<classes>[0-9,\- ]+)\])?$")
+
+
+def parse_data(text: str) -> DataConfig:
+    """``"mnist1d:20000[0-4]"`` -> DataConfig; malformed strings raise ConfigError with the grammar."""
+    m = _PATTERN.match(text.strip())
+    if not m:
+        raise ConfigError(f"cannot parse data {text!r}; expected NAME[:ARG][CLASSES], e.g. digits[0-4], "
+                          "mnist1d:20000, npz:/path/data.npz, cifar10:/data/root")
+    name, arg, classes = m["name"].lower(), m["arg"], m["classes"]
+    fields: dict = {"source": name}
+    if name == "mnist1d" and arg:
+        if not arg.isdigit() or int(arg) < 100:
+            raise ConfigError(f"mnist1d sample count must be an integer >= 100, got {arg!r}")
+        fields["num_samples"] = int(arg)
+    elif name == "digits" and arg:
+        raise ConfigError("digits takes no argument; use digits or digits[0-4]")
+    elif name not in ("digits", "mnist1d"):
+        if not arg:
+            raise ConfigError(f"data {name!r} needs a path: {name}:PATH")
+        fields["path"] = arg
+    if classes:
+        fields["classes"] = _parse_classes(classes)
+    return DataConfig(**fields)
+
+
+def _parse_classes(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                raise ConfigError(f"bad class range {part!r}; use LOW-HIGH, e.g. 0-4")
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.append(int(part))
+        else:
+            raise ConfigError(f"bad class {part!r}")
+    if len(set(out)) != len(out) or len(out) < 2:
+        raise ConfigError(f"a class subset needs at least two distinct classes, got {out}")
+    return tuple(out)

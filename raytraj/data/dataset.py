@@ -1,0 +1,111 @@
+"""In-memory train/val/test splits, fixed by a seed, and seeded mini-batch sampling.
+
+Transfer curves and best-step selection use ``val``; only the chosen step is scored on ``test``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from .config import DataConfig, parse_data
+from .sources import load_arrays
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    config: DataConfig
+    x: dict[str, torch.Tensor]  # split -> inputs (N, *input_shape), standardised with train statistics
+    y: dict[str, torch.Tensor]  # split -> labels 0..num_classes-1
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x["train"].shape[1:])
+
+    def size(self, split: str) -> int:
+        return len(self.y[split])
+
+    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[split][idx], self.y[split][idx]
+
+    def summary(self) -> str:
+        return (f"{self.config.describe()}: {self.num_classes} classes, input {self.input_shape}, "
+                + ", ".join(f"{s} {self.size(s)}" for s in SPLITS))
+
+
+def load_data(config: DataConfig | str) -> Dataset:
+    """The dataset ``config`` names, split and standardised; the same config gives the same splits."""
+    cfg = parse_data(config) if isinstance(config, str) else config
+    arrays = load_arrays(cfg)
+    rng = np.random.default_rng(cfg.split_seed)
+    x, y = arrays["x_train"], arrays["y_train"]
+    if "x_test" in arrays:
+        xs = {"test": arrays["x_test"]}
+        ys = {"test": arrays["y_test"]}
+    else:
+        order = rng.permutation(len(y))
+        n_test = int(round(cfg.test_fraction * len(y)))
+        xs, ys = {"test": x[order[:n_test]]}, {"test": y[order[:n_test]]}
+        x, y = x[order[n_test:]], y[order[n_test:]]
+    order = rng.permutation(len(y))
+    n_val = int(round(cfg.val_fraction * len(y)))
+    xs["val"], ys["val"] = x[order[:n_val]], y[order[:n_val]]
+    xs["train"], ys["train"] = x[order[n_val:]], y[order[n_val:]]
+
+    if cfg.classes is not None:
+        present = set(np.unique(ys["train"]).tolist())
+        absent = [c for c in cfg.classes if c not in present]
+        if absent:
+            raise ConfigError(f"classes {absent} do not occur in {cfg.source}; it has classes {sorted(present)}")
+        relabel = np.full(max(max(present), max(cfg.classes)) + 1, -1)
+        relabel[list(cfg.classes)] = np.arange(len(cfg.classes))
+        for s in SPLITS:
+            keep = np.isin(ys[s], cfg.classes)
+            xs[s], ys[s] = xs[s][keep], relabel[ys[s][keep]]
+        num_classes = len(cfg.classes)
+    else:
+        num_classes = int(max(ys[s].max() for s in SPLITS if len(ys[s]))) + 1
+
+    for s in SPLITS:
+        if len(ys[s]) == 0:
+            raise ConfigError(f"{cfg.describe()}: the {s} split is empty; use more samples or a larger fraction")
+    # One mean and std per input channel, from the training split only.
+    axes = (0,) + tuple(range(2, xs["train"].ndim))
+    mean = xs["train"].mean(axis=axes, keepdims=True)
+    std = xs["train"].std(axis=axes, keepdims=True) + 1e-6
+    return Dataset(
+        config=cfg,
+        x={s: torch.from_numpy(((xs[s] - mean) / std).astype(np.float32)) for s in SPLITS},
+        y={s: torch.from_numpy(ys[s].astype(np.int64)) for s in SPLITS},
+        num_classes=num_classes,
+    )
+
+
+def sample_batches(n: int, batch_size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` batches as from one shuffled pass over ``n`` samples (reshuffling if it runs out)."""
+    if n <= 0 or batch_size <= 0 or count < 0:
+        raise ConfigError(f"cannot sample {count} batches of {batch_size} from {n} samples")
+    size = min(batch_size, n)
+    order = rng.permutation(n)
+    while len(order) < size * count:
+        order = np.concatenate([order, rng.permutation(n)])
+    return [order[i * size:(i + 1) * size] for i in range(count)]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One training epoch's batches (the last, partial one dropped), fixed by (seed, epoch).
+
+    Deriving the order from the epoch, not from a running RNG, lets an interrupted run resume
+    on exactly the batches it would have seen.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    size = min(batch_size, n)
+    return [order[i:i + size] for i in range(0, n - size + 1, size)]

@@ -1,0 +1,101 @@
+"""Files on local disk or object storage, through pyarrow filesystems, written atomically.
+
+A location is a local path or a URI that ``pyarrow.fs.FileSystem.from_uri`` understands
+(``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``). Local writes go to a
+temporary file that is renamed into place, so a reader never sees half a file. Object stores
+publish an object only when its upload completes, which gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def join(location: str, *parts: str) -> str:
+    return posixpath.join(location, *parts) if is_uri(location) else os.path.join(location, *parts)
+
+
+def exists(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(location: str) -> None:
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def atomic_output(location: str):
+    """A writable pyarrow stream that appears at ``location`` only if the block completes."""
+    fs, path = resolve(location)
+    parent = posixpath.dirname(path) if is_uri(location) else os.path.dirname(path)
+    fs.create_dir(parent, recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            yield f
+        return
+    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        with pa.OSFile(tmp, "wb") as f:
+            yield f
+        with open(tmp, "rb+") as raw:
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(location: str, data: bytes) -> None:
+    with atomic_output(location) as f:
+        f.write(data)
+
+
+def atomic_write_json(location: str, obj) -> None:
+    atomic_write_bytes(location, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def read_json(location: str):
+    return json.loads(read_bytes(location))
+
+
+def listdir(location: str) -> list[str]:
+    """Base names directly under ``location`` (empty if it does not exist)."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    return sorted(posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def remove(location: str) -> None:
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -1,0 +1,192 @@
+"""Training with recording: SGD with momentum, cosine LR with warmup, a checkpoint per epoch
+(or every N iterations) into a trajectory store. An interrupted run resumes where it stopped.
+
+Step 0 of the store is the init. Batch order is a function of (seed, epoch), and the learning
+rate a function of the iteration, so resuming needs only the weights, the momentum buffers
+and the iteration count, which are saved atomically next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import fs
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import ConfigError, to_dict
+from ..data import Dataset, epoch_batches
+from ..evaluation import accuracy
+from ..models import HEAD, build_model, model_to_dict, reinit_head
+from ..runtime import default_device
+from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
+from .recipe import TrainConfig
+
+TRAIN_STATE = "train_state.safetensors"
+
+
+@dataclass
+class TrainResult:
+    location: str
+    steps: int
+    val_acc: list[float]  # per checkpoint, step 1..
+    test_acc: float
+    train_s: float  # optimiser steps only: forward, backward, update
+    total_s: float
+
+
+def lr_at(recipe: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
+    total = recipe.epochs * iters_per_epoch
+    warmup = int(recipe.warmup_epochs * iters_per_epoch)
+    if iteration < warmup:
+        return recipe.lr * (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
+
+
+def initial_state(model_cfg, seed: int, init: Mapping[str, torch.Tensor] | None, new_head: bool,
+                  head_seed: int | None = None) -> dict[str, torch.Tensor]:
+    """A fresh seeded init, or ``init`` (e.g. a pre-trained checkpoint) with an optional new head.
+
+    With ``new_head`` the head comes from ``head_seed`` (default 2*seed+1, as in the official code)
+    and may have another number of classes than ``init``'s.
+    """
+    model = build_model(model_cfg, seed)
+    if init is None:
+        return model.state_dict()
+    own = model.state_dict()
+    body = {k: v for k, v in init.items() if not (new_head and k.startswith(HEAD + "."))}
+    missing = [k for k in own if k not in body and not (new_head and k.startswith(HEAD + "."))]
+    extra = [k for k in body if k not in own]
+    bad = [k for k in body if k in own and tuple(body[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        hint = " (a different class count needs --new-head)" if any(k.startswith(HEAD + ".") for k in bad) else ""
+        raise ConfigError(
+            "the init checkpoint does not fit the model: "
+            + "; ".join(p for p in [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra
+                                    else "", f"wrong shapes {bad[:4]}{hint}" if bad else ""] if p)
+            + ". Was it trained with another --model or model options?"
+        )
+    if new_head:
+        reinit_head(model, 2 * seed + 1 if head_seed is None else head_seed)
+        body.update({k: v for k, v in model.state_dict().items() if k.startswith(HEAD + ".")})
+    return {k: body[k].clone() for k in own}
+
+
+def train(
+    model_cfg,
+    data: Dataset,
+    recipe: TrainConfig,
+    seed: int,
+    out: str,
+    *,
+    init: Mapping[str, torch.Tensor] | None = None,
+    init_info: dict | None = None,
+    new_head: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    device = torch.device(device or default_device())
+    model = build_model(model_cfg, seed).to(device)
+    param_names = [n for n, _ in model.named_parameters()]
+    meta = {
+        "model": model_to_dict(model_cfg), "data": to_dict(data.config), "recipe": to_dict(recipe), "seed": seed,
+        "init": init_info, "new_head": new_head,
+    }
+    state_path = fs.join(out, TRAIN_STATE)
+    start_state = initial_state(model_cfg, seed, init, new_head)
+    writer, state, resume = _open_writer(out, meta, start_state, param_names, state_path)
+    model.load_state_dict(state)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    iteration, train_s, val_accs = 0, 0.0, []
+    if resume is not None:
+        iteration, train_s, val_accs = resume["iteration"], resume["train_s"], resume["val_acc"]
+        for p, name in zip(model.parameters(), param_names):
+            if f"momentum.{name}" in resume["tensors"]:
+                opt.state[p]["momentum_buffer"] = resume["tensors"][f"momentum.{name}"].to(device)
+
+    n = data.size("train")
+    iters_per_epoch = len(epoch_batches(n, recipe.batch_size, seed, 0))
+    total = recipe.epochs * iters_per_epoch
+    x_train, y_train = data.x["train"].to(device), data.y["train"].to(device)
+    elapsed0 = (resume or {}).get("elapsed_s", 0.0)
+    t_start = time.perf_counter()
+    bar = tqdm(total=total, initial=iteration, desc=f"train {out}", disable=None if progress else True, leave=False)
+
+    def checkpoint():
+        model.eval()
+        val = accuracy(model, model.state_dict(), data, "val", device=device)
+        val_accs.append(val)
+        step = len(writer.steps)
+        writer.write(step, model.state_dict(), {"epoch": iteration / iters_per_epoch, "iteration": iteration,
+                                                "val_acc": val})
+        momentum = {f"momentum.{name}": opt.state[p]["momentum_buffer"]
+                    for p, name in zip(model.parameters(), param_names) if "momentum_buffer" in opt.state[p]}
+        save_checkpoint(state_path, momentum, {
+            "step": step, "iteration": iteration, "train_s": train_s, "val_acc": val_accs,
+            "elapsed_s": elapsed0 + time.perf_counter() - t_start})
+        bar.set_postfix(val_acc=f"{val:.1f}")
+        model.train()
+
+    model.train()
+    while iteration < total:
+        epoch, offset = divmod(iteration, iters_per_epoch)
+        for idx in epoch_batches(n, recipe.batch_size, seed, epoch)[offset:]:
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(recipe, iteration, iters_per_epoch)
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            train_s += time.perf_counter() - t0
+            iteration += 1
+            bar.update(1)
+            if recipe.save_every:
+                due = iteration % recipe.save_every == 0 or iteration == total
+            else:
+                due = iteration % iters_per_epoch == 0
+            if due:
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"training loss became {loss.item()} by iteration {iteration}; "
+                                             "lower --lr")
+                checkpoint()
+    bar.close()
+    model.eval()
+    test = accuracy(model, model.state_dict(), data, "test", device=device)
+    total_s = elapsed0 + time.perf_counter() - t_start
+    writer.finish(test_acc=test, train_s=train_s, total_s=total_s, val_acc=val_accs)
+    return TrainResult(out, len(writer.steps) - 1, val_accs, test, train_s, total_s)
+
+
+def _open_writer(out, meta, start_state, param_names, state_path):
+    """A writer for a new store, or for an unfinished one with the same settings (resume)."""
+    try:
+        store = TrajectoryStore(out)
+    except TrajectoryError:
+        if fs.exists(fs.join(out, "trajectory.json")):
+            raise
+        writer = TrajectoryWriter.create(out, meta, start_state, param_names)
+        writer.write(0, start_state, {"epoch": 0.0, "iteration": 0})
+        return writer, start_state, None
+    if store.complete:
+        raise TrajectoryError(f"{out} already holds a finished trajectory; choose another --out or delete it")
+    recorded, meta = store.meta, json.loads(json.dumps(meta))  # as JSON: tuples read back as lists
+    if recorded != meta:
+        diff = sorted(k for k in meta if recorded.get(k) != meta[k])
+        raise ConfigError(f"{out} holds an unfinished run with other settings ({', '.join(diff)}); resume it with "
+                          "the same arguments, or choose another --out")
+    writer = TrajectoryWriter.resume(out)
+    if not fs.exists(state_path):  # interrupted before the first checkpoint: start over from the init
+        writer.truncate(1)
+        return writer, store.read(0), None
+    tensors, info = load_checkpoint(state_path)
+    writer.truncate(info["step"] + 1)  # a step written after the last saved optimiser state is redone
+    return writer, store.read(info["step"]), {**info, "tensors": tensors}

@@ -1,0 +1,128 @@
+"""The transfer algorithms: GMT, FGMT, Naive and Oracle (paper-notes sections 3 and 7).
+
+For s = 1..T:
+  GMT:    recompute the gradient pairs of points t = 0..s-1 under pi_{s-1}, fresh batches
+  FGMT:   add the one new pair of point s-1 under pi_{s-1} to the cached pairs
+  then    pi_s = argmax sum over pairs <target grad, pi(source grad)>   (coordinate descent)
+  Naive:  pi_s = identity;   Oracle: pi_s = the weight-matching of the trained target, fixed
+  and     theta2^s = theta2^0 + pi_s(theta1^s - theta1^0), evaluated on val when asked.
+
+This module is pure: it never imports Ray. The backend decides where work runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..perm import PairBank, Permutation, PermutationSpec, identity_permutation
+from .backend import Backend, GradRequest
+from .config import TransferConfig
+
+
+@dataclass
+class TransferState:
+    """Everything needed to continue a transfer after step ``step``."""
+
+    step: int
+    perms: list[Permutation]  # perms[s] = pi_s; perms[0] = identity
+    val_acc: dict[int, float] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=lambda: {"grad_s": 0.0, "solve_s": 0.0, "eval_s": 0.0})
+    solves: list[dict] = field(default_factory=list)
+    grad_batches: int = 0  # mini-batch gradients computed so far, both models counted
+
+
+class Checkpointer(Protocol):
+    def load(self) -> tuple[TransferState, list[tuple[dict, dict]]] | None: ...
+
+    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]]) -> None: ...
+
+
+def solve_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, 2, step]).generate_state(1)[0])
+
+
+def run_transfer(
+    cfg: TransferConfig,
+    backend: Backend,
+    spec: PermutationSpec,
+    num_steps: int,
+    *,
+    oracle_perm: Permutation | None = None,
+    checkpointer: Checkpointer | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TransferState:
+    """Run (or continue) a transfer; returns the final state with every step's permutation."""
+    if cfg.method == "oracle" and oracle_perm is None:
+        raise ValueError("the oracle method needs the permutation matched on the trained target")
+    loaded = checkpointer.load() if checkpointer else None
+    state, cached = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [])
+    bank = PairBank(spec, normalize=cfg.normalize)
+    for target, source in cached:  # FGMT's pairs from before a restart
+        bank.add(target, source)
+
+    pending: dict[int, object] = {}
+
+    def collect(before: int):
+        for s in sorted(k for k in pending if k < before):
+            t0 = time.perf_counter()
+            acc = pending.pop(s).result()
+            state.timing["eval_s"] += time.perf_counter() - t0
+            state.val_acc[s] = acc
+            if on_eval:
+                on_eval(s, acc)
+
+    def submit_eval(s: int):
+        t0 = time.perf_counter()
+        pending[s] = backend.evaluate(state.perms[s], s, "val", s)
+        state.timing["eval_s"] += time.perf_counter() - t0
+
+    # Evaluations lost with a restart are redone first.
+    for s in range(1, state.step + 1):
+        if cfg.evaluates(s, num_steps) and s not in state.val_acc:
+            submit_eval(s)
+
+    bar = tqdm(total=num_steps, initial=state.step, desc=f"transfer {cfg.method}", disable=None if progress else True, leave=False)
+    for s in range(state.step + 1, num_steps + 1):
+        prev = state.perms[s - 1]
+        new_pairs: list[tuple[dict, dict]] = []
+        if cfg.method in ("gmt", "fgmt"):
+            points = range(s) if cfg.method == "gmt" else [s - 1]
+            t0 = time.perf_counter()
+            new_pairs = backend.gradient_pairs(prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches)
+            state.timing["grad_s"] += time.perf_counter() - t0
+            state.grad_batches += 2 * len(new_pairs) * cfg.grad_batches  # both models
+            if cfg.method == "gmt":
+                bank = PairBank(spec, normalize=cfg.normalize)
+            for target, source in new_pairs:
+                bank.add(target, source)
+            t0 = time.perf_counter()
+            perm, info = bank.solve(init=prev if cfg.warm_start else None, max_sweeps=cfg.max_sweeps, tol=cfg.tol,
+                                    seed=solve_seed(cfg.seed, s), solve_laps=backend.solve_laps)
+            state.timing["solve_s"] += time.perf_counter() - t0
+            state.solves.append({k: info[k] for k in ("sweeps", "objective", "cost_s", "lap_s", "pairs")})
+        elif cfg.method == "naive":
+            perm = identity_permutation(spec)
+        else:
+            perm = oracle_perm
+        state.perms.append(perm)
+        if cfg.evaluates(s, num_steps):
+            submit_eval(s)
+        collect(before=s)  # the previous step's evaluation overlapped this step's work
+        state.step = s
+        if checkpointer:
+            checkpointer.save(state, new_pairs if cfg.method == "fgmt" else [])
+        last = max(state.val_acc) if state.val_acc else None
+        bar.update(1)
+        if last is not None:
+            bar.set_postfix(val_acc=f"{state.val_acc[last]:.1f}")
+    bar.close()
+    collect(before=num_steps + 1)
+    if checkpointer:
+        checkpointer.save(state, [])
+    return state

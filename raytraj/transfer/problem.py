@@ -1,0 +1,127 @@
+"""Everything a transfer needs, read and checked before any work starts.
+
+From the source store: the model config, the data, and the trajectory to follow. From the
+arguments: the target init (a seed, or a pre-trained checkpoint with an optional new head)
+and, for Oracle, the trained target to weight-match. The permutation spec is inferred from
+the model and proved on it with ``check_spec`` before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, from_dict
+from ..data import DataConfig, Dataset, load_data
+from ..models import build_model, model_from_dict
+from ..perm import Permutation, PermutationSpec, check_spec, infer_spec, match
+from ..train import initial_state
+from ..trajectory import Trajectory, TrajectoryError, TrajectoryStore, open_trajectory, read_state
+from .config import TransferConfig
+
+
+@dataclass
+class Problem:
+    source: str
+    source_meta: dict
+    model_cfg: Any
+    data_cfg: DataConfig
+    data: Dataset
+    spec: PermutationSpec
+    trajectory: Trajectory
+    target_init: dict[str, torch.Tensor]
+    target: dict  # how the target init was made, for the record
+    oracle_perm: Permutation | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.trajectory.num_steps
+
+    @property
+    def param_names(self) -> list[str]:
+        return self.trajectory.param_names
+
+
+def open_source(source: str) -> TrajectoryStore:
+    store = TrajectoryStore(source)
+    if not store.complete:
+        raise TrajectoryError(f"source {source} is an unfinished training run; resume it first "
+                              "(`raytraj train` with the same arguments)")
+    if store.num_steps < 2:
+        raise TrajectoryError(f"source {source} holds no trained step")
+    return store
+
+
+def infer_checked_spec(model_cfg, data: Dataset) -> PermutationSpec:
+    model = build_model(model_cfg, 0)
+    example = data.x["train"][:8]
+    spec = infer_spec(model, example)
+    check_spec(model, spec, example)
+    return spec
+
+
+def _same_architecture(source: str, other: str, source_meta: dict, other_meta: dict, role: str) -> None:
+    """Same zoo model; sizes are checked tensor by tensor where the states meet."""
+    a, b = source_meta["model"]["name"], other_meta["model"]["name"]
+    if a != b:
+        raise ConfigError(f"{role} {other} is a {b!r} model but the source {source} is a {a!r} model; a trajectory "
+                          "only transfers between models of one architecture")
+
+
+def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None, target_init: str | None = None,
+            new_head: bool = False, oracle_target: str | None = None) -> Problem:
+    if (target_seed is None) == (target_init is None):
+        raise ConfigError("give exactly one of --target-seed (a random init) or --target-init STORE[:STEP]")
+    if new_head and target_init is None:
+        raise ConfigError("--new-head goes with --target-init (a pre-trained target)")
+    store = open_source(source)
+    meta = store.meta
+    model_cfg = model_from_dict(meta["model"])
+    data_cfg = from_dict(DataConfig, meta["data"], what="data config in the source store")
+    data = load_data(data_cfg)
+    trajectory = open_trajectory(source, cfg.schedule, None if cfg.schedule == "actual" else cfg.steps)
+    spec = infer_checked_spec(model_cfg, data)
+
+    if target_seed is not None:
+        init = initial_state(model_cfg, target_seed, None, False)
+        target = {"seed": target_seed}
+    else:
+        state, target_store, step = read_state(target_init)
+        _same_architecture(source, target_init, meta, target_store.meta, "target init")
+        try:
+            init = initial_state(model_cfg, cfg.seed, state, new_head)
+        except ConfigError as e:
+            raise ConfigError(f"target init {target_init}: {e}") from e
+        target = {"init": target_store.location, "step": step, "new_head": new_head}
+    spec.check_tensors(init, complete=True, what="target init")
+
+    oracle_perm = None
+    if cfg.method == "oracle":
+        if not oracle_target:
+            raise ConfigError("method oracle needs --oracle-target DIR: the target init actually trained with "
+                              "the source's recipe")
+        oracle_perm = oracle_permutation(source, store, oracle_target, init, spec, cfg.seed)
+        target["oracle_target"] = oracle_target
+    elif oracle_target:
+        raise ConfigError("--oracle-target is only used by --method oracle")
+    return Problem(source, meta, model_cfg, data_cfg, data, spec, trajectory, init, target, oracle_perm)
+
+
+def oracle_permutation(source: str, store: TrajectoryStore, oracle_target: str, target_init, spec, seed: int):
+    """Weight-match the trained target's total displacement to the source's (paper-notes section 7)."""
+    oracle = open_source(oracle_target)
+    _same_architecture(source, oracle_target, store.meta, oracle.meta, "oracle target")
+    params = store.param_names
+    start = oracle.read(0, params)
+    for name in params:
+        if start[name].shape != target_init[name].shape or not torch.allclose(start[name], target_init[name]):
+            raise ConfigError(f"oracle target {oracle_target} does not start at the target init ({name} differs); "
+                              "train it from the same --seed / --init as the transfer's target")
+    end = oracle.read(oracle.last_step, params)
+    src0, src1 = store.read(0, params), store.read(store.last_step, params)
+    target = {k: end[k] - start[k] for k in params}
+    source_disp = {k: src1[k] - src0[k] for k in params}
+    perm, _ = match(spec, [(target, source_disp)], seed=seed)
+    return perm

@@ -1,0 +1,141 @@
+"""A transfer run, end to end: prepare, pick a backend, run the engine, write the run folder.
+
+    OUT/config.json         the transfer config and where source and target came from
+    OUT/metrics.json        per-step val accuracy, best step, test accuracy, timing
+    OUT/best.safetensors    the best-on-val transferred model (BatchNorm buffers included)
+    OUT/final.safetensors   the model at step T
+    OUT/perm.json           the best and final permutations
+    OUT/state/              resumable progress (see checkpointing.py)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .. import fs
+from ..checkpoint import save_checkpoint
+from ..config import ConfigError, from_dict, to_dict
+from ..perm import perm_to_lists
+from .backend import Backend, LocalBackend
+from .checkpointing import RunCheckpointer
+from .config import TransferConfig
+from .engine import run_transfer
+from .problem import Problem, prepare
+from .worker import TransferWorker
+
+CONFIG, METRICS = "config.json", "metrics.json"
+
+
+def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> TransferWorker:
+    return TransferWorker(problem.model_cfg, problem.data, problem.spec, problem.trajectory, problem.target_init,
+                          seed=cfg.seed, batch_size=cfg.batch_size, bn_batches=cfg.bn_batches,
+                          eval_batch_size=cfg.eval_batch_size, device=device)
+
+
+def make_backend(problem: Problem, cfg: TransferConfig, backend: str, options: dict | None = None) -> Backend:
+    options = dict(options or {})
+    if backend == "local":
+        if options:
+            raise ConfigError(f"options {sorted(options)} only apply to --backend ray")
+        return LocalBackend(local_worker(problem, cfg))
+    if backend == "ray":
+        from ..distributed import RayBackend  # Ray is imported only when asked for
+
+        return RayBackend(problem, cfg, **options)
+    raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
+
+
+def transfer(
+    source: str,
+    out: str,
+    cfg: TransferConfig,
+    *,
+    target_seed: int | None = None,
+    target_init: str | None = None,
+    new_head: bool = False,
+    oracle_target: str | None = None,
+    backend: str = "local",
+    backend_options: dict | None = None,
+    resume: bool = False,
+    on_eval: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict."""
+    t_start = time.perf_counter()
+    record = {
+        "transfer": to_dict(cfg), "source": source, "target_seed": target_seed, "target_init": target_init,
+        "new_head": new_head, "oracle_target": oracle_target,
+    }
+    checkpointer = RunCheckpointer(fs.join(out, "state"))
+    _claim_output(out, record, checkpointer, resume)
+    problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
+                      oracle_target=oracle_target)
+    setup_s = time.perf_counter() - t_start
+    runner = make_backend(problem, cfg, backend, backend_options)
+    try:
+        state = run_transfer(cfg, runner, problem.spec, problem.num_steps, oracle_perm=problem.oracle_perm,
+                             checkpointer=checkpointer, on_eval=on_eval, progress=progress)
+        evaluated = sorted(state.val_acc)
+        best = max(evaluated, key=lambda s: (state.val_acc[s], -s))  # first step reaching the maximum
+        last = problem.num_steps
+        t0 = time.perf_counter()
+        test_best = runner.evaluate(state.perms[best], best, "test", best).result()
+        test_final = runner.evaluate(state.perms[last], last, "test", last).result()
+        state.timing["eval_s"] += time.perf_counter() - t0
+        models = {"best": (best, runner.materialize(state.perms[best], best, best)),
+                  "final": (last, runner.materialize(state.perms[last], last, last))}
+    finally:
+        runner.close()
+    for name, (step, model_state) in models.items():
+        save_checkpoint(fs.join(out, f"{name}.safetensors"), model_state,
+                        {"step": step, "method": cfg.method, "source": source})
+    fs.atomic_write_json(fs.join(out, "perm.json"), {
+        "best_step": best, "best": perm_to_lists(state.perms[best]), "final": perm_to_lists(state.perms[last]),
+        "group_sizes": problem.spec.sizes,
+    })
+    sweeps = [s["sweeps"] for s in state.solves]
+    metrics = {
+        "method": cfg.method,
+        "steps": problem.num_steps,
+        "schedule": cfg.schedule,
+        "val_acc": [state.val_acc.get(s) for s in range(1, last + 1)],
+        "best_step": best,
+        "best_val_acc": state.val_acc[best],
+        "final_val_acc": state.val_acc[last],
+        "test_acc": test_best,
+        "final_test_acc": test_final,
+        "grad_batches": state.grad_batches,
+        "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start},
+        "solver": {"sweeps": sum(sweeps), "mean_sweeps": sum(sweeps) / len(sweeps) if sweeps else 0.0,
+                   "lap_s": sum(s["lap_s"] for s in state.solves), "cost_s": sum(s["cost_s"] for s in state.solves)},
+        "source": source,
+        "target": problem.target,
+        "data": problem.data_cfg.describe(),
+        "backend": backend,
+    }
+    fs.atomic_write_json(fs.join(out, METRICS), metrics)
+    return metrics
+
+
+def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool) -> None:
+    """Refuse to mix runs in one folder; allow --resume only with the same settings."""
+    config_path = fs.join(out, CONFIG)
+    if fs.exists(fs.join(out, METRICS)):
+        raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")
+    if fs.exists(config_path):
+        recorded = fs.read_json(config_path)
+        if not resume:
+            raise ConfigError(f"{out} holds an unfinished transfer; pass --resume to continue it, or choose another "
+                              "--out")
+        if recorded != record:
+            diff = sorted(k for k in record if recorded.get(k) != record[k])
+            raise ConfigError(f"{out} holds a transfer with other settings ({', '.join(diff)}); resume with the same "
+                              "arguments")
+        return
+    fs.atomic_write_json(config_path, record)
+
+
+def load_run_config(out: str) -> tuple[dict, TransferConfig]:
+    record = fs.read_json(fs.join(out, CONFIG))
+    return record, from_dict(TransferConfig, record["transfer"])

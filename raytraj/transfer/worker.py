@@ -1,0 +1,117 @@
+"""The computations a transfer needs, on whatever process holds the model and the data.
+
+``TransferWorker`` is plain torch: the local backend runs one in-process, and the Ray backend
+runs one inside each actor. Both therefore compute the same numbers. A worker is handed the
+current permutation and a trajectory index; it builds the transferred point
+
+    theta2^t = theta2^0 + pi(theta1^t - theta1^0)
+
+itself, so only the permutation (a few integers per unit) crosses the wire per step.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..data import Dataset, sample_batches
+from ..evaluation import accuracy, has_batchnorm, recalibrate_bn
+from ..models import build_model
+from ..perm import PermutationSpec
+from ..perm.apply import permute_tensor
+from ..runtime import default_device
+from ..trajectory import Trajectory
+
+
+def grad_batches_for(seed: int, step: int, t: int, n_train: int, batch_size: int, count: int) -> list[np.ndarray]:
+    """The mini-batches of the gradient pair for trajectory point t at transfer step ``step``.
+
+    A pure function of its arguments: any worker, in any run, resumed or not, draws the same.
+    """
+    return sample_batches(n_train, batch_size, count, np.random.default_rng([seed, 0, step, t]))
+
+
+def bn_batches_for(seed: int, step: int, n_train: int, batch_size: int, count: int) -> list[np.ndarray]:
+    return sample_batches(n_train, batch_size, count, np.random.default_rng([seed, 1, step]))
+
+
+class TransferWorker:
+    def __init__(self, model_cfg, data: Dataset, spec: PermutationSpec, trajectory: Trajectory,
+                 target_init: Mapping[str, torch.Tensor], *, seed: int, batch_size: int, bn_batches: int,
+                 eval_batch_size: int = 512, device: torch.device | str | None = None):
+        self.device = torch.device(device or default_device())
+        self.model = build_model(model_cfg, 0).to(self.device)
+        self.data = data
+        self.spec = spec
+        self.trajectory = trajectory
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+        self.target_init = {k: v.to(self.device) for k, v in target_init.items()}
+        self.seed = seed
+        self.batch_size = batch_size
+        self.bn_batches = bn_batches if has_batchnorm(self.model) else 0
+        self.eval_batch_size = eval_batch_size
+        self._x = data.x["train"].to(self.device)
+        self._y = data.y["train"].to(self.device)
+
+    # -- states --------------------------------------------------------------------------------
+    def source_point(self, t: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self.trajectory.point(t).items()}
+
+    def target_point(self, perm: Mapping[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
+        """theta2^0 + pi(theta1^t - theta1^0) for parameters; pi(theta1^t) for buffers."""
+        start, point = self.source_point(0), self.source_point(t)
+        out = {}
+        for name, value in point.items():
+            axes = self.spec.axes[name]
+            if name in self.param_names:
+                out[name] = self.target_init[name] + permute_tensor(value - start[name], axes, perm)
+            else:
+                out[name] = permute_tensor(value, axes, perm)
+        return out
+
+    def materialize(self, perm, t: int, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The transferred state at point t, BatchNorm stats recalibrated (seeded by ``step``)."""
+        state = self.target_point(perm, t)
+        if self.bn_batches:
+            batches = bn_batches_for(self.seed, t if step is None else step, self.data.size("train"),
+                                     self.batch_size, self.bn_batches)
+            state = recalibrate_bn(self.model, state, self.data, batches, self.device)
+        return state
+
+    # -- work items ----------------------------------------------------------------------------
+    def gradient_sums(self, perm, step: int, t: int, batch_ids: Sequence[int], count: int):
+        """Sums over the selected batches (of ``count``) of both models' per-batch mean gradients.
+
+        Sums are float64 so that adding partial sums from several workers gives, to float32
+        precision, what one worker summing all batches gives.
+        """
+        batches = grad_batches_for(self.seed, step, t, self.data.size("train"), self.batch_size, count)
+        target_state = self.target_point(perm, t)
+        source_state = self.source_point(t)
+        sums = []
+        for state in (target_state, source_state):
+            acc = {n: torch.zeros_like(state[n], dtype=torch.float64) for n in self.param_names}
+            for i in batch_ids:
+                for n, g in self._gradient(state, batches[i]).items():
+                    acc[n] += g
+            sums.append(acc)
+        return sums[0], sums[1]
+
+    def _gradient(self, state, idx) -> dict[str, torch.Tensor]:
+        # Train mode, as in training: BatchNorm normalises with the batch's own statistics.
+        self.model.train()
+        params = {n: state[n].detach().requires_grad_(True) for n in self.param_names}
+        buffers = {n: v.clone() for n, v in state.items() if n not in params}
+        idx_t = torch.as_tensor(idx, device=self.device)
+        logits = functional_call(self.model, {**params, **buffers}, (self._x[idx_t],))
+        loss = F.cross_entropy(logits, self._y[idx_t])
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return dict(zip(params, grads))
+
+    def evaluate(self, perm, t: int, split: str = "val", step: int | None = None) -> float:
+        state = self.materialize(perm, t, step)
+        return accuracy(self.model, state, self.data, split, self.eval_batch_size, self.device)

@@ -1,0 +1,26 @@
+"""Shared fixtures: small recorded trajectories, made once per session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["RAYTRAJ_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_source(tmp_path_factory):
+    """An MLP source trajectory on digits (seed 1) and the same recipe from seed 2 (Oracle's target)."""
+    from raytraj.train import train_from_args
+
+    root = tmp_path_factory.mktemp("digits")
+    kw = dict(epochs=4, model_args={"hidden": [64, 64]}, progress=False)
+    train_from_args("mlp", "digits", str(root / "source"), seed=1, **kw)
+    train_from_args("mlp", "digits", str(root / "target"), seed=2, **kw)
+    return root
