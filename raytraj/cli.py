@@ -60,7 +60,9 @@ def _backend_options(args) -> dict:
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker") if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {}
+        return {"device": args.device} if args.device else {}
+    if args.device:
+        raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                               "gpus_per_worker": args.gpus_per_worker}.items() if v is not None}
 
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, help="Ray gradient workers")
     x.add_argument("--cpus-per-worker", type=float)
     x.add_argument("--gpus-per-worker", type=float)
+    x.add_argument("--device", help="local backend: cpu or cuda (default: cuda when available)")
     common(x)
     x.set_defaults(func=cmd_transfer)
 

@@ -274,7 +274,7 @@ class PairBank:
                         progress = True
                     if not np.array_equal(old, p_new):
                         stale |= neighbours[g]
-                    perm[g] = torch.as_tensor(np.asarray(p_new), dtype=torch.long, device=self.device)
+                    perm[g] = torch.tensor(np.asarray(p_new), dtype=torch.long, device=self.device)
             if not progress:
                 converged = True
                 break

@@ -36,9 +36,10 @@ def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> Transfer
 def make_backend(problem: Problem, cfg: TransferConfig, backend: str, options: dict | None = None) -> Backend:
     options = dict(options or {})
     if backend == "local":
+        device = options.pop("device", None)
         if options:
             raise ConfigError(f"options {sorted(options)} only apply to --backend ray")
-        return LocalBackend(local_worker(problem, cfg))
+        return LocalBackend(local_worker(problem, cfg, device))
     if backend == "ray":
         from ..distributed import RayBackend  # Ray is imported only when asked for
 

@@ -1,0 +1,25 @@
+"""Connecting to Ray: a running cluster (address, RAY_ADDRESS, or inside ``ray job submit``), or a
+new local one."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Make sure this process is a Ray driver; returns True if this call did the ``ray.init``.
+
+    ``address`` is ``auto`` (the cluster ``ray start`` made on this machine), ``HOST:PORT`` or
+    ``ray://HOST:PORT``. Without it, Ray joins the cluster named by RAY_ADDRESS (as set by
+    ``ray job submit``) or starts a fresh local instance without a dashboard.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+    return True

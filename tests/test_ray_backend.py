@@ -1,0 +1,143 @@
+"""The Ray backend on a real local Ray cluster (one per module): same answer as local, parallel
+solves, logical GPUs, worker kill, driver kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+import torch
+
+from raytraj.checkpoint import load_checkpoint
+from raytraj.config import ConfigError
+from raytraj.models import build_model, config_for_data
+from raytraj.perm import apply_permutation, infer_spec, match, random_permutation
+from raytraj.transfer import TransferConfig, prepare, transfer
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def run_pair(src, tmp_path, cfg, name, **ray_options):
+    local = transfer(src, str(tmp_path / f"{name}-local"), cfg, target_seed=2, progress=False)
+    remote = transfer(src, str(tmp_path / f"{name}-ray"), cfg, target_seed=2, backend="ray",
+                      backend_options={"workers": 2, **ray_options}, progress=False)
+    return local, remote
+
+
+def perms(run_dir):
+    return json.loads((run_dir / "perm.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["gmt", "fgmt"])
+def test_same_seed_same_answer_as_the_local_backend(cluster, digits_source, tmp_path, method):
+    # 3 batches per gradient: split data-parallel over the 2 workers while a step has fewer pairs
+    cfg = TransferConfig(method=method, steps=5, grad_batches=3, seed=11)
+    local, remote = run_pair(str(digits_source / "source"), tmp_path, cfg, method)
+    assert remote["backend"] == "ray"
+    assert remote["val_acc"] == local["val_acc"] and remote["test_acc"] == local["test_acc"]
+    assert perms(tmp_path / f"{method}-ray") == perms(tmp_path / f"{method}-local")
+    a = load_checkpoint(str(tmp_path / f"{method}-ray" / "final.safetensors"))[0]
+    b = load_checkpoint(str(tmp_path / f"{method}-local" / "final.safetensors"))[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_logical_gpus_are_scheduled_and_threads_follow_cpus(cluster, digits_source, tmp_path):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(method="fgmt", steps=2)
+    problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
+    backend = RayBackend(problem, cfg, workers=2, cpus_per_worker=2, gpus_per_worker=1)
+    try:
+        placed = backend.describe()
+    finally:
+        backend.close()
+    assert sorted(p["gpu_ids"][0] for p in placed) == ["0", "1"]  # one logical GPU each
+    assert all(p["threads"] == 2 for p in placed)  # not Ray's OMP_NUM_THREADS=1
+    assert all(p["device"] == ("cuda" if torch.cuda.is_available() else "cpu") for p in placed)
+
+
+def test_unplaceable_workers_fail_clearly(cluster, digits_source):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(steps=2)
+    problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
+    with pytest.raises(ConfigError, match="cannot place 9 workers"):
+        RayBackend(problem, cfg, workers=9, placement_timeout_s=3)
+    assert ray.available_resources().get("CPU") == 4  # nothing left reserved
+
+
+def test_parallel_colour_class_solves_equal_the_sequential_solver(cluster, digits_source):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(steps=2)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, workers=2)
+    try:
+        for name, shape, kw in [("conv", (3, 16, 16), {"width": 0.25}), ("resnet20", (3, 16, 16), {"width": 0.5})]:
+            model = build_model(config_for_data(name, shape, 10, **kw), 0)
+            spec = infer_spec(model, torch.randn(2, *shape))
+            theta = model.state_dict()
+            planted = random_permutation(spec, torch.Generator().manual_seed(5))
+            pairs = [(apply_permutation(spec, planted, theta), theta)]
+            seq, seq_info = match(spec, pairs, seed=3)
+            par, par_info = match(spec, pairs, seed=3, solve_laps=backend.solve_laps)
+            assert all(torch.equal(seq[g], par[g]) and torch.equal(par[g], planted[g]) for g in spec.sizes)
+            assert par_info["objective"] == pytest.approx(seq_info["objective"], rel=1e-9)
+            assert par_info["sweeps"] == seq_info["sweeps"]
+    finally:
+        backend.close()
+
+
+def test_a_killed_worker_restarts_and_the_result_is_unchanged(cluster, digits_source, tmp_path):
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="fgmt", steps=6, grad_batches=2, seed=2)
+    undisturbed = transfer(src, str(tmp_path / "calm"), cfg, target_seed=2, progress=False)
+    killed = []
+
+    def kill_a_worker(step, acc):
+        if step == 2 and not killed:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a["name"].startswith("raytraj-") and a["name"].endswith("worker-0")]
+            ray.kill(ray.get_actor(names[-1]), no_restart=False)
+            killed.append(names[-1])
+
+    disturbed = transfer(src, str(tmp_path / "kill"), cfg, target_seed=2, backend="ray",
+                         backend_options={"workers": 2}, on_eval=kill_a_worker, progress=False)
+    assert killed
+    assert disturbed["val_acc"] == undisturbed["val_acc"]
+    assert perms(tmp_path / "kill") == perms(tmp_path / "calm")
+
+
+def test_a_killed_driver_resumes_to_the_same_result(cluster, digits_source, tmp_path):
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="fgmt", steps=8, seed=4)
+    undisturbed = transfer(src, str(tmp_path / "calm"), cfg, target_seed=3, progress=False)
+    out = tmp_path / "cut"
+    argv = [sys.executable, "-m", "raytraj", "transfer", "--source", src, "--target-seed", "3", "--method", "fgmt",
+            "--steps", "8", "--seed", "4", "--out", str(out), "--backend", "ray", "--address", cluster,
+            "--workers", "2", "--quiet"]
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    progress = out / "state" / "progress.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        if progress.exists() and load_checkpoint(str(progress))[1]["step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    stopped_at = load_checkpoint(str(progress))[1]["step"]
+    assert 3 <= stopped_at < 8 and not (out / "metrics.json").exists()
+    resumed = transfer(src, str(out), cfg, target_seed=3, backend="ray", backend_options={"workers": 2},
+                       resume=True, progress=False)
+    assert resumed["val_acc"] == undisturbed["val_acc"]
+    assert perms(out) == perms(tmp_path / "calm")
