@@ -127,6 +127,51 @@ def cmd_spec(args):
               f"{sum(spec.sizes.values())} permuted units")
 
 
+def _tune_options(args) -> dict:
+    return {"storage": args.storage, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "max_concurrent": args.max_concurrent, "resume": args.resume, "address": args.address}
+
+
+def _base_transfer(args):
+    from .transfer import TransferConfig
+
+    return TransferConfig(method=args.method, steps=args.steps, schedule=args.schedule, grad_batches=args.grad_batches,
+                          batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every)
+
+
+def cmd_ensemble(args):
+    from .tune import run_ensemble
+
+    r = run_ensemble(args.source, args.out, members=args.members, cfg=_base_transfer(args), targets=args.targets,
+                     new_head=args.new_head, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                     **_tune_options(args))
+    print(f"members' test accuracy: " + ", ".join(f"{m['test_acc']:.2f}" for m in r["members"]))
+    print("ensemble test accuracy by size k: " + ", ".join(f"{a:.2f}" for a in r["ensemble_acc_by_size"]))
+    print(f"ensemble of {len(r['members'])}: {r['ensemble_test_acc']:.2f}% (mean member {r['mean_member_test_acc']:.2f}%, "
+          f"source {r['source_test_acc']:.2f}%) in {r['timing']['wall_s']:.1f}s; wrote {args.out}/ensemble.json")
+
+
+def cmd_distill(args):
+    from .tune import distill
+
+    r = distill(args.ensemble, args.out, student=args.student, student_args=_key_values(args.student_arg),
+                epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
+    print(f"teacher ensemble {r['teacher_test_acc']:.2f}% | student on soft labels "
+          f"{r['soft_label_student']['test_acc']:.2f}% | on hard labels {r['hard_label_student']['test_acc']:.2f}% (test)")
+
+
+def cmd_sweep(args):
+    from .tune import format_results, parse_params, run_sweep
+
+    params = parse_params(args.param)
+    target = {"target_seed": args.target_seed} if args.target_init is None else \
+        {"target_init": args.target_init, "new_head": args.new_head}
+    rows = run_sweep(args.source, args.out, params, base=_base_transfer(args), target=target, samples=args.samples,
+                     search=args.search, scheduler=args.scheduler, **_tune_options(args))
+    print(format_results(rows, list(params)))
+    print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -201,6 +246,56 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/quickstart")
     common(q)
     q.set_defaults(func=cmd_quickstart)
+
+    def tune_common(q, method_default):
+        q.add_argument("--source", required=True)
+        q.add_argument("--method", default=method_default, choices=["fgmt", "gmt", "naive"])
+        q.add_argument("--steps", type=int, default=20)
+        q.add_argument("--schedule", default="cosine", choices=["cosine", "uniform", "actual"])
+        q.add_argument("--grad-batches", type=int, default=1)
+        q.add_argument("--batch-size", type=int, default=128)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--eval-every", type=int, default=1)
+        q.add_argument("--out", required=True)
+        q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
+        q.add_argument("--cpus-per-trial", type=float, default=1)
+        q.add_argument("--gpus-per-trial", type=float, default=0)
+        q.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
+        q.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a local one)")
+        q.add_argument("--resume", action="store_true", help="continue an interrupted run (Tuner.restore)")
+
+    en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
+    tune_common(en, "fgmt")
+    en.add_argument("--members", type=int, required=True)
+    en.add_argument("--targets", default="random", help="random (seeded inits) or STORE,STORE,... pre-trained inits")
+    en.add_argument("--new-head", action="store_true", help="with pre-trained --targets: re-initialise their heads")
+    en.add_argument("--finetune-epochs", type=int, default=0, help="train each member on for E epochs")
+    en.add_argument("--finetune-lr", type=float)
+    en.set_defaults(func=cmd_ensemble)
+
+    di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
+    di.add_argument("--ensemble", required=True, help="an ensemble output folder")
+    di.add_argument("--student", default="mlp", choices=["mlp", "conv", "resnet20", "conv1d"])
+    di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
+    di.add_argument("--epochs", type=int)
+    di.add_argument("--lr", type=float)
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--out", required=True)
+    common(di)
+    di.set_defaults(func=cmd_distill)
+
+    sw = sub.add_parser("sweep", help="tune transfer hyperparameters with Ray Tune")
+    tune_common(sw, "fgmt")
+    sw.add_argument("--param", action="append", required=True, metavar="NAME=V1,V2",
+                    help="a searched TransferConfig field, e.g. steps=10,20,40 (repeat for more)")
+    sw.add_argument("--samples", type=int, default=1, help="repeats of the grid, or random samples")
+    sw.add_argument("--search", default="grid", choices=["grid", "random"])
+    sw.add_argument("--scheduler", choices=["asha"])
+    sw_target = sw.add_mutually_exclusive_group()
+    sw_target.add_argument("--target-seed", type=int, default=1)
+    sw_target.add_argument("--target-init")
+    sw.add_argument("--new-head", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")

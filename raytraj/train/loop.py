@@ -90,14 +90,18 @@ def train(
     init_info: dict | None = None,
     new_head: bool = False,
     device: torch.device | str | None = None,
+    soft_targets: torch.Tensor | None = None,
+    soft_info: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
+    """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
+    ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
     device = torch.device(device or default_device())
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
     meta = {
         "model": model_to_dict(model_cfg), "data": to_dict(data.config), "recipe": to_dict(recipe), "seed": seed,
-        "init": init_info, "new_head": new_head,
+        "init": init_info, "new_head": new_head, **({"soft_targets": soft_info} if soft_targets is not None else {}),
     }
     state_path = fs.join(out, TRAIN_STATE)
     start_state = initial_state(model_cfg, seed, init, new_head)
@@ -116,6 +120,11 @@ def train(
     iters_per_epoch = len(epoch_batches(n, recipe.batch_size, seed, 0))
     total = recipe.epochs * iters_per_epoch
     x_train, y_train = data.x["train"].to(device), data.y["train"].to(device)
+    if soft_targets is not None:
+        if tuple(soft_targets.shape) != (n, data.num_classes):
+            raise ConfigError(f"soft targets have shape {tuple(soft_targets.shape)}, the training split needs "
+                              f"({n}, {data.num_classes})")
+        soft_targets = soft_targets.to(device)
     elapsed0 = (resume or {}).get("elapsed_s", 0.0)
     t_start = time.perf_counter()
     bar = tqdm(total=total, initial=iteration, desc=f"train {out}", disable=None if progress else True, leave=False)
@@ -142,7 +151,11 @@ def train(
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, iteration, iters_per_epoch)
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            logits = model(x_train[idx])
+            if soft_targets is None:
+                loss = F.cross_entropy(logits, y_train[idx])
+            else:
+                loss = -(soft_targets[idx] * F.log_softmax(logits, dim=1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,43 @@
+"""``raytraj distill``: a student trained on an ensemble's soft labels, against the same student
+trained on hard labels with the same recipe and seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import fs
+from ..config import ConfigError, from_dict, replace
+from ..data import DataConfig, load_data
+from ..models import config_for_data
+from ..train import TrainConfig, train
+from ..transfer.problem import open_source
+from .ensemble import RESULT
+from .trial import load_probs
+
+
+def distill(ensemble: str, out: str, *, student: str = "mlp", student_args: dict | None = None,
+            epochs: int | None = None, lr: float | None = None, seed: int = 0, progress: bool = True) -> dict:
+    if not fs.exists(fs.join(ensemble, RESULT)):
+        raise ConfigError(f"{ensemble} holds no finished ensemble ({RESULT} is missing); run `raytraj ensemble` first")
+    record = fs.read_json(fs.join(ensemble, RESULT))
+    source = open_source(record["source"])
+    data = load_data(from_dict(DataConfig, source.meta["data"]))
+    teacher = np.mean([load_probs(m["run"], "train") for m in record["members"]], axis=0)
+    teacher_test = np.mean([load_probs(m["run"], "test") for m in record["members"]], axis=0)
+    recipe = from_dict(TrainConfig, source.meta["recipe"])
+    recipe = replace(recipe, **{k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None})
+    model_cfg = config_for_data(student, data.input_shape, data.num_classes, **(student_args or {}))
+    soft = train(model_cfg, data, recipe, seed, fs.join(out, "soft"), soft_targets=torch.from_numpy(teacher).float(),
+                 soft_info={"ensemble": ensemble, "members": len(record["members"])}, progress=progress)
+    hard = train(model_cfg, data, recipe, seed, fs.join(out, "hard"), progress=progress)
+    result = {
+        "ensemble": ensemble,
+        "student": {"model": student, **(student_args or {})},
+        "epochs": recipe.epochs,
+        "teacher_test_acc": 100.0 * float((teacher_test.argmax(1) == data.y["test"].numpy()).mean()),
+        "soft_label_student": {"test_acc": soft.test_acc, "val_acc": soft.val_acc[-1], "train_s": soft.train_s},
+        "hard_label_student": {"test_acc": hard.test_acc, "val_acc": hard.val_acc[-1], "train_s": hard.train_s},
+    }
+    fs.atomic_write_json(fs.join(out, "distill.json"), result)
+    return result

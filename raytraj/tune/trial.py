@@ -1,0 +1,117 @@
+"""One Tune trial: a transfer (and optionally subsequent training), reporting every evaluated step.
+
+The trial's run folder (``config["run_dir"]``, local or object storage) holds the transfer's own
+resumable state, so a trial restarted by ``FailureConfig`` or ``Tuner.restore`` continues from its
+last step instead of starting over, and a finished trial is never recomputed. Each report also
+carries a small Tune checkpoint recording that progress.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+from ray import tune
+
+from .. import fs
+from ..checkpoint import load_checkpoint
+from ..config import from_dict
+from ..data import DataConfig, load_data
+from ..evaluation import predict
+from ..models import build_model
+from ..runtime import set_torch_threads
+from ..trajectory import TrajectoryStore
+from ..transfer import TransferConfig, transfer
+from ..transfer.finetune import finetune
+from ..transfer.problem import open_source
+
+PROBS = "probs-{split}.npy"
+
+
+CHECKPOINT_EVERY = 5  # evaluated steps between Tune checkpoints (the run folder holds the real state)
+
+
+def _report(metrics: dict, checkpoint: bool = True) -> None:
+    if not checkpoint:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "progress.json"), "w") as f:
+            json.dump(metrics, f)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def run_dir_and_target(config: dict) -> tuple[str, dict]:
+    """Ensemble members live at OUT/members/member-K; sweep trials at OUT/trials/TRIAL_ID."""
+    if "member" in config:
+        k = config["member"]
+        return fs.join(config["out"], "members", f"member-{k:03d}"), config["targets"][k]
+    return fs.join(config["out"], "trials", tune.get_context().get_trial_id()), config["target"]
+
+
+def transfer_trial(config: dict) -> None:
+    """Tune function trainable. ``config``: source, out, transfer (TransferConfig fields, possibly
+    searched), member + targets (ensembles) or target (sweeps), finetune_epochs, finetune_lr, save_probs."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    set_torch_threads(max(1, int(resources.get("CPU", 1))))
+    cfg = from_dict(TransferConfig, config["transfer"])
+    run_dir, target = run_dir_and_target(config)
+    best = {"acc": float("-inf"), "reports": 0}
+
+    def on_eval(step: int, acc: float) -> None:
+        best["acc"] = max(best["acc"], acc)
+        best["reports"] += 1
+        _report({"step": step, "val_acc": acc, "best_val_acc": best["acc"]},
+                checkpoint=best["reports"] % CHECKPOINT_EVERY == 0)
+
+    if fs.exists(fs.join(run_dir, "metrics.json")):
+        metrics = fs.read_json(fs.join(run_dir, "metrics.json"))  # finished before a restart
+    else:
+        metrics = transfer(config["source"], run_dir, cfg, on_eval=on_eval, progress=False,
+                           resume=fs.exists(fs.join(run_dir, "config.json")), **target)
+    final = {"step": metrics["steps"], "val_acc": metrics["final_val_acc"], "best_val_acc": metrics["best_val_acc"],
+             "best_step": metrics["best_step"], "test_acc": metrics["test_acc"],
+             "transfer_s": metrics["timing"]["total_s"], "done": True}
+    if config.get("finetune_epochs"):
+        ft_dir = fs.join(run_dir, "finetune")
+        if not (fs.exists(fs.join(ft_dir, "trajectory.json")) and TrajectoryStore(ft_dir).complete):
+            finetune(run_dir, ft_dir, epochs=config["finetune_epochs"], lr=config.get("finetune_lr"), progress=False)
+        meta = TrajectoryStore(ft_dir).meta
+        final.update(finetune_val_acc=meta["val_acc"][-1], finetune_test_acc=meta["test_acc"],
+                     finetune_s=meta["total_s"])
+    if config.get("save_probs"):
+        final["member_test_acc"] = save_member_probs(config["source"], run_dir, bool(config.get("finetune_epochs")))
+    _report(final)
+
+
+def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
+    if finetuned:
+        store = TrajectoryStore(fs.join(run_dir, "finetune"))
+        return store.read(store.last_step)
+    return load_checkpoint(fs.join(run_dir, "best.safetensors"))[0]
+
+
+def save_member_probs(source: str, run_dir: str, finetuned: bool) -> float:
+    """Softmax outputs of the member on every split (ensembles average them); returns test accuracy."""
+    meta = open_source(source).meta
+    data = load_data(from_dict(DataConfig, meta["data"]))
+    model = build_model(meta["model"], 0)
+    state = member_state(run_dir, finetuned)
+    for split in ("train", "val", "test"):
+        probs = predict(model, state, data.x[split]).numpy()
+        fs.atomic_write_bytes(fs.join(run_dir, PROBS.format(split=split)), _npy(probs))
+    return 100.0 * float((load_probs(run_dir, "test").argmax(1) == data.y["test"].numpy()).mean())
+
+
+def load_probs(run_dir: str, split: str) -> np.ndarray:
+    return np.load(io.BytesIO(fs.read_bytes(fs.join(run_dir, PROBS.format(split=split)))), allow_pickle=False)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()

@@ -1,0 +1,140 @@
+"""Ray Tune: ensembles from one trajectory, distillation, sweeps with ASHA, failures and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from raytraj.checkpoint import load_checkpoint
+from raytraj.config import ConfigError
+from raytraj.transfer import TransferConfig, transfer
+from raytraj.tune import distill, parse_params, run_ensemble, run_sweep
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def reported_pid(experiment, member):
+    """The process running a member's trial, as Tune records it with every result."""
+    for path in experiment.glob(f"*member={member}_*/result.json"):
+        lines = path.read_text().strip().splitlines()
+        if lines:
+            return json.loads(lines[-1])["pid"]
+    return None
+
+
+def test_ensemble_of_three_survives_a_killed_trial(cluster, digits_source, tmp_path):
+    src = str(digits_source / "source")
+    out = tmp_path / "ens"
+    cfg = TransferConfig(method="fgmt", steps=6)
+    killed = []
+
+    def kill_member_zero_mid_transfer():
+        progress = out / "members" / "member-000" / "state" / "progress.safetensors"
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            try:
+                pid = reported_pid(out / "tune" / "ensemble", 0)
+                if pid and load_checkpoint(str(progress))[1]["step"] >= 2:
+                    os.kill(pid, signal.SIGKILL)  # the trial's process crashes; FailureConfig retries it
+                    killed.append(pid)
+            except Exception:
+                pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_member_zero_mid_transfer)
+    killer.start()
+    result = run_ensemble(src, str(out), members=3, cfg=cfg, max_concurrent=1)
+    killer.join()
+    assert killed
+    saved = json.loads((out / "ensemble.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("members", "ensemble_test_acc", "ensemble_acc_by_size", "timing"):
+        assert key in saved
+    assert {"wall_s", "trial_s_sum", "scratch_s_estimate"} <= set(saved["timing"])
+    assert len(saved["members"]) == 3 and len(saved["ensemble_acc_by_size"]) == 3
+    assert saved["ensemble_acc_by_size"][0] == saved["members"][0]["test_acc"]
+    assert saved["ensemble_test_acc"] >= saved["mean_member_test_acc"]
+    assert (out / "ensemble.png").read_bytes()[:4] == b"\x89PNG"
+    # the killed-and-retried member equals the same transfer run directly
+    direct = transfer(src, str(tmp_path / "direct"), cfg, target_seed=1000, progress=False)
+    member = json.loads((out / "members" / "member-000" / "metrics.json").read_text())
+    assert member["val_acc"] == direct["val_acc"]
+
+    d = distill(str(out), str(tmp_path / "student"), student_args={"hidden": [64]}, epochs=10, progress=False)
+    assert json.loads((tmp_path / "student" / "distill.json").read_text()) == json.loads(json.dumps(d))
+    assert d["teacher_test_acc"] == pytest.approx(saved["ensemble_test_acc"])
+    assert d["soft_label_student"]["test_acc"] > 50 and d["hard_label_student"]["test_acc"] > 50
+    soft = json.loads((tmp_path / "student" / "soft" / "trajectory.json").read_text())
+    assert soft["meta"]["soft_targets"]["members"] == 3
+
+
+def test_grid_sweep_with_asha_returns_every_trial(cluster, digits_source, tmp_path):
+    params = parse_params(["steps=4,8", "method=fgmt,naive"])
+    rows = run_sweep(str(digits_source / "source"), str(tmp_path / "sweep"), params,
+                     base=TransferConfig(steps=4), target={"target_seed": 1}, scheduler="asha")
+    assert len(rows) == 4
+    assert sorted((r["steps"], r["method"]) for r in rows) == [(4, "fgmt"), (4, "naive"), (8, "fgmt"), (8, "naive")]
+    assert rows[0]["best_val_acc"] == max(r["best_val_acc"] for r in rows)
+    assert all(r["status"] in ("finished", "stopped early") for r in rows)
+    table = pq.read_table(tmp_path / "sweep" / "results.parquet")
+    assert table.num_rows == 4 and "best_val_acc" in table.column_names
+    assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 5
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    assert best["best_val_acc"] == rows[0]["best_val_acc"] and set(best["config"]) == {"steps", "method"}
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(cluster, digits_source, tmp_path):
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "raytraj", "sweep", "--source", str(digits_source / "source"), "--out", str(out),
+            "--param", "steps=3,4,5,6", "--max-concurrent", "1", "--address", cluster]
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    done = []
+    while time.time() < deadline and driver.poll() is None:
+        done = list((out / "trials").glob("*/metrics.json")) if (out / "trials").exists() else []
+        if len(done) >= 2:
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+    driver.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
+    driver.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")}
+    assert 2 <= len(finished) < 4
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(str(digits_source / "source"), str(out), parse_params(["steps=3,4,5,6"]), base=TransferConfig(),
+                  target={"target_seed": 1})
+    rows = run_sweep(str(digits_source / "source"), str(out), parse_params(["steps=3,4,5,6"]), base=TransferConfig(),
+                     target={"target_seed": 1}, resume=True)
+    assert sorted(r["steps"] for r in rows) == [3, 4, 5, 6] and all(r["status"] == "finished" for r in rows)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished trials were not redone
+    assert len(list((out / "trials").glob("*/metrics.json"))) == 4
+
+
+def test_bad_input_is_refused_clearly(digits_source, tmp_path):
+    with pytest.raises(ConfigError, match="cannot be swept"):
+        parse_params(["learning_rate=0.1,0.2"])
+    with pytest.raises(ConfigError, match="empty grid"):
+        parse_params(["steps="])
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_params(["steps=ten"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        parse_params(["method=fgmt,magic"])
+    with pytest.raises(ConfigError, match="--members must be >= 1"):
+        run_ensemble(str(digits_source / "source"), str(tmp_path / "e"), members=0, cfg=TransferConfig())
+    with pytest.raises(ConfigError, match="one per member"):
+        run_ensemble(str(digits_source / "source"), str(tmp_path / "e"), members=2, cfg=TransferConfig(),
+                     targets="a,b,c")
+    with pytest.raises(ConfigError, match="no finished ensemble"):
+        distill(str(tmp_path / "nothing"), str(tmp_path / "d"))
