@@ -72,8 +72,8 @@ def transfer(
     _claim_output(out, record, checkpointer, resume)
     problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
                       oracle_target=oracle_target)
-    setup_s = time.perf_counter() - t_start
     runner = make_backend(problem, cfg, backend, backend_options)
+    setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
         state = run_transfer(cfg, runner, problem.spec, problem.num_steps, oracle_perm=problem.oracle_perm,
                              checkpointer=checkpointer, on_eval=on_eval, progress=progress)
