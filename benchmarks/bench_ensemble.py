@@ -20,6 +20,7 @@ import ray
 import torch
 
 from raytraj import fs
+from report import write_report
 from raytraj.config import from_dict
 from raytraj.data import DataConfig, load_data
 from raytraj.evaluation import predict
@@ -110,10 +111,7 @@ def main():
               "", "Scratch training runs sequentially with both cores; transfer trials hold 1 CPU each. On this 2-core "
               "machine 2 concurrent trials can at most double throughput, and Tune's trial start-up is part of "
               "every wall time."]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

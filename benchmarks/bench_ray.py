@@ -20,6 +20,7 @@ import ray
 import torch
 
 from raytraj import fs
+from report import write_report
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig, prepare, transfer
@@ -111,10 +112,7 @@ def main():
               "groups share a tensor) dominates GMT here. The Ray columns also carry actor start-up (setup) and "
               "task round trips. On a cluster the gradient share scales with workers while the solve stays on "
               "the driver."]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .blocks import classifier
+
 
 @dataclass(frozen=True)
 class ConvConfig:
@@ -47,13 +49,7 @@ class ConvNet(nn.Module):
             c_in = c_out
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
-        fc: list[nn.Module] = []
-        for f in cfg.fc:
-            f_out = _scaled(f, cfg.width)
-            fc += [nn.Linear(c_in, f_out), nn.ReLU()]
-            c_in = f_out
-        self.fc = nn.Sequential(*fc)
-        self.head = nn.Linear(c_in, cfg.num_classes)
+        self.fc, self.head = classifier(c_in, tuple(_scaled(f, cfg.width) for f in cfg.fc), cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.features(x)))

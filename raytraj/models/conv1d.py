@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .blocks import classifier
+
 
 @dataclass(frozen=True)
 class Conv1dConfig:
@@ -33,12 +35,7 @@ class Conv1dNet(nn.Module):
             c_in = c
         layers += [nn.AdaptiveMaxPool1d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
-        fc: list[nn.Module] = []
-        for f in cfg.fc:
-            fc += [nn.Linear(c_in, f), nn.ReLU()]
-            c_in = f
-        self.fc = nn.Sequential(*fc)
-        self.head = nn.Linear(c_in, cfg.num_classes)
+        self.fc, self.head = classifier(c_in, cfg.fc, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.features(x)))
