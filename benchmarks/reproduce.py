@@ -157,9 +157,9 @@ def cost_table(work):
         state = fs.read_json(fs.join(root, "fgmt", "metrics.json"))
         solves = _solves(os.path.join(root, "fgmt"))
         naive_flops = sum(2 * 512 * 512 * 512 * s["pairs"] * 2 * s["sweeps"] for s in solves)  # 2 terms/sweep
-        lap_ops = sum(s.get("laps", 2 * s["sweeps"]) for s in solves) * 512 ** 3
+        laps = state["solver"]["laps"]
+        lap_ops = laps * 512 ** 3
         floor = (naive_flops + lap_ops) / (rate * 1e9)
-        laps = sum(s.get("laps", 0) for s in solves)
         lines.append(
             f"| {n} | {src.meta['train_s']:.1f} | {m['timing']['total_s']:.1f} | "
             f"{m['timing']['total_s'] / src.meta['train_s']:.1%} | {m['timing']['grad_s']:.2f} | "

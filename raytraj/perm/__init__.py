@@ -13,7 +13,7 @@ from .apply import (
 from .check import SpecCheckError, check_spec
 from .coloring import color_groups
 from .infer import SpecInferenceError, SpecInferenceWarning, infer_spec
-from .match import PairBank, match, solve_laps_serial
+from .matching import PairBank, match, solve_laps_serial
 from .spec import PermutationSpec, SpecError
 
 __all__ = [

@@ -105,7 +105,7 @@ def run_transfer(
             perm, info = bank.solve(init=prev if cfg.warm_start else None, max_sweeps=cfg.max_sweeps, tol=cfg.tol,
                                     seed=solve_seed(cfg.seed, s), solve_laps=backend.solve_laps)
             state.timing["solve_s"] += time.perf_counter() - t0
-            state.solves.append({k: info[k] for k in ("sweeps", "objective", "cost_s", "lap_s", "pairs")})
+            state.solves.append({k: info[k] for k in ("sweeps", "laps", "objective", "cost_s", "lap_s", "pairs")})
         elif cfg.method == "naive":
             perm = identity_permutation(spec)
         else:

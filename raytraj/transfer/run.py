@@ -109,6 +109,7 @@ def transfer(
         "grad_batches": state.grad_batches,
         "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start},
         "solver": {"sweeps": sum(sweeps), "mean_sweeps": sum(sweeps) / len(sweeps) if sweeps else 0.0,
+                   "laps": sum(s["laps"] for s in state.solves),
                    "lap_s": sum(s["lap_s"] for s in state.solves), "cost_s": sum(s["cost_s"] for s in state.solves)},
         "source": source,
         "target": problem.target,
