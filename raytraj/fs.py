@@ -29,6 +29,11 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute (URIs unchanged): Tune runs trials in their own working directory."""
+    return location if is_uri(location) else os.path.abspath(location)
+
+
 def join(location: str, *parts: str) -> str:
     return posixpath.join(location, *parts) if is_uri(location) else os.path.join(location, *parts)
 

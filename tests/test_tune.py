@@ -80,9 +80,10 @@ def test_ensemble_of_three_survives_a_killed_trial(cluster, digits_source, tmp_p
     assert soft["meta"]["soft_targets"]["members"] == 3
 
 
-def test_grid_sweep_with_asha_returns_every_trial(cluster, digits_source, tmp_path):
+def test_grid_sweep_with_asha_returns_every_trial(cluster, digits_source, tmp_path, monkeypatch):
     params = parse_params(["steps=4,8", "method=fgmt,naive"])
-    rows = run_sweep(str(digits_source / "source"), str(tmp_path / "sweep"), params,
+    monkeypatch.chdir(tmp_path)  # relative paths, as users type them (Tune runs trials elsewhere)
+    rows = run_sweep(os.path.relpath(digits_source / "source"), "sweep", params,
                      base=TransferConfig(steps=4), target={"target_seed": 1}, scheduler="asha")
     assert len(rows) == 4
     assert sorted((r["steps"], r["method"]) for r in rows) == [(4, "fgmt"), (4, "naive"), (8, "fgmt"), (8, "naive")]

@@ -96,18 +96,18 @@ class RayBackend:
     def gradient_pairs(self, perm, requests, count):
         perm_ref = self._perm_ref(perm)
         n = len(self.workers)
-        splits = max(1, min(count, -(-n // len(requests)))) if len(requests) < n else 1
-        chunks = [list(c) for c in np.array_split(np.arange(count), splits) if len(c)]
-        items, refs = [], []
+        # Enough pairs keep every worker busy; otherwise split each pair's batches data-parallel.
+        splits = 1 if len(requests) >= n else max(1, min(count, -(-n // len(requests))))
+        chunks = [[int(i) for i in c] for c in np.array_split(np.arange(count), splits) if len(c)]
+        refs = []
         for r in requests:
             points = self.publisher.points(r.t)
             for chunk in chunks:
                 worker = self.workers[len(refs) % n]
-                refs.append(worker.gradient_sums.remote(perm_ref, r.step, r.t, [int(i) for i in chunk], count, points))
-                items.append(r)
+                refs.append(worker.gradient_sums.remote(perm_ref, r.step, r.t, chunk, count, points))
         results = ray.get(refs)
         pairs = []
-        for i, _ in enumerate(requests):
+        for i in range(len(requests)):
             parts = results[i * len(chunks):(i + 1) * len(chunks)]
             target, source = parts[0]
             for t_part, s_part in parts[1:]:  # fixed order: the same sums whichever worker ran them

@@ -37,7 +37,7 @@ def member_targets(members: int, targets: str | list[str] | None, new_head: bool
     stores = targets.split(",") if isinstance(targets, str) else list(targets)
     if len(stores) != members:
         raise ConfigError(f"--targets names {len(stores)} stores for {members} members; give one per member")
-    return [{"target_init": s, "new_head": new_head} for s in stores]
+    return [{"target_init": fs.absolute(s), "new_head": new_head} for s in stores]
 
 
 def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, targets=None, new_head: bool = False,
@@ -46,6 +46,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
                  max_concurrent: int | None = None, max_failures: int = 2, resume: bool = False,
                  address: str | None = None) -> dict:
     target_list = member_targets(members, targets, new_head, seed_base)
+    source, out = fs.absolute(source), fs.absolute(out)
     store = open_source(source)  # fail before starting anything if the source is not usable
     t0 = time.perf_counter()
     grid = run_experiment(

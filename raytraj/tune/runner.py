@@ -14,8 +14,7 @@ from .trial import transfer_trial
 
 def storage_root(out: str, storage: str | None) -> str:
     """Where Tune keeps experiment state: ``--storage`` (a path, s3:// or gs://) or OUT/tune."""
-    location = storage or fs.join(out, "tune")
-    return location if fs.is_uri(location) else os.path.abspath(location)
+    return fs.absolute(storage or fs.join(out, "tune"))
 
 
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,

@@ -70,6 +70,9 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent: int | None = None,
               max_failures: int = 2, resume: bool = False, address: str | None = None) -> list[dict]:
+    source, out = fs.absolute(source), fs.absolute(out)
+    if "target_init" in target:
+        target = {**target, "target_init": fs.absolute(target["target_init"])}
     open_source(source)
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
