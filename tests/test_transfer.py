@@ -110,8 +110,8 @@ def test_same_seed_same_result_and_interrupted_transfer_resumes(digits_source, t
 
     real_save = RunCheckpointer.save
 
-    def die_at_step_4(self, state, new_pairs):
-        real_save(self, state, new_pairs)
+    def die_at_step_4(self, state, new_pairs, cache):
+        real_save(self, state, new_pairs, cache)
         if state.step == 4:
             raise KeyboardInterrupt  # the driver dies
 

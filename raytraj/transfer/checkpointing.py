@@ -1,6 +1,7 @@
 """Transfer state on disk (or object storage), so that a run killed mid-way resumes.
 
-    OUT/state/progress.safetensors       step, every permutation so far, val accuracies, timing
+    OUT/state/progress.safetensors       step, every permutation so far, val accuracies, timing,
+                                         and FGMT's cached cost contractions
     OUT/state/pairs-000007.safetensors   FGMT's gradient pair added at step 7 (append-only)
 
 Pair files are written before the progress file that counts them, each atomically, so the
@@ -28,7 +29,7 @@ class RunCheckpointer:
     def _pair_path(self, step: int) -> str:
         return fs.join(self.location, f"pairs-{step:06d}.safetensors")
 
-    def save(self, state: TransferState, new_pairs) -> None:
+    def save(self, state: TransferState, new_pairs, cache: dict) -> None:
         if new_pairs:
             tensors = {}
             for i, (target, source) in enumerate(new_pairs):
@@ -44,13 +45,13 @@ class RunCheckpointer:
             "grad_batches": state.grad_batches,
             "pair_steps": sorted(set(self.pair_steps) | ({state.step} if new_pairs else set())),
         }
-        save_checkpoint(fs.join(self.location, PROGRESS), {}, info)
+        save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
         self.pair_steps = info["pair_steps"]
 
     def load(self):
         if not self.exists():
             return None
-        _, info = load_checkpoint(fs.join(self.location, PROGRESS))
+        cache, info = load_checkpoint(fs.join(self.location, PROGRESS))
         self.pair_steps = info["pair_steps"]
         pairs = []
         for step in info["pair_steps"]:
@@ -67,4 +68,4 @@ class RunCheckpointer:
             solves=info["solves"],
             grad_batches=info["grad_batches"],
         )
-        return state, pairs
+        return state, pairs, cache

@@ -37,9 +37,12 @@ class TransferState:
 
 
 class Checkpointer(Protocol):
-    def load(self) -> tuple[TransferState, list[tuple[dict, dict]]] | None: ...
+    """Keeps what a restart needs: the state, FGMT's pairs, and the pair bank's cached contractions
+    (so that a resumed run continues bit for bit)."""
 
-    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]]) -> None: ...
+    def load(self) -> tuple[TransferState, list[tuple[dict, dict]], dict] | None: ...
+
+    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict) -> None: ...
 
 
 def solve_seed(seed: int, step: int) -> int:
@@ -61,10 +64,11 @@ def run_transfer(
     if cfg.method == "oracle" and oracle_perm is None:
         raise ValueError("the oracle method needs the permutation matched on the trained target")
     loaded = checkpointer.load() if checkpointer else None
-    state, cached = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [])
+    state, cached, cache = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [], {})
     bank = PairBank(spec, normalize=cfg.normalize)
     for target, source in cached:  # FGMT's pairs from before a restart
         bank.add(target, source)
+    bank.load_cache_state(cache)
 
     pending: dict[int, object] = {}
 
@@ -116,7 +120,8 @@ def run_transfer(
         collect(before=s)  # the previous step's evaluation overlapped this step's work
         state.step = s
         if checkpointer:
-            checkpointer.save(state, new_pairs if cfg.method == "fgmt" else [])
+            fgmt = cfg.method == "fgmt"
+            checkpointer.save(state, new_pairs if fgmt else [], bank.cache_state() if fgmt else {})
         last = max(state.val_acc) if state.val_acc else None
         bar.update(1)
         if last is not None:
@@ -124,5 +129,5 @@ def run_transfer(
     bar.close()
     collect(before=num_steps + 1)
     if checkpointer:
-        checkpointer.save(state, [])
+        checkpointer.save(state, [], bank.cache_state() if cfg.method == "fgmt" else {})
     return state
