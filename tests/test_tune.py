@@ -37,7 +37,7 @@ def reported_pid(experiment, member):
 def test_ensemble_of_three_survives_a_killed_trial(cluster, digits_source, tmp_path):
     src = str(digits_source / "source")
     out = tmp_path / "ens"
-    cfg = TransferConfig(method="fgmt", steps=6)
+    cfg = TransferConfig(method="fgmt", steps=12)  # a wide window to kill member 0 in
     killed = []
 
     def kill_member_zero_mid_transfer():
@@ -51,7 +51,7 @@ def test_ensemble_of_three_survives_a_killed_trial(cluster, digits_source, tmp_p
                     killed.append(pid)
             except Exception:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_member_zero_mid_transfer)
     killer.start()
