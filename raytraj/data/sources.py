@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -59,8 +60,6 @@ def _mnist1d(num_samples: int) -> Arrays:
         "x_train": d["x"].astype(np.float32)[:, None], "y_train": d["y"].astype(np.int64),
         "x_test": d["x_test"].astype(np.float32)[:, None], "y_test": d["y_test"].astype(np.int64),
     }
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
