@@ -145,7 +145,7 @@ def cmd_ensemble(args):
     r = run_ensemble(args.source, args.out, members=args.members, cfg=_base_transfer(args), targets=args.targets,
                      new_head=args.new_head, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                      **_tune_options(args))
-    print(f"members' test accuracy: " + ", ".join(f"{m['test_acc']:.2f}" for m in r["members"]))
+    print("members' test accuracy: " + ", ".join(f"{m['test_acc']:.2f}" for m in r["members"]))
     print("ensemble test accuracy by size k: " + ", ".join(f"{a:.2f}" for a in r["ensemble_acc_by_size"]))
     print(f"ensemble of {len(r['members'])}: {r['ensemble_test_acc']:.2f}% (mean member {r['mean_member_test_acc']:.2f}%, "
           f"source {r['source_test_acc']:.2f}%) in {r['timing']['wall_s']:.1f}s; wrote {args.out}/ensemble.json")

@@ -1,6 +1,5 @@
 """The matching solver: planted recovery from weights and from gradients, and its contracts."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

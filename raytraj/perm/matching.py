@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .apply import Permutation, identity_permutation, permute_tensor
+from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
 from .spec import PermutationSpec, SpecError
 
