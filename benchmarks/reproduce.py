@@ -41,9 +41,9 @@ RECIPES = {  # per dataset: epochs, lr, weight decay of the source training
 MODEL = {"hidden": [512, 512]}
 
 
-def trained(path, data, seed, progress=False, **kw):
+def trained(path, data, seed, progress=False, model="mlp", model_args=MODEL, **kw):
     if not (fs.exists(fs.join(path, "trajectory.json")) and TrajectoryStore(path).complete):
-        train_from_args("mlp", data, path, seed=seed, model_args=MODEL, progress=progress, **kw)
+        train_from_args(model, data, path, seed=seed, model_args=model_args, progress=progress, **kw)
     return TrajectoryStore(path)
 
 

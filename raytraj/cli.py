@@ -42,6 +42,10 @@ def cmd_train(args):
                         model_args=_key_values(args.model_arg), progress=not args.quiet, **_recipe(args))
     print(f"recorded {r.steps + 1} steps to {r.location}: val {r.val_acc[-1]:.2f}%, test {r.test_acc:.2f}%, "
           f"{r.train_s:.1f}s of training ({r.total_s:.1f}s in all)")
+    if r.at_chance_level:
+        print(f"warning: {r.location} ends at chance level (val {r.val_acc[-1]:.1f}%, most frequent class "
+              f"{r.chance_val_acc:.1f}%): there is no learning to transfer; try another --lr or more --epochs",
+              file=sys.stderr)
 
 
 def _transfer_config(args):
@@ -74,7 +78,7 @@ def cmd_transfer(args):
     m = transfer(args.source, args.out, _transfer_config(args), target_seed=args.target_seed,
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
                  backend=args.backend, backend_options=_backend_options(args), resume=args.resume,
-                 progress=not args.quiet)
+                 progress=not args.quiet, force=args.force)
     print(format_table([m]))
     print(f"wrote {args.out}/metrics.json")
 
@@ -213,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
+    x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level")
     x.add_argument("--backend", default="local", choices=["local", "ray"])
     x.add_argument("--address", help="Ray cluster: auto, or ray://HOST:PORT (default: start a local one)")
     x.add_argument("--workers", type=int, help="Ray gradient workers")

@@ -34,6 +34,17 @@ def accuracy(model: nn.Module, state: Mapping[str, torch.Tensor], data: Dataset,
     return 100.0 * float((probs.argmax(1) == data.y[split]).float().mean())
 
 
+def chance_accuracy(data: Dataset, split: str = "val") -> float:
+    """What always answering the most frequent class scores on ``split``, in percent."""
+    counts = torch.bincount(data.y[split], minlength=data.num_classes)
+    return 100.0 * float(counts.max()) / max(1, int(counts.sum()))
+
+
+def at_chance_level(acc: float, chance: float) -> bool:
+    """Within a tenth of the way from chance to perfect: a model that learned (almost) nothing."""
+    return acc < chance + 0.1 * (100.0 - chance)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, state: Mapping[str, torch.Tensor], data: Dataset,
                    batches: Iterable[np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .blocks import classifier
+from .blocks import classifier, init_weights
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ConvConfig:
     pool_after: tuple[int, ...] = (1, 3, 5)
     fc: tuple[int, ...] = (256, 256)
     batch_norm: bool = False
+    init: str = "kaiming"  # or "torch": PyTorch's default init, which the official code uses
 
 
 def _scaled(c: int, width: float) -> int:
@@ -50,6 +51,7 @@ class ConvNet(nn.Module):
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc, self.head = classifier(c_in, tuple(_scaled(f, cfg.width) for f in cfg.fc), cfg.num_classes)
+        init_weights(self, cfg.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.features(x)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .blocks import classifier
+from .blocks import classifier, init_weights
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Conv1dConfig:
     stride: int = 2
     fc: tuple[int, ...] = (128,)
     batch_norm: bool = False
+    init: str = "kaiming"  # or "torch" (PyTorch's default)
 
 
 class Conv1dNet(nn.Module):
@@ -36,6 +37,7 @@ class Conv1dNet(nn.Module):
         layers += [nn.AdaptiveMaxPool1d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc, self.head = classifier(c_in, cfg.fc, cfg.num_classes)
+        init_weights(self, cfg.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.features(x)))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .blocks import init_weights
+
 
 @dataclass(frozen=True)
 class ResNet20Config:
@@ -18,6 +20,7 @@ class ResNet20Config:
     num_classes: int = 10
     width: float = 1.0
     blocks_per_stage: int = 3
+    init: str = "kaiming"  # or "torch" (PyTorch's default)
 
 
 class BasicBlock(nn.Module):
@@ -55,6 +58,7 @@ class ResNet20(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c_in, cfg.num_classes)
+        init_weights(self, cfg.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.stages(self.stem(x))).flatten(1))

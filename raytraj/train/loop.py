@@ -22,7 +22,7 @@ from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, to_dict
 from ..data import Dataset, epoch_batches
-from ..evaluation import accuracy
+from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..runtime import default_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
@@ -39,6 +39,11 @@ class TrainResult:
     test_acc: float
     train_s: float  # optimiser steps only: forward, backward, update
     total_s: float
+    chance_val_acc: float = 0.0  # what predicting the most frequent class scores on val
+
+    @property
+    def at_chance_level(self) -> bool:
+        return at_chance_level(self.val_acc[-1], self.chance_val_acc) if self.val_acc else False
 
 
 def lr_at(recipe: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
@@ -176,7 +181,7 @@ def train(
     test = accuracy(model, model.state_dict(), data, "test", device=device)
     total_s = elapsed0 + time.perf_counter() - t_start
     writer.finish(test_acc=test, train_s=train_s, total_s=total_s, val_acc=val_accs)
-    return TrainResult(out, len(writer.steps) - 1, val_accs, test, train_s, total_s)
+    return TrainResult(out, len(writer.steps) - 1, val_accs, test, train_s, total_s, chance_accuracy(data, "val"))
 
 
 def _open_writer(out, meta, start_state, param_names, state_path):

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ConfigError, from_dict
 from ..data import DataConfig, Dataset, load_data
+from ..evaluation import at_chance_level, chance_accuracy
 from ..models import build_model, model_from_dict
 from ..perm import Permutation, PermutationSpec, check_spec, infer_spec, match
 from ..train import initial_state
@@ -70,8 +71,20 @@ def _same_architecture(source: str, other: str, source_meta: dict, other_meta: d
                           "only transfers between models of one architecture")
 
 
+def refuse_untrained_source(source: str, meta: dict, data: Dataset) -> None:
+    """A source that ends at chance level has no learning to transfer: every method would "work"."""
+    val = meta.get("val_acc") or []
+    if not val:  # recorded without validation (e.g. by another training loop): nothing to judge by
+        return
+    chance = chance_accuracy(data, "val")
+    if at_chance_level(val[-1], chance):
+        raise ConfigError(f"source {source} ends at chance level (val {val[-1]:.1f}%, most frequent class "
+                          f"{chance:.1f}%), so there is nothing to transfer; retrain it (another --lr or more "
+                          "--epochs), or pass --force to transfer it anyway")
+
+
 def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None, target_init: str | None = None,
-            new_head: bool = False, oracle_target: str | None = None) -> Problem:
+            new_head: bool = False, oracle_target: str | None = None, force: bool = False) -> Problem:
     if (target_seed is None) == (target_init is None):
         raise ConfigError("give exactly one of --target-seed (a random init) or --target-init STORE[:STEP]")
     if new_head and target_init is None:
@@ -81,6 +94,8 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     model_cfg = model_from_dict(meta["model"])
     data_cfg = from_dict(DataConfig, meta["data"], what="data config in the source store")
     data = load_data(data_cfg)
+    if not force:
+        refuse_untrained_source(source, meta, data)
     trajectory = open_trajectory(source, cfg.schedule, None if cfg.schedule == "actual" else cfg.steps)
     spec = infer_checked_spec(model_cfg, data)
 

@@ -61,8 +61,12 @@ def transfer(
     resume: bool = False,
     on_eval: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict:
-    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict."""
+    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
+
+    ``force`` transfers a source that ends at chance level, which is otherwise refused.
+    """
     t_start = time.perf_counter()
     record = {
         "transfer": to_dict(cfg), "source": source, "target_seed": target_seed, "target_init": target_init,
@@ -71,7 +75,7 @@ def transfer(
     checkpointer = RunCheckpointer(fs.join(out, "state"))
     _claim_output(out, record, checkpointer, resume)
     problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
-                      oracle_target=oracle_target)
+                      oracle_target=oracle_target, force=force)
     runner = make_backend(problem, cfg, backend, backend_options)
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
