@@ -86,7 +86,13 @@ def atomic_write_json(location: str, obj) -> None:
 
 
 def read_json(location: str):
-    return json.loads(read_bytes(location))
+    """The JSON document at ``location``; a damaged one (bad JSON or UTF-8) raises ConfigError naming it."""
+    from .config import ConfigError
+
+    try:
+        return json.loads(read_bytes(location))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ConfigError(f"{location} is damaged ({e}); restore it or delete the folder and start over") from e
 
 
 def listdir(location: str) -> list[str]:

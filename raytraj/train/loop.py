@@ -186,12 +186,18 @@ def _open_writer(out, meta, start_state, param_names, state_path):
     except TrajectoryError:
         if fs.exists(fs.join(out, "trajectory.json")):
             raise
+        if fs.exists(fs.join(out, "config.json")):
+            raise ConfigError(f"--out {out} holds a transfer run; a trajectory store needs a folder of its own")
         writer = TrajectoryWriter.create(out, meta, start_state, param_names)
         writer.write(0, start_state, {"epoch": 0.0, "iteration": 0})
         return writer, start_state, None
     if store.complete:
         raise TrajectoryError(f"{out} already holds a finished trajectory; choose another --out or delete it")
     recorded, meta = store.meta, json.loads(json.dumps(meta))  # as JSON: tuples read back as lists
+    if recorded != meta and store.num_steps <= 1 and not fs.exists(state_path):
+        # Stopped before its first checkpoint: nothing to keep, so any command may start over here.
+        fs.remove(fs.join(out, "trajectory.json"))
+        return _open_writer(out, meta, start_state, param_names, state_path)
     if recorded != meta:
         diff = sorted(k for k in meta if recorded.get(k) != meta[k])
         raise ConfigError(f"{out} holds an unfinished run with other settings ({', '.join(diff)}); resume it with "
