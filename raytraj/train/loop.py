@@ -16,14 +16,13 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, to_dict
 from ..data import Dataset, epoch_batches
 from ..evaluation import accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
+from ..progress import progress_bar
 from ..runtime import default_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
 from .recipe import TrainConfig
@@ -127,7 +126,7 @@ def train(
         soft_targets = soft_targets.to(device)
     elapsed0 = (resume or {}).get("elapsed_s", 0.0)
     t_start = time.perf_counter()
-    bar = tqdm(total=total, initial=iteration, desc=f"train {out}", disable=None if progress else True, leave=False)
+    bar = progress_bar(total, iteration, f"train {out}", progress)
 
     def checkpoint():
         model.eval()
