@@ -20,7 +20,12 @@ from .trajectory import ObjectStoreTrajectory
 
 @ray.remote
 class GradientWorker:
-    def __init__(self, model_cfg, data, spec, trajectory, target_init, settings: dict):
+    def __init__(self, model_cfg, shared: list, settings: dict):
+        """``shared``: object refs of (data, spec, trajectory, target_init), held by the driver for the
+        backend's lifetime. They come inside a list, not as top-level arguments: Ray cannot vouch for
+        top-level object-store arguments of a restartable actor (its "actor restart will fail" error
+        line), while these stay alive because the driver owns them."""
+        data, spec, trajectory, target_init = ray.get(list(shared))
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         self.threads = set_torch_threads(max(1, int(cpus)))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]

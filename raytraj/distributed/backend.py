@@ -82,7 +82,7 @@ class RayBackend:
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
                 max_task_retries=max_task_retries, name=f"raytraj-{run_id}-worker-{i}",
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(problem.model_cfg, *self._shared, settings))
+            ).remote(problem.model_cfg, self._shared, settings))  # a list: refs the actor resolves itself
         self._next = itertools.cycle(range(workers))
         self._perm_cache: tuple[int, ray.ObjectRef] | None = None
         self.placement = self.describe()  # waits until every worker is up, and surfaces its errors
