@@ -11,8 +11,8 @@
 # PIDs in a state dir and `stop` ends exactly those processes (never a global
 # `ray stop`, which would also kill unrelated Ray clusters on this machine).
 #
-# Security: the nodes register as 127.0.0.1, the dashboard's HTTP server is not
-# started (--include-dashboard=false), and token authentication is on
+# Security: the nodes register as 127.0.0.1, the dashboard (and with it the Jobs
+# API for `ray job submit`) listens on 127.0.0.1 only, and token authentication is on
 # (RAY_AUTH_MODE=token with a fresh token kept in the state dir, not in
 # ~/.ray/auth_token). Note that Ray's GCS and raylets still listen on all
 # interfaces whatever --node-ip-address says, so on a shared or exposed host the
@@ -158,7 +158,11 @@ cmd_start() {
     export RAY_ADDRESS="127.0.0.1:$HEAD_PORT"
 
     echo "Starting head on 127.0.0.1:$HEAD_PORT (logs: $STATE_DIR/logs)"
-    start_node head --head --port="$HEAD_PORT" --include-dashboard=false \
+    # The dashboard serves the Jobs API that `ray job submit` needs; bound to loopback only.
+    DASHBOARD_PORT=${DASHBOARD_PORT:-$(free_port)}
+    echo "$DASHBOARD_PORT" >"$STATE_DIR/dashboard_port"
+    start_node head --head --port="$HEAD_PORT" --include-dashboard=true \
+        --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
         --ray-client-server-port="$(free_port)"
     # Wait for the GCS before the workers try to join.
     local i
@@ -195,6 +199,7 @@ Then run a transfer on it, e.g.:
       --out runs/fgmt --backend ray --address auto --workers $((WORKERS + 1)) --cpus-per-worker 1
 
   ray status        # the ray CLI needs the same RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH
+  ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . -- raytraj transfer ...
 
 Stop it with:  $PROG stop$( [ "$STATE_DIR" = /tmp/raytraj-cluster ] || printf ' --dir %s' "$STATE_DIR")
 EOF

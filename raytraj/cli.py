@@ -139,7 +139,9 @@ def _tune_options(args) -> dict:
 def _base_transfer(args):
     from .transfer import TransferConfig
 
-    return TransferConfig(method=args.method, steps=args.steps, schedule=args.schedule, grad_batches=args.grad_batches,
+    # schedule "actual" follows the recorded steps; the default T=20 is for linear schedules only.
+    steps = args.steps if args.steps is not None else (None if args.schedule == "actual" else 20)
+    return TransferConfig(method=args.method, steps=steps, schedule=args.schedule, grad_batches=args.grad_batches,
                           batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every)
 
 
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     def tune_common(q, method_default):
         q.add_argument("--source", required=True)
         q.add_argument("--method", default=method_default, choices=["fgmt", "gmt", "naive"])
-        q.add_argument("--steps", type=int, default=20)
+        q.add_argument("--steps", type=int, help="T (default 20; with --schedule actual: the recorded steps)")
         q.add_argument("--schedule", default="cosine", choices=["cosine", "uniform", "actual"])
         q.add_argument("--grad-batches", type=int, default=1)
         q.add_argument("--batch-size", type=int, default=128)
@@ -264,10 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
         q.add_argument("--cpus-per-trial", type=float, default=1)
-        q.add_argument("--gpus-per-trial", type=float, default=0)
+        q.add_argument("--gpus-per-trial", type=float,
+                       help="GPUs per trial (default: 1 when the cluster has GPUs, else 0); a trial uses exactly "
+                            "the GPU Ray assigns it")
         q.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
         q.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a local one)")
-        q.add_argument("--resume", action="store_true", help="continue an interrupted run (Tuner.restore)")
+        q.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run (Tuner.restore, which unpickles Tune's state: --storage "
+                            "must be trusted, and a local one is checked to be yours and not world-writable)")
 
     en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
     tune_common(en, "fgmt")
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--search", default="grid", choices=["grid", "random"])
     sw.add_argument("--scheduler", choices=["asha"])
     sw_target = sw.add_mutually_exclusive_group()
-    sw_target.add_argument("--target-seed", type=int, default=1)
+    sw_target.add_argument("--target-seed", type=int, default=1000,
+                           help="the target's init seed (default 1000; it must differ from the source's --seed)")
     sw_target.add_argument("--target-init")
     sw.add_argument("--new-head", action="store_true")
     sw.set_defaults(func=cmd_sweep)
@@ -318,7 +325,38 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
+        print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " with --resume" if getattr(args, "resume", None) is not None else ""
+        print(f"raytraj {args.command}: interrupted; what was done is saved: run the same command{hint} to continue",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    """One line naming the file and the cause, with the fix where there is an obvious one."""
+    import errno
+    import re
+
+    from .fs import StorageError
+
+    if isinstance(e, StorageError):
+        return str(e)
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    text = f"{e.strerror or e}{where}".replace("\n", " ")
+    code = e.errno
+    if code is None:  # pyarrow puts the errno in the message only
+        m = re.search(r"\[errno (\d+)\]", text, re.IGNORECASE)
+        code = int(m.group(1)) if m else None
+    fixes = {errno.ENOSPC: "free some space or choose another --out", errno.EROFS: "choose a writable --out",
+             errno.EACCES: "choose an --out you may write to", errno.ENOTDIR: "a file stands where a folder is "
+             "needed; choose another --out", errno.EEXIST: "choose another --out"}
+    fix = fixes.get(code, "check the path and the storage it is on")
+    return f"{text}; {fix}"
 
 
 if __name__ == "__main__":

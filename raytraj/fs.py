@@ -18,15 +18,46 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 
+class StorageError(OSError):
+    """Object storage that cannot be reached: no credentials, no network, no such bucket."""
+
+
+# Seconds a first contact with an object store may retry before it counts as unreachable. Later
+# calls keep pyarrow's own (long) retries, which ride out transient errors in a long run.
+PROBE_S = float(os.environ.get("RAYTRAJ_STORAGE_PROBE_S", "5"))
+_reached: set[tuple[str, str]] = set()
+
+
 def is_uri(location: str) -> bool:
     return "://" in location
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or URI."""
-    if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(location)
+    """(filesystem, path inside it) for a local path or URI.
+
+    The first use of each bucket is probed with short retries, so that missing credentials or
+    network fail within seconds, naming the URI (GCS otherwise retries for 15 minutes).
+    """
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(location)
+        key = (filesystem.type_name, path.split("/", 1)[0])
+        if key not in _reached and filesystem.type_name in ("gcs", "s3"):
+            probe = filesystem
+            if filesystem.type_name == "gcs" and "?" not in location:
+                import datetime
+
+                probe = pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=PROBE_S))
+            probe.get_file_info(path)
+            _reached.add(key)
+    except StorageError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        cause = " ".join(str(e).split())[:300]
+        raise StorageError(f"cannot reach {location}: {cause}. Check the credentials (AWS_* / "
+                           "GOOGLE_APPLICATION_CREDENTIALS), the network, and the bucket name") from e
+    return filesystem, path
 
 
 def absolute(location: str) -> str:
@@ -86,7 +117,13 @@ def atomic_write_json(location: str, obj) -> None:
 
 
 def read_json(location: str):
-    return json.loads(read_bytes(location))
+    """The JSON document at ``location``; a damaged one (bad JSON or UTF-8) raises ConfigError naming it."""
+    from .config import ConfigError
+
+    try:
+        return json.loads(read_bytes(location))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ConfigError(f"{location} is damaged ({e}); restore it or delete the folder and start over") from e
 
 
 def listdir(location: str) -> list[str]:

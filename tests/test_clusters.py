@@ -193,6 +193,26 @@ class TestLauncherConfig:
         worker_torch = [c for c in cfg["worker_setup_commands"] if "torch==" in c]
         assert worker_torch and not any("whl/cpu" in c for c in worker_torch)
 
+    def test_raytraj_comes_from_this_repository(self, path):
+        """Not an imaginary git URL or an unpublished PyPI name: the wheel built from this repo
+        (`pip wheel --no-deps -w dist .`), shipped to every node by file_mounts."""
+        cfg = _load(path)
+        installs = [c for c in cfg.get("head_setup_commands", []) + cfg.get("worker_setup_commands", [])
+                    if re.search(r"pip install .*raytraj", c)]
+        assert installs
+        mounts = {os.path.expanduser(k): v for k, v in cfg["file_mounts"].items()}
+        for cmd in installs:
+            assert "git+" not in cmd and not re.search(r"install (--\S+ )*[\"']?raytraj\b", cmd), cmd
+            wheel = re.search(r"(\S+)/raytraj-\*\.whl", cmd).group(1)
+            assert wheel in mounts, (wheel, mounts)
+            local = (ROOT / mounts[wheel]).resolve()
+            assert local.is_relative_to(ROOT) and local.name == "dist", mounts[wheel]
+        assert "pip wheel --no-deps -w dist ." in path.read_text()
+
+    def test_head_runs_no_trials(self, path):
+        head = _ray_start_commands(_load(path), "head_start_ray_commands")
+        assert head and all("--num-cpus=0" in c for c in head)
+
     def test_ray_start_flags(self, path):
         cfg = _load(path)
         head = _ray_start_commands(cfg, "head_start_ray_commands")
@@ -252,9 +272,14 @@ EXPOSING_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _docs(path):
+def _all_docs(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def _docs(path):
+    """The Ray resources of a manifest (RayCluster, RayJob), without its NetworkPolicies."""
+    return [d for d in _all_docs(path) if d.get("apiVersion", "").startswith("ray.io/")]
 
 
 def _cluster_spec(doc):
@@ -364,6 +389,49 @@ class TestKubeRayManifest:
                     assert cmd.rstrip().endswith("|| exit 1"), cmd
                     assert ("whl/cpu" in cmd) == (_gpu_limit(c) == 0), cmd
 
+    def test_pods_run_the_image_built_from_this_repository(self, path):
+        """clusters/Dockerfile pip-installs this repository's source into Ray's image; no pod
+        installs raytraj from an imaginary git URL or an unpublished PyPI name."""
+        assert "git+" not in path.read_text()
+        for doc in _docs(path):
+            spec = _cluster_spec(doc)
+            for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+                for c in _containers(group):
+                    repo, tag = c["image"].rsplit(":", 1)
+                    assert repo.rsplit("/", 1)[-1] == "raytraj", c["image"]
+                    assert tag.endswith("-gpu" if _gpu_limit(c) else "-cpu"), c["image"]
+
+    def test_head_runs_no_trials(self, path):
+        for doc in _docs(path):
+            assert _cluster_spec(doc)["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0"
+
+
+def test_dockerfile_installs_this_repository():
+    text = (CLUSTERS / "Dockerfile").read_text()
+    assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-\$\{VARIANT\}$", text, re.M)
+    copied = re.findall(r"^COPY (?:--\S+ )*(.+) (\S+)$", text, re.M)
+    sources = {src for srcs, _ in copied for src in srcs.split()}
+    assert {"pyproject.toml", "raytraj"} <= sources and all((ROOT / src).exists() for src in sources)
+    target = copied[0][1].rstrip("/")
+    assert re.search(rf"pip install --no-cache-dir {re.escape(target)}\b", text)
+    assert "torch==2.13.0" in text and "whl/cpu" in text
+
+
+@pytest.mark.parametrize("path", [p for p in KUBERAY_MANIFESTS if any(d["kind"] == "RayJob" for d in _docs(p))],
+                         ids=lambda p: p.name)
+def test_rayjob_has_a_network_policy_for_its_pods(path):
+    job = next(d for d in _docs(path) if d["kind"] == "RayJob")["metadata"]["name"]
+    policies = [d for d in _all_docs(path) if d["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1 and policies[0]["apiVersion"] == "networking.k8s.io/v1"
+    spec = policies[0]["spec"]
+    own = {"ray.io/originated-from-cr-name": job, "ray.io/originated-from-crd": "RayJob"}
+    assert spec["podSelector"]["matchLabels"] == own and spec["policyTypes"] == ["Ingress"]
+    peers = [p for rule in spec["ingress"] for p in rule["from"]]
+    assert {"podSelector": {"matchLabels": own}} in peers
+    assert any(p.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "kuberay-operator"}
+               for p in peers)
+    assert all("ipBlock" not in p for p in peers)  # nothing from outside the Kubernetes cluster
+
 
 RAYJOBS = [p for p in KUBERAY_MANIFESTS if any(d["kind"] == "RayJob" for d in _docs(p))]
 
@@ -402,6 +470,8 @@ def test_rayjob(path, raytraj_parser):
         group_gpus = sum(g["maxReplicas"] * max(_gpu_limit(c) for c in _containers(g))
                          for g in spec["rayClusterSpec"]["workerGroupSpecs"])
         assert workers * gpus <= group_gpus, "the transfer asks for more GPUs than the cluster can have"
+    if command in ("ensemble", "sweep"):  # trials on the GPU workers, said explicitly
+        assert float(argv[argv.index("--gpus-per-trial") + 1]) >= 1
     if command not in _subcommands(raytraj_parser):
         pytest.skip(f"`raytraj {command}` is not in this raytraj's CLI yet")
     args = raytraj_parser.parse_args(argv[3:])  # SystemExit on an unknown or missing flag
@@ -422,9 +492,11 @@ def test_script_is_executable_bash():
 def test_script_settings():
     text = SCRIPT.read_text()
     assert "set -euo pipefail" in text
-    for needle in ("--disable-usage-stats", "--include-dashboard=false", "RAY_USAGE_STATS_ENABLED=0",
+    for needle in ("--disable-usage-stats", "--include-dashboard=true", "RAY_USAGE_STATS_ENABLED=0",
                    "RAY_AUTH_MODE=token", "--node-ip-address=127.0.0.1", "--block"):
         assert needle in text, needle
+    # The dashboard serves `ray job submit`; it listens on loopback only.
+    assert _dashboard_hosts(text) == ["127.0.0.1"]
     # Never a global `ray stop`: it would kill other people's Ray processes on the machine.
     assert not re.search(r"^\s*[^#\n]*\bray stop\b", text, re.M)
 

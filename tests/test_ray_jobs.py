@@ -49,6 +49,16 @@ def head(tmp_path_factory):
             if time.time() > deadline or proc.poll() is not None:
                 pytest.fail(f"ray head did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+    # /api/version answers before the job agent does; a submit in between fails. Wait for the
+    # Jobs API itself to answer an authenticated call.
+    while True:
+        listed = subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True, text=True,
+                                timeout=60)
+        if listed.returncode == 0:
+            break
+        if time.time() > deadline or proc.poll() is not None:
+            pytest.fail(f"the job agent did not come up:\n{listed.stderr[-2000:]}\n{log.read_text()[-3000:]}")
+        time.sleep(1)
     yield url, env
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -66,10 +76,11 @@ def test_submitted_transfer_job_writes_the_same_result_as_a_local_run(head, digi
 
     url, env = head
     out = tmp_path / "job-out"
+    # The job runs with this venv's interpreter, not whatever `python` is first on the PATH.
     submit = [RAY, "job", "submit", "--address", url, "--working-dir", ".", "--",
-              "python", "-m", "raytraj", "transfer", "--source", str(digits_source / "source"), "--target-seed", "2",
-              "--method", "fgmt", "--steps", "4", "--seed", "1", "--out", str(out), "--backend", "ray",
-              "--workers", "2", "--quiet"]
+              sys.executable, "-m", "raytraj", "transfer", "--source", str(digits_source / "source"),
+              "--target-seed", "2", "--method", "fgmt", "--steps", "4", "--seed", "1", "--out", str(out),
+              "--backend", "ray", "--workers", "2", "--quiet"]
     done = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr

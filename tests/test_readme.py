@@ -21,3 +21,16 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci
+
+
+def test_docs_point_only_at_files_inside_the_repository():
+    """A reader of a clone has nothing outside it: no links or paths that climb out of the repo."""
+    docs = [ROOT / "README.md", *(ROOT / "clusters").glob("*.md"), *(ROOT / "benchmarks" / "results").glob("*.md")]
+    for doc in docs:
+        text = doc.read_text()
+        targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"`([^`\s]*/[^`\s]*)`", text)
+        for target in targets:
+            if "://" in target or target.startswith(("/", "~", "$")):
+                continue
+            resolved = (doc.parent / target.split("#")[0]).resolve()
+            assert resolved.is_relative_to(ROOT), f"{doc.relative_to(ROOT)} points outside the repository: {target}"

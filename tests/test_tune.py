@@ -84,11 +84,21 @@ def test_grid_sweep_with_asha_returns_every_trial(cluster, digits_source, tmp_pa
     params = parse_params(["steps=4,8", "method=fgmt,naive"])
     monkeypatch.chdir(tmp_path)  # relative paths, as users type them (Tune runs trials elsewhere)
     rows = run_sweep(os.path.relpath(digits_source / "source"), "sweep", params,
-                     base=TransferConfig(steps=4), target={"target_seed": 1}, scheduler="asha")
+                     base=TransferConfig(steps=4), target={"target_seed": 1000}, scheduler="asha", max_concurrent=1)
     assert len(rows) == 4
     assert sorted((r["steps"], r["method"]) for r in rows) == [(4, "fgmt"), (4, "naive"), (8, "fgmt"), (8, "naive")]
     assert rows[0]["best_val_acc"] == max(r["best_val_acc"] for r in rows)
-    assert all(r["status"] in ("finished", "stopped early") for r in rows)
+    for r in rows:  # each trial's status says what happened to it
+        wrote_metrics = (tmp_path / "sweep" / "trials" / r["trial_id"] / "metrics.json").exists()
+        if r["status"] == "finished":
+            assert wrote_metrics and r["steps_run"] == r["steps"] and r["final_val_acc"] is not None, r
+        else:
+            assert r["status"] == "stopped early" and not wrote_metrics and r["steps_run"] < r["steps"], r
+    # The first trial meets no competitor at any rung, so it always runs to its end; the longest
+    # trials are not cut at max_t before their results are written (stop_last_trials=False).
+    assert any(r["status"] == "finished" for r in rows)
+    assert any(r["status"] == "finished" and r["steps"] == 8 for r in rows)
+    assert any(r["status"] == "stopped early" for r in rows)  # Naive is far behind FGMT from here
     table = pq.read_table(tmp_path / "sweep" / "results.parquet")
     assert table.num_rows == 4 and "best_val_acc" in table.column_names
     assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 5
@@ -115,9 +125,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(cluster, digi
     assert 2 <= len(finished) < 4
     with pytest.raises(ConfigError, match="--resume"):
         run_sweep(str(digits_source / "source"), str(out), parse_params(["steps=3,4,5,6"]), base=TransferConfig(),
-                  target={"target_seed": 1})
+                  target={"target_seed": 1000})
     rows = run_sweep(str(digits_source / "source"), str(out), parse_params(["steps=3,4,5,6"]), base=TransferConfig(),
-                     target={"target_seed": 1}, resume=True)
+                     target={"target_seed": 1000}, resume=True)
     assert sorted(r["steps"] for r in rows) == [3, 4, 5, 6] and all(r["status"] == "finished" for r in rows)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished trials were not redone
     assert len(list((out / "trials").glob("*/metrics.json"))) == 4
@@ -139,3 +149,65 @@ def test_bad_input_is_refused_clearly(digits_source, tmp_path):
                      targets="a,b,c")
     with pytest.raises(ConfigError, match="no finished ensemble"):
         distill(str(tmp_path / "nothing"), str(tmp_path / "d"))
+
+
+def test_ensemble_interrupted_with_ctrl_c_says_how_to_resume_and_refuses_other_settings(cluster, digits_source,
+                                                                                       tmp_path):
+    out = tmp_path / "ens"
+    argv = [sys.executable, "-m", "raytraj", "ensemble", "--source", str(digits_source / "source"), "--out", str(out),
+            "--members", "3", "--steps", "8", "--max-concurrent", "1", "--address", cluster]
+    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and driver.poll() is None:
+        if list((out / "members").glob("*/metrics.json")) if (out / "members").exists() else []:
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, driver.stderr.read()[-3000:]
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode in (2, 130), stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("raytraj ensemble: ")]
+    assert len(ours) == 1 and "--resume" in ours[0] and "Traceback" not in stderr, stderr[-3000:]
+    assert not (out / "ensemble.json").exists()
+
+    # other settings are refused before Tune or the run folder is touched
+    state = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    for changed in (dict(members=4), dict(cfg=TransferConfig(method="gmt", steps=8)),
+                    dict(cfg=TransferConfig(steps=9))):
+        kw = {"members": 3, "cfg": TransferConfig(steps=8), **changed}
+        with pytest.raises(ConfigError, match="other settings"):
+            run_ensemble(str(digits_source / "source"), str(out), resume=True, address=cluster, **kw)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == state
+
+    result = run_ensemble(str(digits_source / "source"), str(out), members=3, cfg=TransferConfig(steps=8),
+                          max_concurrent=1, resume=True, address=cluster)
+    assert len(result["members"]) == 3 and (out / "ensemble.json").exists()
+
+
+def test_trials_get_short_configs_and_the_cpu_when_they_hold_no_gpu(cluster, digits_source, tmp_path):
+    from raytraj.tune.runner import default_gpus_per_trial
+
+    assert default_gpus_per_trial() == (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+    out = tmp_path / "sw"
+    rows = run_sweep(str(digits_source / "source"), str(out), parse_params(["steps=2"]), base=TransferConfig(),
+                     target={"target_seed": 1000})
+    assert rows[0]["status"] == "finished"
+    params = json.loads(next((out / "tune" / "sweep").glob("*/params.json")).read_text())
+    assert params == {"transfer": {"steps": 2}}  # what Tune prints per trial: the searched values only
+    assert "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ
+
+
+def test_restore_refuses_storage_others_may_write(tmp_path):
+    from raytraj.tune.runner import check_trusted_storage
+
+    exp = tmp_path / "tune" / "sweep"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"not read")
+    check_trusted_storage(str(exp))
+    (exp / "tuner.pkl").chmod(0o666)
+    with pytest.raises(ConfigError, match="world-writable"):
+        check_trusted_storage(str(exp))
+    (exp / "tuner.pkl").chmod(0o644)
+    exp.parent.chmod(0o777)
+    with pytest.raises(ConfigError, match="world-writable"):
+        check_trusted_storage(str(exp))

@@ -82,10 +82,25 @@ def _npz(path: str) -> Arrays:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ConfigError(f"{path}: give both x_test and y_test, or neither")
     out = {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in arrays}
+    for split in ("train", "test"):
+        if f"y_{split}" not in out:
+            continue
+        x, y = out[f"x_{split}"], out[f"y_{split}"]
+        if y.ndim != 1 or x.ndim < 1 or len(x) != len(y):
+            raise ConfigError(f"{path}: x_{split} has {len(x) if x.ndim else 0} samples but y_{split} has shape "
+                              f"{y.shape}; give one integer label per sample")
+        if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and
+                                              np.array_equal(y, np.round(y))):
+            raise ConfigError(f"{path}: y_{split} must hold integer class labels, got dtype {y.dtype}")
+        if len(y) and y.min() < 0:
+            raise ConfigError(f"{path}: y_{split} holds negative labels (min {y.min()}); labels are classes "
+                              "0..K-1")
     for k in list(out):
         out[k] = out[k].astype(np.int64 if k.startswith("y") else np.float32)
         if k.startswith("x") and out[k].ndim == 1:
             raise ConfigError(f"{path}: {k} must have a sample axis and feature axes, got shape {out[k].shape}")
+        if k.startswith("x") and not np.all(np.isfinite(out[k])):
+            raise ConfigError(f"{path}: {k} holds NaN or inf values; clean the inputs first")
     return out
 
 

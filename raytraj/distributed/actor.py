@@ -18,9 +18,25 @@ from ..transfer.worker import TransferWorker
 from .trajectory import ObjectStoreTrajectory
 
 
+@ray.remote(num_cpus=0, max_restarts=0)
+class SharedState:
+    """Holds the object refs of (data, spec, trajectory, target_init) that every GradientWorker
+    starts, and restarts, from. A restartable actor must not take object-store arguments itself:
+    Ray cannot promise they still exist at a restart (its "actor restart will fail" error line)."""
+
+    def __init__(self, shared: list):
+        self.shared = shared
+
+    def get(self) -> list:
+        return self.shared
+
+
 @ray.remote
 class GradientWorker:
-    def __init__(self, model_cfg, data, spec, trajectory, target_init, settings: dict):
+    def __init__(self, model_cfg, holder: str, settings: dict):
+        """``holder``: the name of the SharedState actor to fetch the shared objects from, at every
+        restart too. A name, not a handle: a handle carries a reference, as an object ref does."""
+        data, spec, trajectory, target_init = ray.get(ray.get(ray.get_actor(holder).get.remote()))
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         self.threads = set_torch_threads(max(1, int(cpus)))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]

@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ..config import ConfigError
 from ..perm import solve_laps_serial
 from ..transfer.backend import finish_sums
-from .actor import GradientWorker
+from .actor import GradientWorker, SharedState
 from .cluster import connect
 from .trajectory import PointPublisher
 
@@ -74,15 +74,17 @@ class RayBackend:
         # Kept on self: a restarted actor is rebuilt from these same object-store copies.
         self._shared = [ray.put(x) for x in (problem.data, problem.spec, self.publisher.for_workers,
                                              problem.target_init)]
+        run_id = uuid.uuid4().hex[:8]
+        holder = f"raytraj-{run_id}-shared"
+        self._holder = SharedState.options(name=holder).remote(self._shared)  # what a (re)started worker fetches
         settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
                     "eval_batch_size": cfg.eval_batch_size}
-        run_id = uuid.uuid4().hex[:8]
         for i in range(workers):
             self.workers.append(GradientWorker.options(
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
                 max_task_retries=max_task_retries, name=f"raytraj-{run_id}-worker-{i}",
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(problem.model_cfg, *self._shared, settings))
+            ).remote(problem.model_cfg, holder, settings))
         self._next = itertools.cycle(range(workers))
         self._perm_cache: tuple[int, ray.ObjectRef] | None = None
         self.placement = self.describe()  # waits until every worker is up, and surfaces its errors
@@ -133,7 +135,7 @@ class RayBackend:
         return ray.get([w.describe.remote() for w in self.workers])
 
     def close(self):
-        for w in self.workers:
+        for w in [*self.workers, *([self._holder] if getattr(self, "_holder", None) else [])]:
             ray.kill(w)
         if self.pg is not None:
             remove_placement_group(self.pg)

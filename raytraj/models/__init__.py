@@ -6,6 +6,7 @@ A config travels as a plain dict ``{"name": ..., **fields}`` (in trajectory stor
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
@@ -38,7 +39,30 @@ def model_config(name: str, **fields: Any):
     """The typed config of zoo model ``name``; unknown fields raise ConfigError."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return from_dict(MODELS[name][0], fields, what=f"model {name!r} config")
+    cfg = from_dict(MODELS[name][0], fields, what=f"model {name!r} config")
+    _check_sizes(name, cfg)
+    return cfg
+
+
+# Fields that hold indices, not sizes: 0 is a valid value.
+_INDEX_FIELDS = ("pool_after",)
+
+
+def _check_sizes(name: str, cfg) -> None:
+    """Widths, counts and scale factors must be positive: torch would fail later with a RuntimeError."""
+    for key, value in to_dict(cfg).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        low = 0 if key in _INDEX_FIELDS else 1
+        if key == "width":
+            bad = [v for v in values if not v > 0]
+        else:
+            bad = [v for v in values if v < low]
+        if bad:
+            shown = json.dumps(list(value)).replace(" ", "") if isinstance(value, (list, tuple)) else value
+            raise ConfigError(f"model {name!r} option {key}={shown}: every value must be "
+                              f"{'> 0' if key == 'width' else f'>= {low}'}, got {bad[0]}")
 
 
 def model_to_dict(cfg) -> dict[str, Any]:

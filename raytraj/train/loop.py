@@ -16,14 +16,13 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, to_dict
 from ..data import Dataset, epoch_batches
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
+from ..progress import progress_bar
 from ..runtime import default_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
 from .recipe import TrainConfig
@@ -132,7 +131,7 @@ def train(
         soft_targets = soft_targets.to(device)
     elapsed0 = (resume or {}).get("elapsed_s", 0.0)
     t_start = time.perf_counter()
-    bar = tqdm(total=total, initial=iteration, desc=f"train {out}", disable=None if progress else True, leave=False)
+    bar = progress_bar(total, iteration, f"train {out}", progress)
 
     def checkpoint():
         model.eval()
@@ -191,12 +190,18 @@ def _open_writer(out, meta, start_state, param_names, state_path):
     except TrajectoryError:
         if fs.exists(fs.join(out, "trajectory.json")):
             raise
+        if fs.exists(fs.join(out, "config.json")):
+            raise ConfigError(f"--out {out} holds a transfer run; a trajectory store needs a folder of its own")
         writer = TrajectoryWriter.create(out, meta, start_state, param_names)
         writer.write(0, start_state, {"epoch": 0.0, "iteration": 0})
         return writer, start_state, None
     if store.complete:
         raise TrajectoryError(f"{out} already holds a finished trajectory; choose another --out or delete it")
     recorded, meta = store.meta, json.loads(json.dumps(meta))  # as JSON: tuples read back as lists
+    if recorded != meta and store.num_steps <= 1 and not fs.exists(state_path):
+        # Stopped before its first checkpoint: nothing to keep, so any command may start over here.
+        fs.remove(fs.join(out, "trajectory.json"))
+        return _open_writer(out, meta, start_state, param_names, state_path)
     if recorded != meta:
         diff = sorted(k for k in meta if recorded.get(k) != meta[k])
         raise ConfigError(f"{out} holds an unfinished run with other settings ({', '.join(diff)}); resume it with "

@@ -103,6 +103,9 @@ class TrajectoryWriter:
             if list(t.shape) != spec["shape"] or str(t.dtype).removeprefix("torch.") != spec["dtype"]:
                 raise TrajectoryError(f"{spec['name']}: got {tuple(t.shape)} {t.dtype}, the store holds "
                                       f"{tuple(spec['shape'])} {spec['dtype']}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(f"{spec['name']} holds NaN or inf values at step {step}; not recording it "
+                                         f"in {self.location}. Lower --lr")
             flat = t.reshape(-1)
             flat = flat.view(torch.uint16) if t.dtype == torch.bfloat16 else flat
             values = flat.numpy()
@@ -146,19 +149,27 @@ class TrajectoryStore:
                                   "`raytraj train ... --out DIR`")
         try:
             manifest = fs.read_json(path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:  # JSON or UTF-8 errors
             raise TrajectoryError(f"{path} is damaged ({e}); the store cannot be read") from e
-        if manifest.get("format") != FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TrajectoryError(f"{path} is not a raytraj trajectory manifest")
         if manifest.get("schema") != SCHEMA_VERSION:
             raise TrajectoryError(f"{self.location} has trajectory schema {manifest.get('schema')}, this raytraj "
                                   f"reads schema {SCHEMA_VERSION}; use the raytraj version that wrote it")
+        _check_manifest(path, manifest)
         steps = [s["step"] for s in manifest["steps"]]
         if steps != list(range(len(steps))):
             missing = sorted(set(range(max(steps, default=-1) + 1)) - set(steps))
             raise TrajectoryError(f"{self.location} is missing steps {missing}; re-record or resume the run")
         self.manifest = manifest
         self._columns = {t["name"]: i for i, t in enumerate(manifest["tensors"])}
+        if self.complete:
+            # A finished store has exactly its listed step files; more means the manifest lost steps,
+            # and its last listed step would silently pass for the end point.
+            recorded = [n for n in fs.listdir(fs.join(self.location, "steps")) if n.endswith(".arrow")]
+            if len(recorded) > self.num_steps:
+                raise TrajectoryError(f"{path} lists {self.num_steps} steps (0..{self.last_step}) but the store "
+                                      f"holds {len(recorded)} step files; the manifest was edited or damaged")
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -218,13 +229,16 @@ class TrajectoryStore:
             with filesystem.open_input_file(path) as f:
                 reader = ipc.open_file(f, options=ipc.IpcReadOptions(
                     included_fields=sorted(self._columns[n] for n in wanted)))
-                if reader.schema.metadata.get(b"step") != str(step).encode():
+                if (reader.schema.metadata or {}).get(b"step") != str(step).encode():
                     raise TrajectoryError(f"{location} holds another step than {step}")
                 batch = reader.get_batch(0)
                 out = {}
                 for field, col in zip(batch.schema, batch.columns):
                     out[field.name] = _decode(field, col, location)
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        except TrajectoryError:
+            raise
+        except (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError) as e:
+            # Any damage to the file's bytes (found by fuzzing single bytes): one clear error.
             raise TrajectoryError(f"{location} is truncated or corrupt ({e}); re-record the run or restore "
                                   "the file from a copy") from e
         return {n: out[n] for n in wanted}
@@ -233,6 +247,24 @@ class TrajectoryStore:
         """Read every step in full; raises TrajectoryError at the first damaged one."""
         for step in range(self.num_steps):
             self.read(step)
+
+
+def _check_manifest(path: str, manifest: dict) -> None:
+    """The manifest's structure, so that a hand-edited or damaged one fails here and not with a KeyError."""
+    problem = None
+    if not isinstance(manifest.get("meta"), dict):
+        problem = "no 'meta' record"
+    elif not isinstance(manifest.get("steps"), list) or not all(
+            isinstance(s, dict) and isinstance(s.get("step"), int) and isinstance(s.get("file"), str)
+            for s in manifest["steps"]):
+        problem = "no valid 'steps' list (each entry needs 'step' and 'file')"
+    elif not isinstance(manifest.get("tensors"), list) or not all(
+            isinstance(t, dict) and {"name", "shape", "dtype", "kind"} <= set(t) for t in manifest["tensors"]):
+        problem = "no valid 'tensors' table"
+    elif not isinstance(manifest.get("complete"), bool):
+        problem = "no 'complete' flag"
+    if problem:
+        raise TrajectoryError(f"{path} is damaged: {problem}; re-record the run or restore the file from a copy")
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -252,16 +284,28 @@ def read_state(ref: str) -> tuple[dict[str, torch.Tensor], TrajectoryStore, int]
 
 
 def _decode(field: pa.Field, col: pa.FixedSizeListArray, location: str) -> torch.Tensor:
-    meta = {k.decode(): v.decode() for k, v in field.metadata.items()}
-    shape = json.loads(meta["shape"])
-    dtype = _DTYPES[meta["dtype"]]
+    try:
+        meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+        shape = json.loads(meta["shape"])
+        dtype = _DTYPES[meta["dtype"]]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"bad shape {shape!r}")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise TrajectoryError(f"{location}: the metadata of tensor {field.name} is damaged ({e!r}); re-record the "
+                              "run or restore the file from a copy") from e
     values = col.values.to_numpy(zero_copy_only=False)
     n = int(np.prod(shape)) if shape else 1
     values = values[:n] if n else values[:0]
-    if str(zlib.crc32(values.tobytes())) != meta["crc32"]:
+    if str(zlib.crc32(values.tobytes())) != meta.get("crc32"):
         raise TrajectoryError(f"{location}: tensor {field.name} fails its checksum; the file is corrupt. "
                               "Re-record the run or restore the file from a copy")
     t = torch.from_numpy(values.copy())
     if dtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
-    return t.reshape(shape).to(dtype)
+    t = t.reshape(shape).to(dtype)
+    # Every point read is checked: a NaN or inf in a source step would otherwise flow into the
+    # transferred model, or be blamed on the target where it surfaces.
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise TrajectoryError(f"{location}: tensor {field.name} holds NaN or inf values; that recorded step of the "
+                              "store diverged or is damaged. Re-record the run (e.g. with a lower --lr)")
+    return t

@@ -102,7 +102,7 @@ def open_trajectory(location: str, schedule: str, steps: int | None = None) -> T
         traj = ActualTrajectory(location)
         if steps is not None and steps != traj.num_steps:
             raise ConfigError(f"--steps {steps} does not match the {traj.num_steps} recorded steps of {location}; "
-                              "with schedule 'actual' omit --steps or give that count")
+                              "with schedule 'actual' omit --steps (steps=None) or give that count")
         return traj
     if steps is None:
         raise ConfigError("a linear trajectory needs --steps T")

@@ -1,33 +1,54 @@
 """Transfer state on disk (or object storage), so that a run killed mid-way resumes.
 
-    OUT/state/progress.safetensors       step, every permutation so far, val accuracies, timing,
-                                         and FGMT's cached cost contractions
+    OUT/state/progress.safetensors       step, timing, FGMT's cached cost contractions, and the
+                                         records of the steps since the last chunk
+    OUT/state/chunk-000000.json          the records (permutations, val accuracies, solver stats,
+                                         pair steps) of CHUNK steps, written once (append-only)
     OUT/state/pairs-000007.safetensors   FGMT's gradient pair added at step 7 (append-only)
 
-Pair files are written before the progress file that counts them, each atomically, so the
-progress file never refers to a pair that is not on disk.
+Each save rewrites only the progress file, whose size is bounded by CHUNK steps, so a run of T
+steps writes O(T) bytes in all; rewriting every permutation at every step cost O(T^2) (T=100000
+reached step 1882 in 300 s). Chunk and pair files are written before the progress file that
+counts them, each atomically, so the progress file never refers to a file that is not on disk.
 """
 
 from __future__ import annotations
 
 from .. import fs
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..perm import perm_from_lists, perm_to_lists
 from .engine import TransferState
 
 PROGRESS = "progress.safetensors"
+CHUNK = 256  # steps per chunk file
 
 
 class RunCheckpointer:
-    def __init__(self, location: str):
+    def __init__(self, location: str, chunk: int | None = None):
         self.location = location
+        self.chunk = chunk or CHUNK
         self.pair_steps: list[int] = []  # steps whose pair file is on disk
+        self._chunks = 0  # chunk files on disk
+        self._flushed = {"perms": 0, "solves": 0, "val_acc": set(), "pair_steps": 0}
 
     def exists(self) -> bool:
         return fs.exists(fs.join(self.location, PROGRESS))
 
     def _pair_path(self, step: int) -> str:
         return fs.join(self.location, f"pairs-{step:06d}.safetensors")
+
+    def _chunk_path(self, index: int) -> str:
+        return fs.join(self.location, f"chunk-{index:06d}.json")
+
+    def _tail(self, state: TransferState) -> dict:
+        """The records not yet in a chunk file."""
+        f = self._flushed
+        return {
+            "perms": [perm_to_lists(p) for p in state.perms[f["perms"]:]],
+            "solves": state.solves[f["solves"]:],
+            "val_acc": {str(k): v for k, v in state.val_acc.items() if k not in f["val_acc"]},
+            "pair_steps": self.pair_steps[f["pair_steps"]:],
+        }
 
     def save(self, state: TransferState, new_pairs, cache: dict) -> None:
         if new_pairs:
@@ -36,25 +57,47 @@ class RunCheckpointer:
                 tensors.update({f"{i}.target.{k}": v for k, v in target.items()})
                 tensors.update({f"{i}.source.{k}": v for k, v in source.items()})
             save_checkpoint(self._pair_path(state.step), tensors, {"pairs": len(new_pairs)})
-        info = {
-            "step": state.step,
-            "perms": [perm_to_lists(p) for p in state.perms],
-            "val_acc": {str(k): v for k, v in state.val_acc.items()},
-            "timing": state.timing,
-            "solves": state.solves,
-            "grad_batches": state.grad_batches,
-            "pair_steps": sorted(set(self.pair_steps) | ({state.step} if new_pairs else set())),
-        }
+            if state.step not in self.pair_steps:
+                self.pair_steps.append(state.step)
+        tail = self._tail(state)
+        if len(tail["perms"]) >= self.chunk:
+            fs.atomic_write_json(self._chunk_path(self._chunks), tail)
+            self._chunks += 1
+            f = self._flushed
+            f["perms"] += len(tail["perms"])
+            f["solves"] += len(tail["solves"])
+            f["val_acc"] |= {int(k) for k in tail["val_acc"]}
+            f["pair_steps"] += len(tail["pair_steps"])
+            tail = self._tail(state)
+        info = {"step": state.step, "timing": state.timing, "grad_batches": state.grad_batches,
+                "chunks": self._chunks, "tail": tail}
         save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
-        self.pair_steps = info["pair_steps"]
 
     def load(self):
         if not self.exists():
             return None
         cache, info = load_checkpoint(fs.join(self.location, PROGRESS))
-        self.pair_steps = info["pair_steps"]
+        try:
+            records = {"perms": [], "solves": [], "val_acc": {}, "pair_steps": []}
+            if "chunks" not in info:  # written by raytraj before chunks: every record in the progress file
+                info = {**info, "chunks": 0, "tail": {k: info[k] for k in records}}
+                self._flushed["perms"] = 0
+            for index in range(info["chunks"]):
+                part = fs.read_json(self._chunk_path(index))
+                self._merge(records, part)
+                f = self._flushed
+                f["perms"] += len(part["perms"])
+                f["solves"] += len(part["solves"])
+                f["val_acc"] |= {int(k) for k in part["val_acc"]}
+                f["pair_steps"] += len(part["pair_steps"])
+            self._chunks = info["chunks"]
+            self._merge(records, info["tail"])
+        except (KeyError, TypeError, FileNotFoundError) as e:
+            raise CheckpointError(f"{self.location} holds damaged transfer progress ({e!r}); delete the run "
+                                  "folder to start over") from e
+        self.pair_steps = records["pair_steps"]
         pairs = []
-        for step in info["pair_steps"]:
+        for step in self.pair_steps:
             tensors, meta = load_checkpoint(self._pair_path(step))
             for i in range(meta["pairs"]):
                 target = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{i}.target.")}
@@ -62,10 +105,17 @@ class RunCheckpointer:
                 pairs.append((target, source))
         state = TransferState(
             step=info["step"],
-            perms=[perm_from_lists(p) for p in info["perms"]],
-            val_acc={int(k): v for k, v in info["val_acc"].items()},
+            perms=[perm_from_lists(p) for p in records["perms"]],
+            val_acc={int(k): v for k, v in records["val_acc"].items()},
             timing=info["timing"],
-            solves=info["solves"],
+            solves=records["solves"],
             grad_batches=info["grad_batches"],
         )
         return state, pairs, cache
+
+    @staticmethod
+    def _merge(records: dict, part: dict) -> None:
+        records["perms"] += part["perms"]
+        records["solves"] += part["solves"]
+        records["val_acc"].update(part["val_acc"])
+        records["pair_steps"] += part["pair_steps"]

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..perm import PairBank, Permutation, PermutationSpec, identity_permutation
+from ..progress import progress_bar
 from .backend import Backend, GradRequest
 from .config import TransferConfig
 
@@ -91,7 +91,7 @@ def run_transfer(
         if cfg.evaluates(s, num_steps) and s not in state.val_acc:
             submit_eval(s)
 
-    bar = tqdm(total=num_steps, initial=state.step, desc=f"transfer {cfg.method}", disable=None if progress else True, leave=False)
+    bar = progress_bar(num_steps, state.step, f"transfer {cfg.method}", progress)
     for s in range(state.step + 1, num_steps + 1):
         prev = state.perms[s - 1]
         new_pairs: list[tuple[dict, dict]] = []

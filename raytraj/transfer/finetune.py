@@ -18,7 +18,7 @@ from .run import load_run_config
 
 
 def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: int | None = None,
-             which: str = "best", progress: bool = True) -> TrainResult:
+             which: str = "best", progress: bool = True, device=None) -> TrainResult:
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = load_checkpoint(fs.join(run, f"{which}.safetensors"))
@@ -27,4 +27,4 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
     data = load_data(from_dict(DataConfig, source.meta["data"]))
     return train(model_from_dict(source.meta["model"]), data, recipe, cfg.seed if seed is None else seed, out,
                  init=state, init_info={"transfer_run": run, "which": which, "step": info.get("step")},
-                 progress=progress)
+                 progress=progress, device=device)

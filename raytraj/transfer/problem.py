@@ -52,6 +52,10 @@ def open_source(source: str) -> TrajectoryStore:
                               "(`raytraj train` with the same arguments)")
     if store.num_steps < 2:
         raise TrajectoryError(f"source {source} holds no trained step")
+    lacking = sorted({"model", "data", "recipe"} - set(store.meta))
+    if lacking:
+        raise TrajectoryError(f"source {source}: its trajectory.json lacks {lacking} in 'meta'; it was not recorded "
+                              "by `raytraj train`, or it was edited")
     return store
 
 
@@ -96,7 +100,7 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     data = load_data(data_cfg)
     if not force:
         refuse_untrained_source(source, meta, data)
-    trajectory = open_trajectory(source, cfg.schedule, None if cfg.schedule == "actual" else cfg.steps)
+    trajectory = open_trajectory(source, cfg.schedule, cfg.steps)  # with "actual", steps must match the record
     spec = infer_checked_spec(model_cfg, data)
 
     if target_seed is not None:
@@ -111,6 +115,7 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
             raise ConfigError(f"target init {target_init}: {e}") from e
         target = {"init": target_store.location, "step": step, "new_head": new_head}
     spec.check_tensors(init, complete=True, what="target init")
+    refuse_source_init(source, store, init, target)
 
     oracle_perm = None
     if cfg.method == "oracle":
@@ -122,6 +127,30 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     elif oracle_target:
         raise ConfigError("--oracle-target is only used by --method oracle")
     return Problem(source, meta, model_cfg, data_cfg, data, spec, trajectory, init, target, oracle_perm)
+
+
+def refuse_source_init(source: str, store: TrajectoryStore, init: dict, target: dict) -> None:
+    """A target init equal to the source's own init only replays the source: the result means nothing."""
+    start = store.read(0, store.param_names)
+    if all(k in init and init[k].shape == v.shape and torch.equal(init[k], v) for k, v in start.items()):
+        how = f"--target-seed {target['seed']}" if "seed" in target else f"--target-init {target.get('init')}"
+        raise ConfigError(f"the target init ({how}) equals the init of the source {source} (its step 0), so the "
+                          "transfer would only replay the source; choose another --target-seed or --target-init")
+
+
+def check_targets(source: str, targets: list[dict], seed: int = 0) -> None:
+    """Before starting Tune trials: each target (``target_seed``, or ``target_init`` with ``new_head``)
+    must differ from the source's init."""
+    store = open_source(source)
+    model_cfg = model_from_dict(store.meta["model"])
+    for t in targets:
+        if t.get("target_seed") is not None:
+            init, target = initial_state(model_cfg, t["target_seed"], None, False), {"seed": t["target_seed"]}
+        else:
+            state, _, _ = read_state(t["target_init"])
+            init = initial_state(model_cfg, seed, state, bool(t.get("new_head")))
+            target = {"init": t["target_init"]}
+        refuse_source_init(source, store, init, target)
 
 
 def oracle_permutation(source: str, store: TrajectoryStore, oracle_target: str, target_init, spec, seed: int):

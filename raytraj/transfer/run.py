@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch
+
 from .. import fs
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, from_dict, to_dict
@@ -68,14 +70,18 @@ def transfer(
     ``force`` transfers a source that ends at chance level, which is otherwise refused.
     """
     t_start = time.perf_counter()
+    # Resolved paths: a resume that spells the source relatively or absolutely is the same run.
+    source, target_init, oracle_target = (p if p is None else fs.absolute(p) for p in (source, target_init,
+                                                                                        oracle_target))
     record = {
         "transfer": to_dict(cfg), "source": source, "target_seed": target_seed, "target_init": target_init,
         "new_head": new_head, "oracle_target": oracle_target,
     }
     checkpointer = RunCheckpointer(fs.join(out, "state"))
-    _claim_output(out, record, checkpointer, resume)
+    _claim_output(out, record, checkpointer, resume, write=False)
     problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
                       oracle_target=oracle_target, force=force)
+    _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
     runner = make_backend(problem, cfg, backend, backend_options)
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
@@ -92,6 +98,8 @@ def transfer(
                   "final": (last, runner.materialize(state.perms[last], last, last))}
     finally:
         runner.close()
+    for name, (step, model_state) in models.items():
+        _check_finite(model_state, f"the {name} transferred model (step {step})", source)
     for name, (step, model_state) in models.items():
         save_checkpoint(fs.join(out, f"{name}.safetensors"), model_state,
                         {"step": step, "method": cfg.method, "source": source})
@@ -124,12 +132,27 @@ def transfer(
     return metrics
 
 
-def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool) -> None:
-    """Refuse to mix runs in one folder; allow --resume only with the same settings."""
+def _check_finite(state: dict, what: str, source: str) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"{what} holds NaN or inf values in {bad[:3]}; not saving it. The source {source} "
+                                 "or the transfer diverged")
+
+
+def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool, write: bool = True) -> None:
+    """Refuse to mix runs in one folder; allow --resume only with the same settings.
+
+    A folder whose run stopped before its first step (no progress saved) holds nothing to keep:
+    the same or another command may start there again without --resume.
+    """
     config_path = fs.join(out, CONFIG)
+    if fs.exists(fs.join(out, "trajectory.json")):
+        raise ConfigError(f"--out {out} is a trajectory store; a transfer run needs a folder of its own")
     if fs.exists(fs.join(out, METRICS)):
         raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")
-    if fs.exists(config_path):
+    if fs.exists(config_path) and not checkpointer.exists():
+        pass  # stopped before its first step: start over
+    elif fs.exists(config_path):
         recorded = fs.read_json(config_path)
         if not resume:
             raise ConfigError(f"{out} holds an unfinished transfer; pass --resume to continue it, or choose another "
@@ -139,7 +162,8 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
             raise ConfigError(f"{out} holds a transfer with other settings ({', '.join(diff)}); resume with the same "
                               "arguments")
         return
-    fs.atomic_write_json(config_path, record)
+    if write:
+        fs.atomic_write_json(config_path, record)
 
 
 def load_run_config(out: str) -> tuple[dict, TransferConfig]:

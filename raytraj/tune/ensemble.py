@@ -22,8 +22,8 @@ from .. import fs
 from ..config import ConfigError, from_dict, to_dict
 from ..data import DataConfig, load_data
 from ..transfer import TransferConfig
-from ..transfer.problem import open_source
-from .runner import result_rows, run_experiment
+from ..transfer.problem import check_targets, open_source
+from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import load_probs
 
 RESULT = "ensemble.json"
@@ -42,27 +42,35 @@ def member_targets(members: int, targets: str | list[str] | None, new_head: bool
 
 def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, targets=None, new_head: bool = False,
                  seed_base: int = 1000, finetune_epochs: int = 0, finetune_lr: float | None = None,
-                 storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+                 storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
                  max_concurrent: int | None = None, max_failures: int = 2, resume: bool = False,
                  address: str | None = None) -> dict:
+    """K transfers of ``source`` as Tune trials, then their ensemble; see the module docstring.
+
+    Args:
+        gpus_per_trial: None takes one GPU per trial when the cluster has GPUs, else none.
+        resume: continue an interrupted ensemble in ``out``; other settings than its first start
+            are refused before anything is touched.
+    """
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
+    if fs.exists(fs.join(out, "trajectory.json")):
+        raise ConfigError(f"--out {out} is a trajectory store; an ensemble needs a folder of its own")
     store = open_source(source)  # fail before starting anything if the source is not usable
+    check_targets(source, target_list, cfg.seed)
     t0 = time.perf_counter()
+    settings = {"source": source, "out": out, "targets": target_list, "transfer": to_dict(cfg),
+                "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "save_probs": True}
     grid = run_experiment(
-        "ensemble",
-        {"member": tune.grid_search(list(range(members))), "source": source, "out": out, "targets": target_list,
-         "transfer": to_dict(cfg), "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
-         "save_probs": True},
+        "ensemble", {"member": tune.grid_search(list(range(members)))}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
         max_failures=max_failures, address=address,
     )
     wall_s = time.perf_counter() - t0
-    rows = sorted(result_rows(grid), key=lambda r: r["config"]["member"])
-    missing = [r["config"]["member"] for r in rows if not r["metrics"].get("done")]
-    if missing:
-        raise RuntimeError(f"ensemble members {missing} did not finish; rerun with --resume")
+    rows = result_rows(grid)
+    refuse_unfinished(rows, "ensemble members", members)
+    rows.sort(key=lambda r: r["config"]["member"])
     data = load_data(from_dict(DataConfig, store.meta["data"]))
     labels = data.y["test"].numpy()
     dirs = [fs.join(out, "members", f"member-{r['config']['member']:03d}") for r in rows]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 
+import ray
 from ray import tune
 
 from .. import fs
 from ..config import ConfigError
 from ..distributed.cluster import connect
-from .trial import transfer_trial
+from .trial import FINISHED, transfer_trial
 
 
 def storage_root(out: str, storage: str | None) -> str:
@@ -17,22 +20,75 @@ def storage_root(out: str, storage: str | None) -> str:
     return fs.absolute(storage or fs.join(out, "tune"))
 
 
+def settings_path(out: str, name: str) -> str:
+    """The settings an experiment was started with, kept pickle-free so that ``--resume`` can
+    compare them before Tune touches anything."""
+    return fs.join(out, f"{name}-settings.json")
+
+
+def default_gpus_per_trial() -> float:
+    """One GPU per trial when the (connected) cluster has GPUs, none otherwise."""
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def check_trusted_storage(path: str) -> None:
+    """``Tuner.restore`` unpickles ``tuner.pkl`` from the experiment folder, which runs code: only
+    restore from a folder that this user owns and that no one else may write to.
+
+    Object storage (s3://, gs://) cannot be checked here: its bucket permissions are the boundary.
+    """
+    if fs.is_uri(path):
+        return
+    for p in (os.path.dirname(path), path, os.path.join(path, "tuner.pkl")):
+        if not os.path.exists(p):
+            continue
+        st = os.stat(p)
+        if st.st_uid != os.getuid():
+            raise ConfigError(f"refusing to resume from {p}: it is owned by uid {st.st_uid}, not by you "
+                              f"(uid {os.getuid()}); Tune's restore unpickles it, so it must be your own")
+        if st.st_mode & stat.S_IWOTH:
+            raise ConfigError(f"refusing to resume from {p}: it is world-writable, so anyone could have planted "
+                              f"code in it; `chmod o-w {p}` if you trust its content")
+
+
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,
-                   cpus_per_trial: float, gpus_per_trial: float, tune_config: tune.TuneConfig,
-                   max_failures: int = 2, address: str | None = None) -> tune.ResultGrid:
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot experiment state often: cheap here
-    connect(address)
+                   cpus_per_trial: float, gpus_per_trial: float | None, tune_config: tune.TuneConfig,
+                   max_failures: int = 2, address: str | None = None, settings: dict | None = None) -> tune.ResultGrid:
+    """Start (or with ``resume`` continue) experiment ``name``.
+
+    Args:
+        param_space: the searched values only; ``settings`` (shared by every trial) travel through
+            ``tune.with_parameters``, so Tune prints a short config per trial.
+        gpus_per_trial: None takes one GPU per trial when the cluster has GPUs.
+        settings: JSON-friendly; a resume with other settings is refused before anything is touched.
+    """
+    settings = json.loads(json.dumps(settings or {}))  # as it reads back: tuples become lists
+    record = settings_path(out, name)
     root = storage_root(out, storage)
     path = fs.join(root, name)
-    trainable = tune.with_resources(transfer_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if fs.exists(fs.join(out, "trajectory.json")):
+        raise ConfigError(f"--out {out} is a trajectory store; a {name} needs a folder of its own")
+    if resume and fs.exists(record):
+        recorded = fs.read_json(record)
+        diff = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        if diff:
+            raise ConfigError(f"{out} holds a {name} started with other settings ({', '.join(diff)}); resume with "
+                              "the same arguments, or choose another --out")
+    connect(address)
+    if gpus_per_trial is None:
+        gpus_per_trial = default_gpus_per_trial()
+    trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),
+                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if resume:
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"nothing to resume: no Tune experiment at {path}")
+        check_trusted_storage(path)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
         if tune.Tuner.can_restore(path):
             raise ConfigError(f"{path} already holds this experiment; pass --resume to continue it, or choose "
                               "another --out/--storage")
+        fs.atomic_write_json(record, settings)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -49,11 +105,32 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
 
 
 def result_rows(grid: tune.ResultGrid) -> list[dict]:
-    """One row per trial: its config's searched values and last reported metrics."""
+    """One row per trial: its config's searched values, last reported metrics, and its status:
+    ``finished``, ``stopped early`` (by the scheduler), ``error``, or ``interrupted`` (never
+    started, or still running when the experiment stopped)."""
     rows = []
     for result in grid:
-        if result.error and not result.metrics:
-            raise RuntimeError(f"trial {result.path} failed: {result.error}")
-        rows.append({"config": result.config, "metrics": dict(result.metrics or {}), "path": result.path,
+        metrics = dict(result.metrics or {})
+        if metrics.get(FINISHED):
+            status = "finished"
+        elif result.error:
+            status = "error"
+        elif metrics.get("done"):  # Tune's own key: the scheduler stopped the trial
+            status = "stopped early"
+        else:
+            status = "interrupted"
+        rows.append({"config": result.config or {}, "metrics": metrics, "path": result.path, "status": status,
                      "error": str(result.error) if result.error else None})
     return rows
+
+
+def refuse_unfinished(rows: list[dict], what: str, expected: int,
+                      command_hint: str = "the same command with --resume") -> None:
+    """Interrupted (Ctrl-C, a killed driver) or failed trials, or fewer trials than ``expected``
+    (an interrupted experiment lists only the trials it had created): say how to continue."""
+    stopped = [r for r in rows if r["status"] in ("interrupted", "error")]
+    missing = max(0, expected - len(rows))
+    if stopped or missing:
+        errors = [r["error"].splitlines()[0] for r in stopped if r["error"]]
+        raise ConfigError(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish "
+                          f"({'failed: ' + errors[0] if errors else 'interrupted'}); continue with {command_hint}")

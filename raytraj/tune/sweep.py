@@ -2,7 +2,7 @@
 
 Search over TransferConfig fields (steps, grad_batches, method, schedule, ...) by grid or random
 search; the metric is the best val accuracy along the trajectory. With ASHA, poor trials stop
-early along the transfer steps (``step`` is ASHA's time axis).
+early along the trajectory (the fraction of it transferred is ASHA's time axis).
 
     OUT/trials/TRIAL_ID/     each trial's transfer run folder
     OUT/results.parquet      one row per trial (also results.csv), and OUT/best.json
@@ -11,6 +11,7 @@ early along the transfer steps (``step`` is ASHA's time axis).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 import pyarrow as pa
@@ -22,8 +23,9 @@ from ray.tune.schedulers import ASHAScheduler
 from .. import fs
 from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
-from ..transfer.problem import open_source
-from .runner import result_rows, run_experiment
+from ..transfer.problem import check_targets, open_source
+from .runner import refuse_unfinished, result_rows, run_experiment
+from .trial import FINISHED, TIME_ATTR
 
 SWEEPABLE = ("steps", "schedule", "method", "grad_batches", "batch_size", "warm_start", "normalize", "bn_batches",
              "max_sweeps", "seed")
@@ -68,12 +70,23 @@ def _typed(name: str, text: str, hint):
 
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
-              cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent: int | None = None,
+              cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
               max_failures: int = 2, resume: bool = False, address: str | None = None) -> list[dict]:
+    """Tune the TransferConfig fields in ``params`` (see the module docstring); one row per trial.
+
+    Args:
+        target: ``{"target_seed": S}`` or ``{"target_init": STORE[:STEP], "new_head": bool}``;
+            it must differ from the source's own init.
+        scheduler: None, or "asha": early stopping along the fraction of the trajectory done.
+        gpus_per_trial: None takes one GPU per trial when the cluster has GPUs, else none.
+    """
     source, out = fs.absolute(source), fs.absolute(out)
     if "target_init" in target:
         target = {**target, "target_init": fs.absolute(target["target_init"])}
+    if fs.exists(fs.join(out, "trajectory.json")):
+        raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
     open_source(source)
+    check_targets(source, [target], base.seed)
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
     if search not in ("grid", "random"):
@@ -81,29 +94,39 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
     space = {k: (tune.grid_search(v) if search == "grid" else tune.choice(v)) for k, v in params.items()}
     sched = None
     if scheduler == "asha":
-        max_t = max(params.get("steps", [base.steps or 1]))
-        sched = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=max(1, max_t // 8), reduction_factor=2)
+        # The time axis is the fraction of the trajectory done, so that a swept ``steps`` does not cut
+        # the longer runs by construction. The last rung is 1.0, which trials reach only with their
+        # final report: Tune must not stop them there (stop_last_trials) before their results exist.
+        sched = ASHAScheduler(time_attr=TIME_ATTR, max_t=1.0, grace_period=0.25, reduction_factor=2,
+                              stop_last_trials=False)
     elif scheduler is not None:
         raise ConfigError(f"--scheduler must be asha, got {scheduler!r}")
+    # The base without the searched fields: their base values are never used.
+    fixed = {k: v for k, v in to_dict(base).items() if k not in params}
+    settings = {"source": source, "out": out, "target": target, "transfer": fixed,
+                "params": params, "samples": samples, "search": search, "scheduler": scheduler}
     grid = run_experiment(
-        "sweep",
-        {"source": source, "out": out, "target": target, "transfer": {**to_dict(base), **space}},
+        "sweep", {"transfer": space}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
         max_failures=max_failures, address=address,
     )
+    results = result_rows(grid)
+    expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)
+    refuse_unfinished([r for r in results if r["status"] != "error" or not r["metrics"]], "sweep trials",
+                      expected - sum(1 for r in results if r["status"] == "error" and r["metrics"]))
     rows = []
-    for r in result_rows(grid):
+    for r in results:
         m = r["metrics"]
         rows.append({
             "trial_id": m.get("trial_id") or r["path"].rsplit("/", 1)[-1],
             **{k: r["config"]["transfer"][k] for k in params},
             METRIC: m.get(METRIC),
-            "final_val_acc": m.get("val_acc") if m.get("done") else None,
+            "final_val_acc": m.get("val_acc") if m.get(FINISHED) else None,
             "test_acc": m.get("test_acc"),
             "steps_run": m.get("step"),
-            "status": "finished" if m.get("done") else ("error" if r["error"] else "stopped early"),
+            "status": r["status"],
             "seconds": m.get("time_total_s"),
         })
     rows.sort(key=lambda row: -(row[METRIC] if row[METRIC] is not None else float("-inf")))

@@ -30,6 +30,11 @@ from ..transfer.finetune import finetune
 from ..transfer.problem import open_source
 
 PROBS = "probs-{split}.npy"
+# Not Tune's own ``done``, which Tune also sets on trials its scheduler stops early.
+FINISHED = "transfer_finished"
+# ASHA's time axis: the fraction of the trajectory transferred, so that trials of different
+# lengths (a swept ``steps``) meet at the same rungs.
+TIME_ATTR = "trajectory_fraction"
 
 
 CHECKPOINT_EVERY = 5  # evaluated steps between Tune checkpoints (the run folder holds the real state)
@@ -53,33 +58,49 @@ def run_dir_and_target(config: dict) -> tuple[str, dict]:
     return fs.join(config["out"], "trials", tune.get_context().get_trial_id()), config["target"]
 
 
-def transfer_trial(config: dict) -> None:
-    """Tune function trainable. ``config``: source, out, transfer (TransferConfig fields, possibly
-    searched), member + targets (ensembles) or target (sweeps), finetune_epochs, finetune_lr, save_probs."""
+def trial_device() -> str:
+    """Exactly the GPU Ray assigned to this trial, else the CPU. Ray 2.60 no longer hides GPUs from
+    trials that asked for none, so "a GPU is visible" is not enough."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def transfer_trial(config: dict, settings: dict | None = None) -> None:
+    """Tune function trainable. ``settings`` (shared by all trials) and ``config`` (this trial's
+    searched values) together hold: source, out, transfer (TransferConfig fields, ``config``'s
+    override ``settings``'), member + targets (ensembles) or target (sweeps), finetune_epochs,
+    finetune_lr, save_probs."""
+    settings = settings or {}
+    config = {**settings, **config, "transfer": {**settings.get("transfer", {}), **config.get("transfer", {})}}
     resources = tune.get_context().get_trial_resources().required_resources
     set_torch_threads(max(1, int(resources.get("CPU", 1))))
+    device = trial_device()
     cfg = from_dict(TransferConfig, config["transfer"])
     run_dir, target = run_dir_and_target(config)
     best = {"acc": float("-inf"), "reports": 0}
+    length = cfg.steps if cfg.schedule != "actual" else TrajectoryStore(config["source"]).last_step
 
     def on_eval(step: int, acc: float) -> None:
         best["acc"] = max(best["acc"], acc)
         best["reports"] += 1
-        _report({"step": step, "val_acc": acc, "best_val_acc": best["acc"]},
+        _report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]},
                 checkpoint=best["reports"] % CHECKPOINT_EVERY == 0)
 
     if fs.exists(fs.join(run_dir, "metrics.json")):
         metrics = fs.read_json(fs.join(run_dir, "metrics.json"))  # finished before a restart
     else:
         metrics = transfer(config["source"], run_dir, cfg, on_eval=on_eval, progress=False,
-                           resume=fs.exists(fs.join(run_dir, "config.json")), **target)
-    final = {"step": metrics["steps"], "val_acc": metrics["final_val_acc"], "best_val_acc": metrics["best_val_acc"],
-             "best_step": metrics["best_step"], "test_acc": metrics["test_acc"],
-             "transfer_s": metrics["timing"]["total_s"], "done": True}
+                           resume=fs.exists(fs.join(run_dir, "config.json")), backend_options={"device": device},
+                           **target)
+    final = {"step": metrics["steps"], TIME_ATTR: 1.0, "val_acc": metrics["final_val_acc"],
+             "best_val_acc": metrics["best_val_acc"], "best_step": metrics["best_step"],
+             "test_acc": metrics["test_acc"], "transfer_s": metrics["timing"]["total_s"], FINISHED: True}
     if config.get("finetune_epochs"):
         ft_dir = fs.join(run_dir, "finetune")
         if not (fs.exists(fs.join(ft_dir, "trajectory.json")) and TrajectoryStore(ft_dir).complete):
-            finetune(run_dir, ft_dir, epochs=config["finetune_epochs"], lr=config.get("finetune_lr"), progress=False)
+            finetune(run_dir, ft_dir, epochs=config["finetune_epochs"], lr=config.get("finetune_lr"), progress=False,
+                     device=device)
         meta = TrajectoryStore(ft_dir).meta
         final.update(finetune_val_acc=meta["val_acc"][-1], finetune_test_acc=meta["test_acc"],
                      finetune_s=meta["total_s"])
