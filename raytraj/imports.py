@@ -8,7 +8,9 @@ rebuild them from a string.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from typing import Any
 
 from .config import ConfigError
@@ -31,11 +33,14 @@ def resolve(path: str, what: str) -> Any:
     if not is_import_path(path):
         raise ConfigError(f"{what} {path!r} is not an import path; write it as package.module:function")
     module_name, attr = path.split(":", 1)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # As `python -m` would: the `raytraj` script does not put the current folder on the path.
+        sys.path.append(os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"{what} {path}: cannot import {module_name} ({e}); install the package or put its folder "
-                          "on PYTHONPATH (on Ray: --working-dir or --py-modules)") from e
+        raise ConfigError(f"{what} {path}: cannot import {module_name} ({e}); run from the folder holding it, install "
+                          "it, or put its folder on PYTHONPATH (on Ray: --working-dir or --py-modules)") from e
     except Exception as e:  # the module's own code failed while importing
         raise ConfigError(f"{what} {path}: importing {module_name} raised {type(e).__name__}: {e}") from e
     for part in attr.split("."):

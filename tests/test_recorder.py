@@ -27,7 +27,7 @@ def test_records_init_on_construction_and_each_epoch(pkg, tmp_path):
     store = TrajectoryStore(str(tmp_path / "s"))
     assert store.complete and store.num_steps == 4
     meta = store.meta
-    assert meta["model"] == {"name": "factory", "factory": "byo_userpkg.nets:make_net", "kwargs": {"width": 16}}
+    assert meta["model"] == {"name": "factory", "factory": "byo_userpkg.nets:make_net", "kwargs": {"width": 64}}
     assert meta["data"]["source"] == "import" and meta["data"]["path"] == "byo_userpkg.data:load"
     assert meta["recorder"] == {"every": "epoch"} and meta["total_s"] > 0
     assert set(store.manifest["versions"]) >= {"torch", "raytraj", "pyarrow"}
@@ -78,7 +78,7 @@ def test_crash_leaves_resumable_store(pkg, tmp_path):
     assert rec.last_step == 1 and rec.epoch == 1
     from byo_userpkg.nets import make_net
 
-    model = make_net(width=16)
+    model = make_net(width=64)
     model.load_state_dict(rec.latest_state())
     rec.record(model)
     rec.record(model)

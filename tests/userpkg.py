@@ -1,5 +1,5 @@
 """A user's own package, written outside the repository by tests: a model that is not in the zoo
-(a small CNN with GroupNorm, a residual block and Dropout), a data function, a hand-written spec
+(a network with a conv stem, GroupNorm, a residual block and Dropout), a data function, a hand-written spec
 and a plain PyTorch training loop that records with TrajectoryRecorder."""
 
 import sys
@@ -14,38 +14,38 @@ import torch.nn as nn
 
 
 class Block(nn.Module):
+    """h + W2 relu(GN(W1 h)): a residual block, so one permutation sits on both axes of W2's output."""
+
     def __init__(self, width):
         super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.norm1 = nn.GroupNorm(4, width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        self.norm2 = nn.GroupNorm(4, width)
+        self.fc1 = nn.Linear(width, width)
+        self.norm = nn.GroupNorm(1, width)
+        self.fc2 = nn.Linear(width, width)
 
-    def forward(self, x):
-        return torch.relu(x + self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x))))))
+    def forward(self, h):
+        return h + self.fc2(torch.relu(self.norm(self.fc1(h))))
 
 
-class SmallResNet(nn.Module):
-    def __init__(self, width=16, num_classes=10, dropout=0.1):
+class ResMLP(nn.Module):
+    def __init__(self, width=64, num_classes=10, dropout=0.1):
         super().__init__()
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.stem_norm = nn.GroupNorm(4, width)
+        self.stem = nn.Conv2d(1, width, 8)  # the whole 8x8 image: one output position
+        self.stem_norm = nn.GroupNorm(1, width)
         self.block = Block(width)
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x):
-        x = torch.relu(self.stem_norm(self.stem(x)))
-        x = self.block(x)
-        x = x.mean(dim=(2, 3))
-        return self.classifier(self.drop(x))
+        h = torch.relu(self.stem_norm(self.stem(x))).flatten(1)
+        h = torch.relu(self.block(h))
+        return self.classifier(self.drop(h))
 
 
-def make_net(width=16, num_classes=10, dropout=0.1):
-    return SmallResNet(width, num_classes, dropout)
+def make_net(width=64, num_classes=10, dropout=0.1):
+    return ResMLP(width, num_classes, dropout)
 
 
-def broken(width=16):
+def broken(width=64):
     raise RuntimeError("out of coffee")
 '''
 
@@ -113,12 +113,12 @@ from byo_userpkg.data import load
 from byo_userpkg.nets import make_net
 
 
-def main(out, seed=1, epochs=6, width=16, crash_after=None):
+def main(out, seed=1, epochs=4, width=64, crash_after=None):
     torch.manual_seed(seed)
     model = make_net(width=width)
     data = load()
     x, y = data["train"]
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = raytraj.TrajectoryRecorder(out, model, model_factory="byo_userpkg.nets:make_net",
                                      model_kwargs={"width": width}, data="byo_userpkg.data:load", seed=seed)
     gen = torch.Generator().manual_seed(seed)

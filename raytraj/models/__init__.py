@@ -44,7 +44,8 @@ def model_config(name: str, **fields: Any):
     if ":" in name:
         return FactoryConfig(name, dict(fields))
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)} or your own factory "
+                          "package.module:function")
     return from_dict(MODELS[name][0], fields, what=f"model {name!r} config")
 
 

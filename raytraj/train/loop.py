@@ -93,6 +93,7 @@ def train(
     soft_targets: torch.Tensor | None = None,
     soft_info: dict | None = None,
     progress: bool = True,
+    head: str = HEAD,
 ) -> TrainResult:
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
     ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
@@ -104,7 +105,7 @@ def train(
         "init": init_info, "new_head": new_head, **({"soft_targets": soft_info} if soft_targets is not None else {}),
     }
     state_path = fs.join(out, TRAIN_STATE)
-    start_state = initial_state(model_cfg, seed, init, new_head)
+    start_state = initial_state(model_cfg, seed, init, new_head, head=head)
     writer, state, resume = _open_writer(out, meta, start_state, param_names, state_path)
     model.load_state_dict(state)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,

@@ -13,9 +13,13 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch.nn as nn
+
 from .. import fs
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, from_dict, to_dict
+from ..data import DataConfig
+from ..models import HEAD
 from ..perm import perm_to_lists
 from .backend import Backend, LocalBackend
 from .checkpointing import RunCheckpointer
@@ -61,17 +65,28 @@ def transfer(
     resume: bool = False,
     on_eval: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    model=None,
+    data=None,
+    spec=None,
+    head: str = HEAD,
+    problem: Problem | None = None,
 ) -> dict:
-    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict."""
+    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
+
+    ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
+    ``problem`` is an already prepared one (the Python API's), used instead of preparing.
+    """
     t_start = time.perf_counter()
     record = {
         "transfer": to_dict(cfg), "source": source, "target_seed": target_seed, "target_init": target_init,
         "new_head": new_head, "oracle_target": oracle_target,
+        **_override_record(model, data, spec, head, problem),
     }
     checkpointer = RunCheckpointer(fs.join(out, "state"))
+    if problem is None:  # checked before the run folder is claimed, so bad input leaves nothing behind
+        problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
+                          oracle_target=oracle_target, model=model, data=data, spec=spec, head=head)
     _claim_output(out, record, checkpointer, resume)
-    problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
-                      oracle_target=oracle_target)
     runner = make_backend(problem, cfg, backend, backend_options)
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
@@ -118,6 +133,26 @@ def transfer(
     }
     fs.atomic_write_json(fs.join(out, METRICS), metrics)
     return metrics
+
+
+def _override_record(model, data, spec, head, problem) -> dict:
+    """What replaced the store's model, data or spec, for config.json (absent keys: the store's own)."""
+    from ..recorded import describe_model
+
+    out = {}
+    if model is not None or problem is not None and isinstance(problem.model_cfg, nn.Module):
+        out["model"] = describe_model(model if model is not None else problem.model_cfg)
+    if data is not None:
+        out["data"] = data if isinstance(data, str) else (
+            to_dict(data) if isinstance(data, DataConfig) else getattr(getattr(data, "config", None), "source",
+                                                                       "memory"))
+    elif problem is not None and problem.data_cfg.source == "memory":
+        out["data"] = "memory"
+    if spec is not None:
+        out["spec"] = spec if isinstance(spec, str) else "given"
+    if head != HEAD:
+        out["head"] = head
+    return out
 
 
 def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool) -> None:

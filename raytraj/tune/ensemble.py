@@ -21,6 +21,7 @@ from ray import tune
 from .. import fs
 from ..config import ConfigError, from_dict, to_dict
 from ..data import DataConfig, load_data
+from ..recorded import model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import open_source
 from .runner import result_rows, run_experiment
@@ -44,10 +45,11 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
                  seed_base: int = 1000, finetune_epochs: int = 0, finetune_lr: float | None = None,
                  storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  max_concurrent: int | None = None, max_failures: int = 2, resume: bool = False,
-                 address: str | None = None) -> dict:
+                 address: str | None = None, runtime_env: dict | None = None) -> dict:
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
     store = open_source(source)  # fail before starting anything if the source is not usable
+    model_of(store)  # and if its model cannot be rebuilt here (a factory that does not import)
     t0 = time.perf_counter()
     grid = run_experiment(
         "ensemble",
@@ -56,7 +58,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
          "save_probs": True},
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address,
+        max_failures=max_failures, address=address, runtime_env=runtime_env,
     )
     wall_s = time.perf_counter() - t0
     rows = sorted(result_rows(grid), key=lambda r: r["config"]["member"])

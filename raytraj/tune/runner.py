@@ -19,9 +19,10 @@ def storage_root(out: str, storage: str | None) -> str:
 
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,
                    cpus_per_trial: float, gpus_per_trial: float, tune_config: tune.TuneConfig,
-                   max_failures: int = 2, address: str | None = None) -> tune.ResultGrid:
+                   max_failures: int = 2, address: str | None = None,
+                   runtime_env: dict | None = None) -> tune.ResultGrid:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot experiment state often: cheap here
-    connect(address)
+    connect(address, runtime_env=runtime_env)
     root = storage_root(out, storage)
     path = fs.join(root, name)
     trainable = tune.with_resources(transfer_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 from .. import fs
 from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
+from ..recorded import model_of
 from ..transfer.problem import open_source
 from .runner import result_rows, run_experiment
 
@@ -69,11 +70,12 @@ def _typed(name: str, text: str, hint):
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent: int | None = None,
-              max_failures: int = 2, resume: bool = False, address: str | None = None) -> list[dict]:
+              max_failures: int = 2, resume: bool = False, address: str | None = None,
+              runtime_env: dict | None = None) -> list[dict]:
     source, out = fs.absolute(source), fs.absolute(out)
     if "target_init" in target:
         target = {**target, "target_init": fs.absolute(target["target_init"])}
-    open_source(source)
+    model_of(open_source(source))  # the source is usable and its model can be rebuilt
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
     if search not in ("grid", "random"):
@@ -91,7 +93,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address,
+        max_failures=max_failures, address=address, runtime_env=runtime_env,
     )
     rows = []
     for r in result_rows(grid):
