@@ -68,7 +68,7 @@ def architecture(model: Mapping[str, Any]) -> str:
     return model["factory"] if model.get("name") == FACTORY else model.get("name", "?")
 
 
-def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, **overrides: Any):
+def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, /, **overrides: Any):
     """A config of zoo model ``name`` sized for inputs of ``input_shape`` (no batch dim)."""
     shape = tuple(input_shape)
     if ":" in name:  # a factory sizes itself from its own kwargs
