@@ -87,7 +87,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble_test_acc": by_size[-1],
         "ensemble_acc_by_size": by_size,
         "mean_member_test_acc": float(np.mean([r["test_acc"] for r in member_rows])),
-        "source_test_acc": store.meta.get("test_acc"),
+        "source_test_acc": _source_test_acc(store, data),
         "finetune_epochs": finetune_epochs,
         "timing": {
             "wall_s": wall_s,
@@ -100,6 +100,16 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
     fs.atomic_write_json(fs.join(out, RESULT), result)
     plot_ensemble(result, fs.join(out, "ensemble.png"))
     return result
+
+
+def _source_test_acc(store, data) -> float:
+    """As recorded by `raytraj train`; a TrajectoryRecorder store is scored here."""
+    if store.meta.get("test_acc") is not None:
+        return store.meta["test_acc"]
+    from ..evaluation import accuracy
+    from ..models import build_model
+
+    return accuracy(build_model(model_of(store), 0), store.read(store.last_step), data, "test")
 
 
 def plot_ensemble(result: dict, out: str) -> None:
