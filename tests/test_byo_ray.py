@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +56,11 @@ def test_ensemble_of_a_user_model_on_two_nodes(pkg, two_nodes, tmp_path, capsys)
 def test_ray_train_example_records_from_rank_0(tmp_path):
     out = tmp_path / "rt"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "ray_train_record.py"), "--storage", str(out),
-                        "--epochs", "2"], capture_output=True, text=True, env=env, timeout=600)
+    # The README's command, as written there but for the storage folder.
+    text = (ROOT / "README.md").read_text().split("## Your own model", 1)[1]
+    cmd = re.search(r"^python (examples/ray_train_record\.py .*)$", text, flags=re.M)[1].split()
+    cmd[cmd.index("--storage") + 1] = str(out)
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     store = TrajectoryStore(str(out / "trajectory"))
     assert store.complete and store.num_steps == 3
