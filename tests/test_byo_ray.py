@@ -53,6 +53,24 @@ def test_ensemble_of_a_user_model_on_two_nodes(pkg, two_nodes, tmp_path, capsys)
     assert any(NAME in str(m) or m.startswith("gcs://") for m in env.get("py_modules", []))
 
 
+def test_ray_backend_transfer_of_a_user_model_matches_local(pkg, two_nodes, tmp_path, capsys):
+    args = ["transfer", "--source", str(pkg / "src"), "--target-seed", "5", "--method", "fgmt", "--steps", "3",
+            "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2",
+                 "--address", two_nodes.address, "--py-modules", str(pkg / NAME)]) == 0, capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    remote = json.loads((tmp_path / "ray" / "metrics.json").read_text())
+    local = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    assert remote["val_acc"] == local["val_acc"]  # dropout masks are seeded per batch, not per worker
+    assert (tmp_path / "ray" / "perm.json").read_text() == (tmp_path / "local" / "perm.json").read_text()
+
+
+def test_runtime_env_flags_need_ray(pkg, tmp_path, capsys):
+    assert main(["transfer", "--source", str(pkg / "src"), "--target-seed", "5", "--method", "naive",
+                 "--steps", "2", "--out", str(tmp_path / "x"), "--py-modules", str(pkg / NAME)]) == 2
+    assert "need --backend ray" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_ray_train_example_records_from_rank_0(tmp_path):
     out = tmp_path / "rt"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
