@@ -52,7 +52,8 @@ def check_model_fits(cfg, store) -> None:
                  if bad else ""]
         name = cfg.get("name") if isinstance(cfg, Mapping) else getattr(cfg, "factory", type(cfg).__name__)
         raise ConfigError(f"model {name} does not match the store {store.location} ("
-                          + "; ".join(p for p in parts if p) + "); use the model and model options it was recorded with")
+                          + "; ".join(p for p in parts if p)
+                          + "); use the model and model options it was recorded with")
 
 
 def data_of(store, override=None) -> Dataset:

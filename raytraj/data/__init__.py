@@ -3,4 +3,5 @@
 from .config import DataConfig, parse_data
 from .dataset import SPLITS, Dataset, dataset_from_splits, epoch_batches, load_data, sample_batches
 
-__all__ = ["DataConfig", "Dataset", "SPLITS", "dataset_from_splits", "epoch_batches", "load_data", "parse_data", "sample_batches"]
+__all__ = ["DataConfig", "Dataset", "SPLITS", "dataset_from_splits", "epoch_batches", "load_data", "parse_data",
+           "sample_batches"]

@@ -7,5 +7,6 @@ from .view import ActualTrajectory, LinearTrajectory, Trajectory, open_trajector
 
 __all__ = [
     "ActualTrajectory", "LinearTrajectory", "SCHEDULES", "SCHEMA_VERSION", "Trajectory", "TrajectoryError",
-    "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory", "parse_ref", "read_state",
+    "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory", "parse_ref",
+    "read_state",
 ]
