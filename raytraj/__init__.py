@@ -19,7 +19,7 @@ from .perm import (
     random_permutation,
 )
 from .train import TrainConfig, train_from_args
-from .trajectory import TrajectoryStore, TrajectoryWriter, lambdas, open_trajectory
+from .trajectory import TrajectoryRecorder, TrajectoryStore, TrajectoryWriter, lambdas, open_trajectory
 from .transfer import TransferConfig
 from .transfer.finetune import finetune
 
@@ -35,7 +35,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DataConfig", "Dataset", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryStore", "TrajectoryWriter",
+    "DataConfig", "Dataset", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
+    "TrajectoryWriter",
     "TransferConfig", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
     "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
     *_RAY,

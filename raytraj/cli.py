@@ -39,7 +39,8 @@ def cmd_train(args):
     from .train import train_from_args
 
     r = train_from_args(args.model, args.data, args.out, seed=args.seed, init=args.init, new_head=args.new_head,
-                        model_args=_key_values(args.model_arg), progress=not args.quiet, **_recipe(args))
+                        model_args=_key_values(args.model_arg), progress=not args.quiet,
+                        data_args=_key_values(args.data_arg), head=args.head_module, **_recipe(args))
     print(f"recorded {r.steps + 1} steps to {r.location}: val {r.val_acc[-1]:.2f}%, test {r.test_acc:.2f}%, "
           f"{r.train_s:.1f}s of training ({r.total_s:.1f}s in all)")
     if r.at_chance_level:
@@ -60,6 +61,7 @@ def _transfer_config(args):
 
 
 def _backend_options(args) -> dict:
+    runtime_env = _runtime_env(args)
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker") if getattr(args, f) is not None]
         if given:
@@ -68,7 +70,8 @@ def _backend_options(args) -> dict:
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
-                              "gpus_per_worker": args.gpus_per_worker}.items() if v is not None}
+                              "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env}.items()
+            if v is not None}
 
 
 def cmd_transfer(args):
@@ -78,7 +81,8 @@ def cmd_transfer(args):
     m = transfer(args.source, args.out, _transfer_config(args), target_seed=args.target_seed,
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
                  backend=args.backend, backend_options=_backend_options(args), resume=args.resume,
-                 progress=not args.quiet, force=args.force)
+                 progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
+                 head=args.head_module)
     print(format_table([m]))
     print(f"wrote {args.out}/metrics.json")
 
@@ -86,7 +90,7 @@ def cmd_transfer(args):
 def cmd_finetune(args):
     from .transfer.finetune import finetune
 
-    r = finetune(args.run, args.out, epochs=args.epochs, lr=args.lr, progress=not args.quiet)
+    r = finetune(args.run, args.out, epochs=args.epochs, lr=args.lr, progress=not args.quiet, **_user_code(args))
     print(f"fine-tuned {r.steps} epochs from {args.run}: val " + ", ".join(f"{v:.1f}" for v in r.val_acc)
           + f"; test {r.test_acc:.2f}%")
 
@@ -94,7 +98,7 @@ def cmd_finetune(args):
 def cmd_eval(args):
     from .evaluation import evaluate_path
 
-    r = evaluate_path(args.path, split=args.split, which=args.which)
+    r = evaluate_path(args.path, split=args.split, which=args.which, **_user_code(args))
     print(f"{r['model']}: {r['split']} accuracy {r['accuracy']:.2f}%")
 
 
@@ -133,7 +137,8 @@ def cmd_spec(args):
 
 def _tune_options(args) -> dict:
     return {"storage": args.storage, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "max_concurrent": args.max_concurrent, "resume": args.resume, "address": args.address}
+            "max_concurrent": args.max_concurrent, "resume": args.resume, "address": args.address,
+            "runtime_env": _runtime_env(args)}
 
 
 def _base_transfer(args):
@@ -178,6 +183,58 @@ def cmd_sweep(args):
     print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
 
 
+def add_user_code_args(q, spec: bool = False) -> None:
+    """--model/--data (and --spec, --head-module): your own code by import path, replacing what the store records."""
+    q.add_argument("--model", help="model factory package.module:function (default: the one the store records)")
+    q.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --model")
+    q.add_argument("--data", help="data function package.module:function or bundled data (default: the store's)")
+    q.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --data")
+    if spec:
+        q.add_argument("--spec", metavar="PKG.MOD:FN", help="a PermutationSpec, or a function of the model returning "
+                       "one, instead of inference (still proved with check_spec)")
+        q.add_argument("--head-module", default="head", help="the classifier's module name, for --new-head")
+
+
+def add_runtime_env_args(q) -> None:
+    """A Ray runtime_env carrying your own modules to the workers."""
+    q.add_argument("--working-dir", help="Ray: ship this folder to every worker and import from it")
+    q.add_argument("--py-modules", help="Ray: comma-separated package folders (or wheels) to ship to every worker")
+
+
+def _user_code(args) -> dict:
+    from .models import model_config
+    from .recorded import data_config
+
+    model_args = _key_values(args.model_arg)
+    if model_args and not args.model:
+        raise ConfigError("--model-arg goes with --model package.module:function")
+    model = model_config(args.model, **model_args) if args.model else None
+    return {"model": model, "data": data_config(args.data, _key_values(args.data_arg))}
+
+
+def _runtime_env(args) -> dict | None:
+    """--working-dir/--py-modules as a runtime_env; they are also put on this process's import path,
+    since the driver builds the model too."""
+    import os
+
+    env = {}
+    if getattr(args, "working_dir", None):
+        if not os.path.isdir(args.working_dir):
+            raise ConfigError(f"--working-dir {args.working_dir} is not a folder")
+        env["working_dir"] = os.path.abspath(args.working_dir)
+        sys.path.insert(0, env["working_dir"])
+    if getattr(args, "py_modules", None):
+        mods = [os.path.abspath(m) for m in args.py_modules.split(",") if m.strip()]
+        missing = [m for m in mods if not os.path.exists(m)]
+        if missing:
+            raise ConfigError(f"--py-modules: {', '.join(missing)} do not exist; give package folders or wheels")
+        env["py_modules"] = mods
+        sys.path[:0] = [os.path.dirname(m) for m in mods if os.path.isdir(m)]
+    if env and getattr(args, "backend", "ray") != "ray":
+        raise ConfigError("--working-dir and --py-modules need --backend ray")
+    return env or None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="train a model and record its trajectory")
-    t.add_argument("--model", required=True, choices=["mlp", "conv", "resnet20", "conv1d"])
-    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT")
+    t.add_argument("--model", required=True,
+                   help="mlp, conv, resnet20, conv1d, or your factory package.module:function")
+    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
+                   "data function package.module:function")
+    t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
+    t.add_argument("--head-module", default="head", help="the classifier's module name, for --new-head")
     t.add_argument("--epochs", type=int, required=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="trajectory store: a folder, s3://... or gs://...")
@@ -226,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cpus-per-worker", type=float)
     x.add_argument("--gpus-per-worker", type=float)
     x.add_argument("--device", help="local backend: cpu or cuda (default: cuda when available)")
+    add_user_code_args(x, spec=True)
+    add_runtime_env_args(x)
     common(x)
     x.set_defaults(func=cmd_transfer)
 
@@ -234,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, required=True)
     f.add_argument("--lr", type=float, help="initial lr (default: the source recipe's)")
     f.add_argument("--out", required=True)
+    add_user_code_args(f)
     common(f)
     f.set_defaults(func=cmd_finetune)
 
@@ -241,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("path")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--which", default="best", choices=["best", "final"])
+    add_user_code_args(e)
     e.set_defaults(func=cmd_eval)
 
     pl = sub.add_parser("plot", help="accuracy against transfer step for several runs")
@@ -274,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--resume", action="store_true",
                        help="continue an interrupted run (Tuner.restore, which unpickles Tune's state: --storage "
                             "must be trusted, and a local one is checked to be yours and not world-writable)")
+        add_runtime_env_args(q)
 
     en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
     tune_common(en, "fgmt")

@@ -76,13 +76,15 @@ def recalibrate_bn(model: nn.Module, state: Mapping[str, torch.Tensor], data: Da
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def evaluate_path(path: str, split: str = "test", which: str = "best") -> dict:
-    """Accuracy of a saved model: a transfer run folder (its best or final model) or STORE[:STEP]."""
+def evaluate_path(path: str, split: str = "test", which: str = "best", model=None, data=None) -> dict:
+    """Accuracy of a saved model: a transfer run folder (its best or final model) or STORE[:STEP].
+
+    ``model`` (a model config) and ``data`` (a data string or DataConfig) replace what the store records.
+    """
     from . import fs
     from .checkpoint import load_checkpoint
-    from .config import from_dict
-    from .data import DataConfig, load_data
-    from .models import build_model, model_from_dict
+    from .models import build_model
+    from .recorded import data_of, model_of
     from .trajectory import TrajectoryStore, read_state
 
     if fs.exists(fs.join(path, "metrics.json")) and fs.exists(fs.join(path, f"{which}.safetensors")):
@@ -92,6 +94,6 @@ def evaluate_path(path: str, split: str = "test", which: str = "best") -> dict:
     else:
         state, store, step = read_state(path)
         what = f"{store.location} step {step}"
-    data = load_data(from_dict(DataConfig, store.meta["data"]))
-    model = build_model(model_from_dict(store.meta["model"]), 0)
+    data = data_of(store, data)
+    model = build_model(model_of(store, model), 0)
     return {"model": what, "split": split, "accuracy": accuracy(model, state, data, split)}

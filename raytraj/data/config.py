@@ -7,6 +7,7 @@ Grammar: ``NAME[:ARG][CLASSES]``
 * ``npz:PATH``                user arrays (x_train, y_train, and optionally x_test, y_test)
 * ``cifar10:ROOT``            a torchvision dataset already on disk under ROOT (never downloaded)
 * a class subset in brackets: ``digits[0-4]``, ``mnist1d[5-9]``, ``digits[0,3,5]``
+* ``mypkg.data:load``         your own data function, called with ``args`` (see user.py for the contract)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import ConfigError
+from ..imports import is_import_path
 
 BUILTIN = ("digits", "mnist1d", "npz")
 
@@ -28,8 +30,11 @@ class DataConfig:
     val_fraction: float = 0.1  # of the training split
     test_fraction: float = 0.2  # only for data without its own test split
     split_seed: int = 777
+    args: dict | None = None  # keyword arguments of a data function (source "import")
 
     def describe(self) -> str:
+        if self.source == "import":
+            return self.path + (f"({', '.join(f'{k}={v!r}' for k, v in self.args.items())})" if self.args else "")
         arg = f":{self.path}" if self.path else (f":{self.num_samples}" if self.num_samples else "")
         cls = f"[{','.join(map(str, self.classes))}]" if self.classes else ""
         return f"{self.source}{arg}{cls}"
@@ -40,6 +45,8 @@ _PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?::(?P<arg>[^\[\]]+))?(?:\[(?P<
 
 def parse_data(text: str) -> DataConfig:
     """``"mnist1d:20000[0-4]"`` -> DataConfig; malformed strings raise ConfigError with the grammar."""
+    if _names_function(text.strip()):
+        return DataConfig(source="import", path=text.strip())
     m = _PATTERN.match(text.strip())
     if not m:
         raise ConfigError(f"cannot parse data {text!r}; expected NAME[:ARG][CLASSES], e.g. digits[0-4], "
@@ -59,6 +66,27 @@ def parse_data(text: str) -> DataConfig:
     if classes:
         fields["classes"] = _parse_classes(classes)
     return DataConfig(**fields)
+
+
+def _names_function(text: str) -> bool:
+    """``pkg.mod:fn`` names a data function; ``cifar10:ROOT`` (a torchvision root) does not.
+
+    A dotted module is always an import path. An undotted one is only when it is an importable
+    module that is not a dataset name, so that a torchvision root named like a module still works.
+    """
+    if not is_import_path(text):
+        return False
+    module = text.split(":", 1)[0]
+    if "." in module:
+        return True
+    if module.lower() in BUILTIN:
+        return False
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _parse_classes(text: str) -> tuple[int, ...]:

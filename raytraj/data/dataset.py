@@ -13,6 +13,7 @@ import torch
 from ..config import ConfigError
 from .config import DataConfig, parse_data
 from .sources import load_arrays
+from .user import call_data_function, splits_to_tensors
 
 SPLITS = ("train", "val", "test")
 
@@ -41,8 +42,19 @@ class Dataset:
 
 
 def load_data(config: DataConfig | str) -> Dataset:
-    """The dataset ``config`` names, split and standardised; the same config gives the same splits."""
+    """The dataset ``config`` names, split and standardised; the same config gives the same splits.
+
+    A data function (``source="import"``) gives its own splits, used as they are (see user.py).
+    """
     cfg = parse_data(config) if isinstance(config, str) else config
+    if cfg.source == "import":
+        if cfg.classes is not None:
+            raise ConfigError(f"{cfg.path}: a class subset applies to bundled data only; select classes in the "
+                              "data function")
+        return dataset_from_splits(call_data_function(cfg.path, cfg.args), cfg)
+    if cfg.args:
+        raise ConfigError(f"--data-arg goes with a data function (--data package.module:function), not with "
+                          f"{cfg.describe()}")
     arrays = load_arrays(cfg)
     rng = np.random.default_rng(cfg.split_seed)
     x, y = arrays["x_train"], arrays["y_train"]
@@ -86,6 +98,18 @@ def load_data(config: DataConfig | str) -> Dataset:
         y={s: torch.from_numpy(ys[s].astype(np.int64)) for s in SPLITS},
         num_classes=num_classes,
     )
+
+
+def dataset_from_splits(splits, config: DataConfig | None = None) -> Dataset:
+    """A Dataset from a ``{"train": (x, y), "val": ..., "test": ...}`` mapping (contract in user.py).
+
+    Args:
+        splits: the mapping; values are (inputs, labels) pairs or torch Datasets.
+        config: what made it, for the record (default: in-memory data, which cannot be reloaded).
+    """
+    cfg = config or DataConfig(source="memory")
+    xs, ys, num_classes = splits_to_tensors(splits, f"data {cfg.describe()}")
+    return Dataset(config=cfg, x=xs, y=ys, num_classes=num_classes)
 
 
 def sample_batches(n: int, batch_size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -44,12 +44,12 @@ class _RefHandle:
 class RayBackend:
     def __init__(self, problem, cfg, *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, max_restarts: int = 3, max_task_retries: int = 3,
-                 placement_timeout_s: float = 120):
+                 placement_timeout_s: float = 120, runtime_env: dict | None = None):
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-        self._owns_ray = connect(address)
+        self._owns_ray = connect(address, runtime_env=runtime_env)
         self.workers: list = []
         self.pg = None
         try:

@@ -4,22 +4,30 @@ new local one."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import ray
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            runtime_env: dict | None = None) -> bool:
     """Make sure this process is a Ray driver; returns True if this call did the ``ray.init``.
 
     ``address`` is ``auto`` (the cluster ``ray start`` made on this machine), ``HOST:PORT`` or
     ``ray://HOST:PORT``. Without it, Ray joins the cluster named by RAY_ADDRESS (as set by
-    ``ray job submit``) or starts a fresh local instance without a dashboard.
+    ``ray job submit``) or starts a fresh local instance without a dashboard. ``runtime_env``
+    (e.g. ``{"working_dir": ..., "py_modules": [...]}``) ships the user's own modules to the workers.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
+        if runtime_env:
+            warnings.warn("Ray is already initialised in this process; --working-dir/--py-modules are ignored. "
+                          "Pass runtime_env to ray.init instead", stacklevel=2)
         return False
+    env = {"runtime_env": runtime_env} if runtime_env else {}
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **env)
     else:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
+                 **env)
     return True

@@ -2,6 +2,7 @@
 
 Every zoo model names its classifier ``head``, which ``--new-head`` re-initialises.
 A config travels as a plain dict ``{"name": ..., **fields}`` (in trajectory stores and run folders).
+A model outside the zoo is a ``FactoryConfig``: an import path and JSON kwargs (see factory.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn as nn
 from ..config import ConfigError, from_dict, to_dict
 from .conv import ConvConfig, ConvNet
 from .conv1d import Conv1dConfig, Conv1dNet
+from .factory import FACTORY, FactoryConfig, build_factory_model
 from .mlp import MLP, MLPConfig
 from .resnet import ResNet20, ResNet20Config
 
@@ -29,6 +31,8 @@ HEAD = "head"
 
 
 def model_name(cfg) -> str:
+    if type(cfg) is FactoryConfig:
+        return FACTORY
     for name, (cfg_cls, _) in MODELS.items():
         if type(cfg) is cfg_cls:
             return name
@@ -36,9 +40,13 @@ def model_name(cfg) -> str:
 
 
 def model_config(name: str, **fields: Any):
-    """The typed config of zoo model ``name``; unknown fields raise ConfigError."""
+    """The typed config of zoo model ``name``, or of factory ``name`` (an import path, ``fields`` its kwargs);
+    unknown fields raise ConfigError."""
+    if ":" in name:
+        return FactoryConfig(name, dict(fields))
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)} or your own factory "
+                          "package.module:function")
     cfg = from_dict(MODELS[name][0], fields, what=f"model {name!r} config")
     _check_sizes(name, cfg)
     return cfg
@@ -73,12 +81,22 @@ def model_from_dict(data: Mapping[str, Any]):
     data = dict(data)
     if "name" not in data:
         raise ConfigError("model config has no 'name'")
-    return model_config(data.pop("name"), **data)
+    name = data.pop("name")
+    if name == FACTORY:
+        return from_dict(FactoryConfig, data, what="model factory config")
+    return model_config(name, **data)
 
 
-def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, **overrides: Any):
+def architecture(model: Mapping[str, Any]) -> str:
+    """What must agree for two stores' models to share a trajectory: the zoo name or the factory path."""
+    return model["factory"] if model.get("name") == FACTORY else model.get("name", "?")
+
+
+def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, /, **overrides: Any):
     """A config of zoo model ``name`` sized for inputs of ``input_shape`` (no batch dim)."""
     shape = tuple(input_shape)
+    if ":" in name:  # a factory sizes itself from its own kwargs
+        return model_config(name, **overrides)
     if name == "mlp":
         sized = {"in_features": math.prod(shape)}
     elif name in ("conv", "resnet20"):
@@ -95,20 +113,40 @@ def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, *
 
 
 def build_model(cfg, seed: int) -> nn.Module:
-    """A fresh model; the same config and seed give the same weights, whatever the global RNG."""
+    """A fresh model; the same config and seed give the same weights, whatever the global RNG.
+
+    ``cfg`` may also be an ``nn.Module`` (the Python API's template): a copy of it is returned.
+    """
+    if isinstance(cfg, nn.Module):
+        import copy
+
+        return copy.deepcopy(cfg)
     if isinstance(cfg, Mapping):
         cfg = model_from_dict(cfg)
+    if isinstance(cfg, FactoryConfig):
+        return build_factory_model(cfg, seed)
     cls = MODELS[model_name(cfg)][1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(cfg)
 
 
-def reinit_head(model: nn.Module, seed: int) -> None:
-    """Re-initialise the classifier head in place, seeded (the pre-trained scenario's new head)."""
-    head = getattr(model, HEAD, None)
+def reinit_head(model: nn.Module, seed: int, head_name: str = HEAD) -> None:
+    """Re-initialise the classifier head in place, seeded (the pre-trained scenario's new head).
+
+    Args:
+        model: the model whose head is reset.
+        seed: seeds the new head's init.
+        head_name: the head's module name (dotted for a nested one, e.g. ``classifier.2``).
+    """
+    try:
+        head = model.get_submodule(head_name)
+    except AttributeError:
+        head = None
     if head is None:
-        raise ConfigError(f"{type(model).__name__} has no '{HEAD}' module to re-initialise")
+        names = [n for n, m in model.named_modules() if n and next(m.children(), None) is None][-3:]
+        raise ConfigError(f"{type(model).__name__} has no module {head_name!r} to re-initialise; name the "
+                          f"classifier with --head-module (its last modules are {names})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in head.modules():
@@ -117,7 +155,8 @@ def reinit_head(model: nn.Module, seed: int) -> None:
 
 
 __all__ = [
-    "HEAD", "MODELS", "MLP", "MLPConfig", "ConvConfig", "ConvNet", "ResNet20", "ResNet20Config",
+    "FACTORY", "FactoryConfig", "HEAD", "MODELS", "architecture",
+    "MLP", "MLPConfig", "ConvConfig", "ConvNet", "ResNet20", "ResNet20Config",
     "Conv1dConfig", "Conv1dNet", "build_model", "config_for_data", "model_config", "model_from_dict",
     "model_name", "model_to_dict", "reinit_head",
 ]

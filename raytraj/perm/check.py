@@ -21,7 +21,8 @@ def check_spec(
     """Raise a SpecCheckError naming the first tensor that breaks permutation invariance.
 
     The model is run in eval mode (BatchNorm uses running stats) and in train mode (batch
-    stats, and the running stats it updates must come out permuted the same way). Each leaf
+    stats, and the running stats it updates must come out permuted the same way; Dropout
+    stays off, since its random masks differ between the two runs). Each leaf
     module's output is compared with the original's, permuted by the group of its own
     parameters, so the error points at the first layer whose spec entry is wrong.
     """
@@ -37,8 +38,9 @@ def check_spec(
         original, permuted = copy.deepcopy(model), copy.deepcopy(model)
         original.load_state_dict(state)
         permuted.load_state_dict(permuted_state)
-        original.train(mode == "train")
-        permuted.train(mode == "train")
+        for m in (original, permuted):
+            m.train(mode == "train")
+            _quiet_dropout(m)
         out_a, trace_a = _run_traced(original, inputs)
         out_b, trace_b = _run_traced(permuted, inputs)
         for (mod_name, mod, a), (_, _, b) in zip(trace_a, trace_b):
@@ -56,6 +58,14 @@ def check_spec(
             for name, value in permuted.state_dict().items():
                 if not _close(expected_state[name], value, rtol, atol):
                     raise SpecCheckError(f"{name}: buffer updated in train mode does not move with its spec entry")
+
+
+def _quiet_dropout(model: nn.Module) -> None:
+    """Dropout in eval mode: in train mode the two copies would draw different masks, while
+    BatchNorm stays in train mode, where its batch statistics and running-stat updates are checked."""
+    for m in model.modules():
+        if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+            m.eval()
 
 
 def _randomize_stat(name: str, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -55,22 +55,22 @@ def lr_at(recipe: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
 
 
 def initial_state(model_cfg, seed: int, init: Mapping[str, torch.Tensor] | None, new_head: bool,
-                  head_seed: int | None = None) -> dict[str, torch.Tensor]:
+                  head_seed: int | None = None, head: str = HEAD) -> dict[str, torch.Tensor]:
     """A fresh seeded init, or ``init`` (e.g. a pre-trained checkpoint) with an optional new head.
 
-    With ``new_head`` the head comes from ``head_seed`` (default 2*seed+1, as in the official code)
-    and may have another number of classes than ``init``'s.
+    With ``new_head`` the head (module ``head``) comes from ``head_seed`` (default 2*seed+1, as in
+    the official code) and may have another number of classes than ``init``'s.
     """
     model = build_model(model_cfg, seed)
     if init is None:
         return model.state_dict()
     own = model.state_dict()
-    body = {k: v for k, v in init.items() if not (new_head and k.startswith(HEAD + "."))}
-    missing = [k for k in own if k not in body and not (new_head and k.startswith(HEAD + "."))]
+    body = {k: v for k, v in init.items() if not (new_head and k.startswith(head + "."))}
+    missing = [k for k in own if k not in body and not (new_head and k.startswith(head + "."))]
     extra = [k for k in body if k not in own]
     bad = [k for k in body if k in own and tuple(body[k].shape) != tuple(own[k].shape)]
     if missing or extra or bad:
-        hint = " (a different class count needs --new-head)" if any(k.startswith(HEAD + ".") for k in bad) else ""
+        hint = " (a different class count needs --new-head)" if any(k.startswith(head + ".") for k in bad) else ""
         raise ConfigError(
             "the init checkpoint does not fit the model: "
             + "; ".join(p for p in [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra
@@ -78,8 +78,8 @@ def initial_state(model_cfg, seed: int, init: Mapping[str, torch.Tensor] | None,
             + ". Was it trained with another --model or model options?"
         )
     if new_head:
-        reinit_head(model, 2 * seed + 1 if head_seed is None else head_seed)
-        body.update({k: v for k, v in model.state_dict().items() if k.startswith(HEAD + ".")})
+        reinit_head(model, 2 * seed + 1 if head_seed is None else head_seed, head)
+        body.update({k: v for k, v in model.state_dict().items() if k.startswith(head + ".")})
     return {k: body[k].clone() for k in own}
 
 
@@ -97,6 +97,7 @@ def train(
     soft_targets: torch.Tensor | None = None,
     soft_info: dict | None = None,
     progress: bool = True,
+    head: str = HEAD,
 ) -> TrainResult:
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
     ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
@@ -108,7 +109,7 @@ def train(
         "init": init_info, "new_head": new_head, **({"soft_targets": soft_info} if soft_targets is not None else {}),
     }
     state_path = fs.join(out, TRAIN_STATE)
-    start_state = initial_state(model_cfg, seed, init, new_head)
+    start_state = initial_state(model_cfg, seed, init, new_head, head=head)
     writer, state, resume = _open_writer(out, meta, start_state, param_names, state_path)
     model.load_state_dict(state)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,

@@ -1,10 +1,12 @@
 """Recorded trajectories: the Arrow store, and actual or linear views of it."""
 
+from .recorder import TrajectoryRecorder
 from .schedule import SCHEDULES, lambdas
 from .store import SCHEMA_VERSION, TrajectoryError, TrajectoryStore, TrajectoryWriter, parse_ref, read_state
 from .view import ActualTrajectory, LinearTrajectory, Trajectory, open_trajectory
 
 __all__ = [
     "ActualTrajectory", "LinearTrajectory", "SCHEDULES", "SCHEMA_VERSION", "Trajectory", "TrajectoryError",
-    "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory", "parse_ref", "read_state",
+    "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory", "parse_ref",
+    "read_state",
 ]

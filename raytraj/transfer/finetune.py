@@ -10,21 +10,39 @@ from __future__ import annotations
 from .. import fs
 from ..checkpoint import load_checkpoint
 from ..config import from_dict, replace
-from ..data import DataConfig, load_data
+from ..config import ConfigError
+from ..data import DataConfig
 from ..models import model_from_dict
+from ..recorded import data_of, model_of
 from ..train import TrainConfig, TrainResult, train
 from .problem import open_source
 from .run import load_run_config
 
 
 def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: int | None = None,
-             which: str = "best", progress: bool = True, device=None) -> TrainResult:
+             which: str = "best", progress: bool = True, device=None, model=None, data=None) -> TrainResult:
+    """Train on from a transfer run's model. A source recorded by a TrajectoryRecorder has no raytraj
+    recipe; TrainConfig's defaults are used then. ``model``/``data`` replace what the store records."""
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = load_checkpoint(fs.join(run, f"{which}.safetensors"))
-    recipe = from_dict(TrainConfig, source.meta["recipe"])
+    recipe = from_dict(TrainConfig, source.meta.get("recipe") or {})
     recipe = replace(recipe, epochs=epochs, **({"lr": lr} if lr is not None else {}))
-    data = load_data(from_dict(DataConfig, source.meta["data"]))
-    return train(model_from_dict(source.meta["model"]), data, recipe, cfg.seed if seed is None else seed, out,
+    data = data_of(source, data if data is not None else _recorded_data(record))
+    if model is None and (record.get("model") or {}).get("name") not in (None, "module"):
+        model = model_from_dict(record["model"])  # the transfer's own --model
+    return train(model_of(source, model), data, recipe, cfg.seed if seed is None else seed, out,
                  init=state, init_info={"transfer_run": run, "which": which, "step": info.get("step")},
                  progress=progress, device=device)
+
+
+def _recorded_data(record: dict):
+    """The data a transfer run used instead of its store's (its --data), if any."""
+    data = record.get("data")
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return from_dict(DataConfig, data, what="data config in the run")
+    if data == "memory":
+        raise ConfigError("this transfer ran on in-memory data (the Python API); pass the data again")
+    return data

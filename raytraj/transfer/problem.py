@@ -13,13 +13,17 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, from_dict
-from ..data import DataConfig, Dataset, load_data
+from ..config import ConfigError
+from ..data import DataConfig, Dataset
 from ..evaluation import at_chance_level, chance_accuracy
-from ..models import build_model, model_from_dict
-from ..perm import Permutation, PermutationSpec, check_spec, infer_spec, match
+from ..imports import resolve
+from ..models import HEAD, architecture, build_model
+from ..perm import Permutation, PermutationSpec, SpecError, check_spec, infer_spec, match
+from ..perm.infer import SpecInferenceError
+from ..recorded import check_model_takes_data, data_of, model_of
 from ..train import initial_state
 from ..trajectory import Trajectory, TrajectoryError, TrajectoryStore, open_trajectory, read_state
+from ..trajectory.recorder import RECORDER
 from .config import TransferConfig
 
 
@@ -52,24 +56,49 @@ def open_source(source: str) -> TrajectoryStore:
                               "(`raytraj train` with the same arguments)")
     if store.num_steps < 2:
         raise TrajectoryError(f"source {source} holds no trained step")
-    lacking = sorted({"model", "data", "recipe"} - set(store.meta))
+    # A TrajectoryRecorder store has no recipe (the user's loop is the recipe), and may name no model
+    # or data (then --model / --data supply them); a `raytraj train` store has all three.
+    needed = {"model", "data"} if RECORDER in store.meta else {"model", "data", "recipe"}
+    lacking = sorted(needed - set(store.meta))
     if lacking:
         raise TrajectoryError(f"source {source}: its trajectory.json lacks {lacking} in 'meta'; it was not recorded "
                               "by `raytraj train`, or it was edited")
     return store
 
 
-def infer_checked_spec(model_cfg, data: Dataset) -> PermutationSpec:
+def infer_checked_spec(model_cfg, data: Dataset, spec=None) -> PermutationSpec:
+    """The spec inferred from the model, or ``spec`` (a PermutationSpec, a function of the model, or
+    the import path of either), proved on the model with check_spec either way."""
     model = build_model(model_cfg, 0)
     example = data.x["train"][:8]
-    spec = infer_spec(model, example)
-    check_spec(model, spec, example)
+    given = spec
+    if isinstance(spec, str):
+        spec = resolve(spec, "spec")
+    if spec is None:
+        try:
+            spec = infer_spec(model, example)
+        except SpecInferenceError as e:
+            raise ConfigError(f"cannot infer the permutation spec ({e}); write one and pass --spec "
+                              "package.module:function") from e
+    elif not isinstance(spec, PermutationSpec):
+        if not callable(spec):
+            raise ConfigError(f"spec {given!r} is a {type(spec).__name__}; give a PermutationSpec or a function of "
+                              "the model returning one")
+        spec = spec(model)
+        if not isinstance(spec, PermutationSpec):
+            raise ConfigError(f"spec {given!r} returned a {type(spec).__name__}, not a PermutationSpec")
+    try:
+        check_spec(model, spec, example)
+    except SpecError as e:
+        where = f"spec {given}" if isinstance(given, str) else ("the given spec" if given is not None else
+                                                                "the inferred spec")
+        raise SpecError(f"{where} fails check_spec: {e}") from e
     return spec
 
 
 def _same_architecture(source: str, other: str, source_meta: dict, other_meta: dict, role: str) -> None:
-    """Same zoo model; sizes are checked tensor by tensor where the states meet."""
-    a, b = source_meta["model"]["name"], other_meta["model"]["name"]
+    """Same zoo model or factory; sizes are checked tensor by tensor where the states meet."""
+    a, b = architecture(source_meta["model"]), architecture(other_meta["model"])
     if a != b:
         raise ConfigError(f"{role} {other} is a {b!r} model but the source {source} is a {a!r} model; a trajectory "
                           "only transfers between models of one architecture")
@@ -88,29 +117,52 @@ def refuse_untrained_source(source: str, meta: dict, data: Dataset) -> None:
 
 
 def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None, target_init: str | None = None,
-            new_head: bool = False, oracle_target: str | None = None, force: bool = False) -> Problem:
-    if (target_seed is None) == (target_init is None):
+            new_head: bool = False, oracle_target: str | None = None, model=None, data=None, spec=None,
+            head: str = HEAD, target_state: dict | None = None, force: bool = False) -> Problem:
+    """Read and check everything a transfer needs.
+
+    Args:
+        source: the source trajectory store.
+        cfg: the transfer settings.
+        target_seed / target_init / target_state: the target init (exactly one): a seed for the model's
+            factory, a store ``STORE[:STEP]``, or a state dict (the Python API's target module).
+        new_head: with ``target_init``: re-initialise the module ``head``.
+        oracle_target: for Oracle, the target trained with the source's recipe.
+        model: a model config (or module) to use instead of the store's; it must have the store's tensors.
+        data: data to use instead of the store's (a data string, DataConfig, Dataset or splits mapping).
+        spec: a PermutationSpec (or a function of the model, or an import path) instead of inference.
+        head: the classifier's module name, for ``new_head``.
+        force: transfer a source that ends at chance level, which is otherwise refused.
+    """
+    if sum(x is not None for x in (target_seed, target_init, target_state)) != 1:
         raise ConfigError("give exactly one of --target-seed (a random init) or --target-init STORE[:STEP]")
     if new_head and target_init is None:
         raise ConfigError("--new-head goes with --target-init (a pre-trained target)")
     store = open_source(source)
     meta = store.meta
-    model_cfg = model_from_dict(meta["model"])
-    data_cfg = from_dict(DataConfig, meta["data"], what="data config in the source store")
-    data = load_data(data_cfg)
+    model_cfg = model_of(store, model)
+    data = data_of(store, data)
+    data_cfg = data.config
+    check_model_takes_data(model_cfg, data)
     if not force:
         refuse_untrained_source(source, meta, data)
     trajectory = open_trajectory(source, cfg.schedule, cfg.steps)  # with "actual", steps must match the record
-    spec = infer_checked_spec(model_cfg, data)
+    spec = infer_checked_spec(model_cfg, data, spec)
 
     if target_seed is not None:
         init = initial_state(model_cfg, target_seed, None, False)
         target = {"seed": target_seed}
+    elif target_state is not None:
+        try:
+            init = initial_state(model_cfg, cfg.seed, target_state, False)
+        except ConfigError as e:
+            raise ConfigError(f"the target model: {e}") from e
+        target = {"module": True}
     else:
         state, target_store, step = read_state(target_init)
         _same_architecture(source, target_init, meta, target_store.meta, "target init")
         try:
-            init = initial_state(model_cfg, cfg.seed, state, new_head)
+            init = initial_state(model_cfg, cfg.seed, state, new_head, head=head)
         except ConfigError as e:
             raise ConfigError(f"target init {target_init}: {e}") from e
         target = {"init": target_store.location, "step": step, "new_head": new_head}
@@ -133,7 +185,8 @@ def refuse_source_init(source: str, store: TrajectoryStore, init: dict, target: 
     """A target init equal to the source's own init only replays the source: the result means nothing."""
     start = store.read(0, store.param_names)
     if all(k in init and init[k].shape == v.shape and torch.equal(init[k], v) for k, v in start.items()):
-        how = f"--target-seed {target['seed']}" if "seed" in target else f"--target-init {target.get('init')}"
+        how = (f"--target-seed {target['seed']}" if "seed" in target else "the target module" if
+               target.get("module") else f"--target-init {target.get('init')}")
         raise ConfigError(f"the target init ({how}) equals the init of the source {source} (its step 0), so the "
                           "transfer would only replay the source; choose another --target-seed or --target-init")
 
@@ -142,7 +195,7 @@ def check_targets(source: str, targets: list[dict], seed: int = 0) -> None:
     """Before starting Tune trials: each target (``target_seed``, or ``target_init`` with ``new_head``)
     must differ from the source's init."""
     store = open_source(source)
-    model_cfg = model_from_dict(store.meta["model"])
+    model_cfg = model_of(store)
     for t in targets:
         if t.get("target_seed") is not None:
             init, target = initial_state(model_cfg, t["target_seed"], None, False), {"seed": t["target_seed"]}

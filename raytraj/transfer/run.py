@@ -14,10 +14,13 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from .. import fs
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, from_dict, to_dict
+from ..data import DataConfig
+from ..models import HEAD
 from ..perm import perm_to_lists
 from .backend import Backend, LocalBackend
 from .checkpointing import RunCheckpointer
@@ -64,10 +67,17 @@ def transfer(
     on_eval: Callable[[int, float], None] | None = None,
     progress: bool = True,
     force: bool = False,
+    model=None,
+    data=None,
+    spec=None,
+    head: str = HEAD,
+    problem: Problem | None = None,
 ) -> dict:
     """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
 
     ``force`` transfers a source that ends at chance level, which is otherwise refused.
+    ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
+    ``problem`` is an already prepared one (the Python API's), used instead of preparing.
     """
     t_start = time.perf_counter()
     # Resolved paths: a resume that spells the source relatively or absolutely is the same run.
@@ -76,11 +86,13 @@ def transfer(
     record = {
         "transfer": to_dict(cfg), "source": source, "target_seed": target_seed, "target_init": target_init,
         "new_head": new_head, "oracle_target": oracle_target,
+        **_override_record(model, data, spec, head, problem),
     }
     checkpointer = RunCheckpointer(fs.join(out, "state"))
     _claim_output(out, record, checkpointer, resume, write=False)
-    problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
-                      oracle_target=oracle_target, force=force)
+    if problem is None:
+        problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
+                          oracle_target=oracle_target, model=model, data=data, spec=spec, head=head, force=force)
     _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
     runner = make_backend(problem, cfg, backend, backend_options)
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
@@ -137,6 +149,26 @@ def _check_finite(state: dict, what: str, source: str) -> None:
     if bad:
         raise FloatingPointError(f"{what} holds NaN or inf values in {bad[:3]}; not saving it. The source {source} "
                                  "or the transfer diverged")
+
+
+def _override_record(model, data, spec, head, problem) -> dict:
+    """What replaced the store's model, data or spec, for config.json (absent keys: the store's own)."""
+    from ..recorded import describe_model
+
+    out = {}
+    if model is not None or problem is not None and isinstance(problem.model_cfg, nn.Module):
+        out["model"] = describe_model(model if model is not None else problem.model_cfg)
+    if data is not None:
+        out["data"] = data if isinstance(data, str) else (
+            to_dict(data) if isinstance(data, DataConfig) else getattr(getattr(data, "config", None), "source",
+                                                                       "memory"))
+    elif problem is not None and problem.data_cfg.source == "memory":
+        out["data"] = "memory"
+    if spec is not None:
+        out["spec"] = spec if isinstance(spec, str) else "given"
+    if head != HEAD:
+        out["head"] = head
+    return out
 
 
 def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool, write: bool = True) -> None:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -53,6 +54,7 @@ class TransferWorker:
         self.seed = seed
         self.batch_size = batch_size
         self.bn_batches = bn_batches if has_batchnorm(self.model) else 0
+        self._dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in self.model.modules())
         self.eval_batch_size = eval_batch_size
         self._x = data.x["train"].to(self.device)
         self._y = data.y["train"].to(self.device)
@@ -96,14 +98,20 @@ class TransferWorker:
         for state in (target_state, source_state):
             acc = {n: torch.zeros_like(state[n], dtype=torch.float64) for n in self.param_names}
             for i in batch_ids:
-                for n, g in self._gradient(state, batches[i]).items():
+                for n, g in self._gradient(state, batches[i], (self.seed, step, t, i)).items():
                     acc[n] += g
             sums.append(acc)
         return sums[0], sums[1]
 
-    def _gradient(self, state, idx) -> dict[str, torch.Tensor]:
+    def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:
         # Train mode, as in training: BatchNorm normalises with the batch's own statistics.
         self.model.train()
+        if self._dropout and key is not None:
+            # Dropout masks seeded by the batch's identity: the same on any worker, resumed or not.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int(np.random.default_rng(list(key)).integers(2**62)))
+                return self._gradient(state, idx)
         params = {n: state[n].detach().requires_grad_(True) for n in self.param_names}
         buffers = {n: v.clone() for n, v in state.items() if n not in params}
         idx_t = torch.as_tensor(idx, device=self.device)

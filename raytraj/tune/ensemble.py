@@ -21,6 +21,7 @@ from ray import tune
 from .. import fs
 from ..config import ConfigError, from_dict, to_dict
 from ..data import DataConfig, load_data
+from ..recorded import model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
 from .runner import refuse_unfinished, result_rows, run_experiment
@@ -44,19 +45,21 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
                  seed_base: int = 1000, finetune_epochs: int = 0, finetune_lr: float | None = None,
                  storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
                  max_concurrent: int | None = None, max_failures: int = 2, resume: bool = False,
-                 address: str | None = None) -> dict:
+                 address: str | None = None, runtime_env: dict | None = None) -> dict:
     """K transfers of ``source`` as Tune trials, then their ensemble; see the module docstring.
 
     Args:
         gpus_per_trial: None takes one GPU per trial when the cluster has GPUs, else none.
         resume: continue an interrupted ensemble in ``out``; other settings than its first start
             are refused before anything is touched.
+        runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for a user model's modules.
     """
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; an ensemble needs a folder of its own")
     store = open_source(source)  # fail before starting anything if the source is not usable
+    model_of(store)  # and if its model cannot be rebuilt here (a factory that does not import)
     check_targets(source, target_list, cfg.seed)
     t0 = time.perf_counter()
     settings = {"source": source, "out": out, "targets": target_list, "transfer": to_dict(cfg),
@@ -65,7 +68,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble", {"member": tune.grid_search(list(range(members)))}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address,
+        max_failures=max_failures, address=address, runtime_env=runtime_env,
     )
     wall_s = time.perf_counter() - t0
     rows = result_rows(grid)
@@ -93,7 +96,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble_test_acc": by_size[-1],
         "ensemble_acc_by_size": by_size,
         "mean_member_test_acc": float(np.mean([r["test_acc"] for r in member_rows])),
-        "source_test_acc": store.meta.get("test_acc"),
+        "source_test_acc": _source_test_acc(store, data),
         "finetune_epochs": finetune_epochs,
         "timing": {
             "wall_s": wall_s,
@@ -106,6 +109,16 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
     fs.atomic_write_json(fs.join(out, RESULT), result)
     plot_ensemble(result, fs.join(out, "ensemble.png"))
     return result
+
+
+def _source_test_acc(store, data) -> float:
+    """As recorded by `raytraj train`; a TrajectoryRecorder store is scored here."""
+    if store.meta.get("test_acc") is not None:
+        return store.meta["test_acc"]
+    from ..evaluation import accuracy
+    from ..models import build_model
+
+    return accuracy(build_model(model_of(store), 0), store.read(store.last_step), data, "test")
 
 
 def plot_ensemble(result: dict, out: str) -> None:

@@ -53,7 +53,8 @@ def check_trusted_storage(path: str) -> None:
 
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,
                    cpus_per_trial: float, gpus_per_trial: float | None, tune_config: tune.TuneConfig,
-                   max_failures: int = 2, address: str | None = None, settings: dict | None = None) -> tune.ResultGrid:
+                   max_failures: int = 2, address: str | None = None, settings: dict | None = None,
+                   runtime_env: dict | None = None) -> tune.ResultGrid:
     """Start (or with ``resume`` continue) experiment ``name``.
 
     Args:
@@ -61,6 +62,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
             ``tune.with_parameters``, so Tune prints a short config per trial.
         gpus_per_trial: None takes one GPU per trial when the cluster has GPUs.
         settings: JSON-friendly; a resume with other settings is refused before anything is touched.
+        runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for the user's own modules.
     """
     settings = json.loads(json.dumps(settings or {}))  # as it reads back: tuples become lists
     record = settings_path(out, name)
@@ -74,7 +76,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
         if diff:
             raise ConfigError(f"{out} holds a {name} started with other settings ({', '.join(diff)}); resume with "
                               "the same arguments, or choose another --out")
-    connect(address)
+    connect(address, runtime_env=runtime_env)
     if gpus_per_trial is None:
         gpus_per_trial = default_gpus_per_trial()
     trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from .. import fs
 from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
+from ..recorded import model_of
 from ..transfer.problem import check_targets, open_source
 from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
@@ -71,7 +72,8 @@ def _typed(name: str, text: str, hint):
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
-              max_failures: int = 2, resume: bool = False, address: str | None = None) -> list[dict]:
+              max_failures: int = 2, resume: bool = False, address: str | None = None,
+              runtime_env: dict | None = None) -> list[dict]:
     """Tune the TransferConfig fields in ``params`` (see the module docstring); one row per trial.
 
     Args:
@@ -79,13 +81,14 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
             it must differ from the source's own init.
         scheduler: None, or "asha": early stopping along the fraction of the trajectory done.
         gpus_per_trial: None takes one GPU per trial when the cluster has GPUs, else none.
+        runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for a user model's modules.
     """
     source, out = fs.absolute(source), fs.absolute(out)
     if "target_init" in target:
         target = {**target, "target_init": fs.absolute(target["target_init"])}
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
-    open_source(source)
+    model_of(open_source(source))  # the source is usable and its model can be rebuilt
     check_targets(source, [target], base.seed)
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
@@ -110,7 +113,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address,
+        max_failures=max_failures, address=address, runtime_env=runtime_env,
     )
     results = result_rows(grid)
     expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)

@@ -1,0 +1,112 @@
+"""What a trajectory store says about its model and data, with the caller's overrides.
+
+A store made by ``raytraj train`` or by a ``TrajectoryRecorder`` given a factory and a data
+reference names both, so any later command can rebuild them. A recorder store may lack one
+(``--model`` / ``--data`` then supply it), and a user may point a store at their own copy of
+the data; the model must in any case have exactly the store's tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, from_dict
+from .data import DataConfig, Dataset, dataset_from_splits, load_data, parse_data
+from .models import FACTORY, build_model, model_from_dict, model_to_dict
+
+
+def model_of(store, override=None):
+    """The model config to use with ``store``: ``override`` (a config, or a module for the Python API),
+    or the one the store records; checked tensor by tensor against the store."""
+    if override is None:
+        recorded = store.meta.get("model") or {}
+        if recorded.get("name") in (None, "module"):
+            what = recorded.get("class", "a model")
+            raise ConfigError(f"{store.location} records {what} without a factory to rebuild it; pass --model "
+                              "package.module:function (or record with model_factory=...)")
+        override = model_from_dict(recorded)
+    check_model_fits(override, store)
+    return override
+
+
+def describe_model(cfg) -> dict | str:
+    """A JSON record of a model config (a module passed to the Python API is named by its class)."""
+    if isinstance(cfg, nn.Module):
+        return {"name": "module", "class": f"{type(cfg).__module__}.{type(cfg).__qualname__}"}
+    return model_to_dict(cfg)
+
+
+def check_model_fits(cfg, store) -> None:
+    """ConfigError unless the model has the store's tensors, with the store's shapes."""
+    state = build_model(cfg, 0).state_dict()
+    shapes = store.shapes
+    missing = [k for k in shapes if k not in state]
+    extra = [k for k in state if k not in shapes]
+    bad = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
+    if missing or extra or bad:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+                 "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} vs {shapes[k]}" for k in bad[:3])
+                 if bad else ""]
+        name = cfg.get("name") if isinstance(cfg, Mapping) else getattr(cfg, "factory", type(cfg).__name__)
+        raise ConfigError(f"model {name} does not match the store {store.location} ("
+                          + "; ".join(p for p in parts if p)
+                          + "); use the model and model options it was recorded with")
+
+
+def data_of(store, override=None) -> Dataset:
+    """The data to use with ``store``: ``override`` (a Dataset, a DataConfig, a data string, or splits),
+    or the data the store records."""
+    if isinstance(override, Dataset):
+        return override
+    if isinstance(override, (str, DataConfig)):
+        return load_data(override)
+    if override is not None:
+        return dataset_from_splits(override)
+    recorded = store.meta.get("data")
+    if recorded is None:
+        raise ConfigError(f"{store.location} records no data reference; pass --data package.module:function or a "
+                          "bundled name (or record with data=...)")
+    return load_data(from_dict(DataConfig, recorded, what="data config in the store"))
+
+
+def data_config(text: str | None, args: dict | None) -> DataConfig | None:
+    """``--data`` and ``--data-arg`` as a DataConfig (None when neither is given)."""
+    if text is None:
+        if args:
+            raise ConfigError("--data-arg goes with --data package.module:function")
+        return None
+    cfg = parse_data(text)
+    if args:
+        if cfg.source != "import":
+            raise ConfigError(f"--data-arg goes with a data function (package.module:function), not with {text!r}")
+        cfg = DataConfig(source="import", path=cfg.path, args=dict(args))
+    return cfg
+
+
+def check_model_takes_data(cfg, data: Dataset) -> None:
+    """One forward pass on a few training inputs, so that a model/data mismatch is one clear line."""
+    model = build_model(cfg, 0).eval()
+    x = data.x["train"][:4]
+    name = cfg.factory if getattr(cfg, "factory", None) else (
+        cfg.get("name") if isinstance(cfg, Mapping) else type(cfg).__name__)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # the user's forward; any failure means these inputs do not fit it
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"model {name} cannot take the data's inputs of shape {tuple(x.shape)} "
+                          f"({type(e).__name__}: {msg}); check the data function or the model options") from e
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        raise ConfigError(f"model {name} must return logits (batch, classes); it returned "
+                          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if out.shape[1] < data.num_classes:
+        raise ConfigError(f"model {name} outputs {out.shape[1]} classes but the data has labels up to "
+                          f"{data.num_classes - 1}; set the model's class count (e.g. --model-arg num_classes="
+                          f"{data.num_classes})")
+
+
+def is_factory(meta_model: Mapping[str, Any] | None) -> bool:
+    return bool(meta_model) and meta_model.get("name") == FACTORY
