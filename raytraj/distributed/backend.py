@@ -75,7 +75,7 @@ class RayBackend:
         self._shared = [ray.put(x) for x in (problem.data, problem.spec, self.publisher.for_workers,
                                              problem.target_init)]
         settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
-                    "eval_batch_size": cfg.eval_batch_size}
+                    "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
         run_id = uuid.uuid4().hex[:8]
         for i in range(workers):
             self.workers.append(GradientWorker.options(
