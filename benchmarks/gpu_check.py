@@ -94,7 +94,8 @@ def lap_timing(lines, sizes=(512, 1024, 2048), batch=4) -> bool:
     ok = True
     lines += ["", "| n | scipy CPU s (4 LAPs) | auction cuda s (one batch of 4) | same optimum |", "|---|---|---|---|"]
     for n in sizes:
-        mats = [torch.randn(n, n, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(batch)]
+        mats = [torch.randn(n, n, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+                for i in range(batch)]
         t0 = time.perf_counter()
         ref = solve_laps_serial([m.numpy() for m in mats])
         scipy_s = time.perf_counter() - t0

@@ -62,8 +62,10 @@ def _add_solver_args(q) -> None:
                    "(default 1e-3; 0: the official absolute rule alone)")
     q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
     q.add_argument("--lap", choices=["auto", "scipy", "auction"],
-                   help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, else scipy)")
-    q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed (default: all)")
+                   help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, "
+                   "else scipy)")
+    q.add_argument("--val-subset", type=int,
+                   help="evaluate each step on N val samples drawn from the seed (default: all)")
 
 
 def _solver_fields(args) -> dict:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from raytraj.perm import PairBank, apply_permutation, infer_spec, match, random_permutation
+from raytraj.perm import PairBank, apply_permutation, identity_permutation, infer_spec, match, random_permutation
 from raytraj.perm.matching import self_coupled_groups
 
 
@@ -62,8 +62,6 @@ def test_the_true_objective_never_falls_on_random_self_coupled_pairs():
     start = PairBank(spec)
     for t, s in pairs:
         start.add(t, s)
-    from raytraj.perm import identity_permutation
-
     at_identity = start.objective(identity_permutation(spec))
     perm, info = match(spec, pairs, seed=0)
     assert info["objective"] >= at_identity - 1e-9
