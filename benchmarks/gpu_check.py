@@ -8,7 +8,9 @@ For an MLP and a BatchNorm ResNet-20 on digits it trains a source on the CPU, th
   2. compares one gradient pair computed on cuda with the CPU's (relative error);
   3. runs the same FGMT transfer with the local backend on cpu and on cuda and compares the
      permutations, the accuracy curves and the timing;
-  4. trains two epochs on cuda.
+  4. trains two epochs on cuda;
+  5. times the batched torch auction on cuda against scipy on the CPU at n = 512, 1024, 2048
+     (a colour class of 4 random matrices) and checks they reach the same optimum.
 The Ray actors run this same TransferWorker on the GPU they hold, so this covers them too
 (Ray itself does not fit in the device check's upload budget). Exits 1 if a check fails.
 """
@@ -26,7 +28,7 @@ import torch
 
 from raytraj.data import load_data
 from raytraj.models import config_for_data
-from raytraj.perm import random_permutation
+from raytraj.perm import random_permutation, solve_laps_auction, solve_laps_serial
 from raytraj.train import TrainConfig, train
 from raytraj.transfer import TransferConfig, prepare, transfer
 from raytraj.transfer.run import local_worker
@@ -85,6 +87,33 @@ def check_case(name, overrides, root, lines) -> bool:
     return ok
 
 
+def lap_timing(lines, sizes=(512, 1024, 2048), batch=4) -> bool:
+    """GPU auction against CPU scipy on one colour class of random matrices; True if the optima agree."""
+    import numpy as np
+
+    ok = True
+    lines += ["", "| n | scipy CPU s (4 LAPs) | auction cuda s (one batch of 4) | same optimum |", "|---|---|---|---|"]
+    for n in sizes:
+        mats = [torch.randn(n, n, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+                for i in range(batch)]
+        t0 = time.perf_counter()
+        ref = solve_laps_serial([m.numpy() for m in mats])
+        scipy_s = time.perf_counter() - t0
+        gpu = [m.cuda() for m in mats]
+        solve_laps_auction([g[:8, :8].contiguous() for g in gpu])  # warm up the kernels
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        got = solve_laps_auction(gpu)
+        torch.cuda.synchronize()
+        auction_s = time.perf_counter() - t0
+        rows = np.arange(n)
+        same = all(abs(m.numpy()[rows, c.cpu().numpy()].sum() - m.numpy()[rows, r].sum()) <= 1e-9 * n
+                   for m, c, r in zip(mats, got, ref))
+        lines.append(f"| {n} | {scipy_s:.3f} | {auction_s:.3f} | {same} |")
+        ok &= same
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", help="also write the report here")
@@ -98,6 +127,7 @@ def main():
              f"cuDNN TF32 {torch.backends.cudnn.allow_tf32}.", "", "| model | | | |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as root:
         ok = all([check_case(name, overrides, root, lines) for name, overrides in CASES])
+    ok &= lap_timing(lines)
     lines += ["", f"result: {'PASS' if ok else 'FAIL'}"]
     report = "\n".join(lines)
     print(report)

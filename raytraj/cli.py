@@ -54,10 +54,27 @@ def _transfer_config(args):
 
     fields = {"method": args.method, "schedule": args.schedule, "steps": args.steps, "grad_batches": args.grad_batches,
               "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
-              "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize}
+              "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
+              **_solver_fields(args)}
     if args.schedule == "actual" and args.steps is None:
         fields["steps"] = None
     return TransferConfig(**{k: v for k, v in fields.items() if v is not None or k == "steps"})
+
+
+def _add_solver_args(q) -> None:
+    """The per-step solve's stopping rule, its LAP solver, and the evaluation subset."""
+    q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
+                   "(default 1e-3; 0: the official absolute rule alone)")
+    q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
+    q.add_argument("--lap", choices=["auto", "scipy", "auction"],
+                   help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, "
+                   "else scipy)")
+    q.add_argument("--val-subset", type=int,
+                   help="evaluate each step on N val samples drawn from the seed (default: all)")
+
+
+def _solver_fields(args) -> dict:
+    return {k: getattr(args, k) for k in ("rtol", "tol", "lap", "val_subset") if getattr(args, k, None) is not None}
 
 
 def _backend_options(args) -> dict:
@@ -147,7 +164,8 @@ def _base_transfer(args):
     # schedule "actual" follows the recorded steps; the default T=20 is for linear schedules only.
     steps = args.steps if args.steps is not None else (None if args.schedule == "actual" else 20)
     return TransferConfig(method=args.method, steps=steps, schedule=args.schedule, grad_batches=args.grad_batches,
-                          batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every)
+                          batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
+                          **_solver_fields(args))
 
 
 def cmd_ensemble(args):
@@ -278,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--bn-batches", type=int, default=10, help="batches for BatchNorm recalibration")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
+    _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
     x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level")
@@ -328,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--batch-size", type=int, default=128)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--eval-every", type=int, default=1)
+        _add_solver_args(q)
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
         q.add_argument("--cpus-per-trial", type=float, default=1)

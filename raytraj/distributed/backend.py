@@ -78,7 +78,7 @@ class RayBackend:
         holder = f"raytraj-{run_id}-shared"
         self._holder = SharedState.options(name=holder).remote(self._shared)  # what a (re)started worker fetches
         settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
-                    "eval_batch_size": cfg.eval_batch_size}
+                    "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
         for i in range(workers):
             self.workers.append(GradientWorker.options(
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,

@@ -13,6 +13,7 @@ from .apply import (
 from .check import SpecCheckError, check_spec
 from .coloring import color_groups
 from .infer import SpecInferenceError, SpecInferenceWarning, infer_spec
+from .lap import lap_solver, solve_laps_auction
 from .matching import PairBank, match, solve_laps_serial
 from .spec import PermutationSpec, SpecError
 
@@ -31,9 +32,11 @@ __all__ = [
     "identity_permutation",
     "infer_spec",
     "invert_permutation",
+    "lap_solver",
     "match",
     "perm_from_lists",
     "perm_to_lists",
     "random_permutation",
+    "solve_laps_auction",
     "solve_laps_serial",
 ]

@@ -15,22 +15,15 @@ one matmul over all pairs, and it caches the terms that no other group's permuta
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
+from .lap import LapSolver, solve_laps_serial
 from .spec import PermutationSpec, SpecError
-
-LapSolver = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
-
-
-def solve_laps_serial(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Maximum-weight assignment of each square matrix; row i goes to column result[i]."""
-    return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
 
 
 class _Stack:
@@ -187,7 +180,7 @@ class PairBank:
     def cost(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A_group under the current permutations of the other groups."""
         n = self.spec.sizes[group]
-        a = torch.zeros((n, n), device=self.device, dtype=self.dtype)
+        a = torch.zeros((n, n), device=self.device, dtype=torch.float64)
         for key in self._static_terms[group]:
             if key in self._static:
                 a += self._static[key]
@@ -226,7 +219,7 @@ class PairBank:
             for term in terms:
                 key = f"{term.name}:{term.axis}"
                 if f"value/{key}" in tensors:
-                    term.value = tensors[f"value/{key}"].to(self.device, self.dtype).clone()
+                    term.value = tensors[f"value/{key}"].to(self.device, torch.float64).clone()
                     term.at = {dim: tensors[f"at/{key}/{dim}"].to(self.device) for dim, _ in term.others}
 
     def solve(
@@ -235,6 +228,7 @@ class PairBank:
         init: Mapping[str, torch.Tensor] | None = None,
         max_sweeps: int = 100,
         tol: float = 1e-7,
+        rtol: float = 0.0,
         seed: int = 0,
         solve_laps: LapSolver = solve_laps_serial,
     ) -> tuple[Permutation, dict]:
@@ -247,35 +241,62 @@ class PairBank:
         rng = np.random.default_rng(seed)
         classes = color_groups(self.spec)
         neighbours = self.spec.conflicts()
+        coupled = self_coupled_groups(self.spec)
+        # A device solver takes the cost matrices where they are; scipy takes float64 numpy.
+        on_device = bool(getattr(solve_laps, "on_device", False))
         # A group whose neighbours kept their permutations since its last solve has the same
         # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
         stale = set(self.spec.sizes)
-        cost_s = lap_s = 0.0
+        t0 = time.perf_counter()
+        objective = self.objective(perm)
+        cost_s, lap_s = time.perf_counter() - t0, 0.0
         sweeps, converged, laps = 0, False, 0
+        gains = []
         while sweeps < max_sweeps:
             sweeps += 1
-            progress = False
+            gain = 0.0  # the sweep's increase of the true objective
             for cls in sweep_order(classes, rng):
                 todo = [g for g in cls if g in stale]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
-                costs = [self.cost(g, perm).double().cpu().numpy() for g in todo]
+                mats = [self.cost(g, perm) for g in todo]
+                costs = mats if on_device else [a.double().cpu().numpy() for a in mats]
                 t1 = time.perf_counter()
                 new = solve_laps(costs)
                 lap_s += time.perf_counter() - t1
                 cost_s += t1 - t0
                 laps += len(todo)
-                for g, a, p_new in zip(todo, costs, new):
+                t0 = time.perf_counter()
+                for g, a, p_new in zip(todo, mats, new):
                     stale.discard(g)
-                    rows = np.arange(a.shape[0])
-                    old = perm[g].cpu().numpy()
-                    if a[rows, p_new].sum() > a[rows, old].sum() + tol:
-                        progress = True
-                    if not np.array_equal(old, p_new):
-                        stale |= neighbours[g]
-                    perm[g] = torch.tensor(np.asarray(p_new), dtype=torch.long, device=self.device)
-            if not progress:
+                    old = perm[g]
+                    p_new = torch.as_tensor(np.asarray(p_new) if not torch.is_tensor(p_new) else p_new,
+                                            dtype=torch.long, device=self.device)
+                    if torch.equal(old, p_new):
+                        continue
+                    perm[g] = p_new
+                    if g in coupled:
+                        # The group sits on two axes of one tensor, so its cost matrix was taken at its
+                        # own old permutation: the LAP's value is not the objective's. Keep the move only
+                        # if the true objective rises, and solve the group again at its new permutation.
+                        before = self.objective({**perm, g: old})
+                        after = self.objective(perm)
+                        if after < before:
+                            perm[g] = old
+                            continue
+                        gain += after - before
+                        stale.add(g)
+                    else:
+                        # Linear in this group's permutation: the assignment's value change is exact.
+                        a = a.double()
+                        gain += float(a.gather(1, p_new.to(a.device)[:, None]).sum()
+                                      - a.gather(1, old.to(a.device)[:, None]).sum())
+                    stale |= neighbours[g]
+                cost_s += time.perf_counter() - t0
+            objective += gain
+            gains.append(gain)
+            if gain <= max(tol, rtol * abs(objective)):
                 converged = True
                 break
         perm = {g: p.cpu() for g, p in perm.items()}
@@ -287,14 +308,25 @@ class PairBank:
             "cost_s": cost_s,
             "lap_s": lap_s,
             "pairs": self.num_pairs,
+            "gains": gains,
         }
         return perm, info
+
+
+def self_coupled_groups(spec: PermutationSpec) -> set[str]:
+    """Groups on two axes of one tensor (h + relu(R h)): their cost depends on their own permutation."""
+    out = set()
+    for entry in spec.axes.values():
+        named = [g for g in entry if g is not None]
+        out |= {g for g in named if named.count(g) > 1}
+    return out
 
 
 def _contract(target: torch.Tensor, source: torch.Tensor, axis: int) -> torch.Tensor:
     """sum over every dim except ``axis``: an (n, n) matrix target_axis @ source_axis^T."""
     others = [d for d in range(target.dim()) if d != axis]
-    return torch.tensordot(target, source, dims=(others, others))
+    # Sums over many pairs and many incremental updates accumulate in float64, on any device.
+    return torch.tensordot(target, source, dims=(others, others)).double()
 
 
 def match(
@@ -305,6 +337,7 @@ def match(
     normalize: bool = False,
     max_sweeps: int = 100,
     tol: float = 1e-7,
+    rtol: float = 0.0,
     seed: int = 0,
     solve_laps: LapSolver = solve_laps_serial,
 ) -> tuple[Permutation, dict]:
@@ -313,12 +346,16 @@ def match(
     ``pairs`` is a list of (target, source) dicts of tensors: weights, displacements or
     gradients, any subset of the spec's tensors. Each sweep visits the groups in a seeded random
     order (by colour class, see :mod:`raytraj.perm.coloring`) and solves one LAP per group; it
-    stops after a sweep in which no group's assignment value improved by more than ``tol``.
+    stops after a sweep whose gain in the objective is at most ``max(tol, rtol * |objective|)``
+    (``tol`` alone is the official code's rule). A group on two axes of one tensor is solved
+    again after it moves, and its move is kept only if the true objective rises.
     ``init`` warm-starts. ``normalize`` divides each pair's term for a tensor by the norms of
-    its two sides. Returns ``(perm, info)``; ``info`` holds the objective, the sweep count, and
-    the seconds spent building costs and solving LAPs.
+    its two sides. ``solve_laps`` solves a colour class's assignment problems (scipy by default;
+    one marked ``on_device`` receives the cost tensors where they live). Returns ``(perm, info)``;
+    ``info`` holds the objective, the sweep and LAP counts, whether it converged before
+    ``max_sweeps``, each sweep's gain, and the seconds spent building costs and solving LAPs.
     """
     bank = PairBank(spec, normalize=normalize)
     for target, source in pairs:
         bank.add(target, source)
-    return bank.solve(init=init, max_sweeps=max_sweeps, tol=tol, seed=seed, solve_laps=solve_laps)
+    return bank.solve(init=init, max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed, solve_laps=solve_laps)

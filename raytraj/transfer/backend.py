@@ -65,6 +65,7 @@ def finish_sums(target_sum: dict, source_sum: dict, count: int) -> tuple[dict, d
 class LocalBackend:
     def __init__(self, worker: TransferWorker):
         self.worker = worker
+        self.bank_device = worker.device  # the gradient pairs are made there; the pair bank stays there
 
     def gradient_pairs(self, perm, requests, count):
         ids = list(range(count))

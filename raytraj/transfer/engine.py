@@ -13,12 +13,13 @@ This module is pure: it never imports Ray. The backend decides where work runs.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 
-from ..perm import PairBank, Permutation, PermutationSpec, identity_permutation
+from ..perm import PairBank, Permutation, PermutationSpec, identity_permutation, lap_solver
 from ..progress import progress_bar
 from .backend import Backend, GradRequest
 from .config import TransferConfig
@@ -65,7 +66,11 @@ def run_transfer(
         raise ValueError("the oracle method needs the permutation matched on the trained target")
     loaded = checkpointer.load() if checkpointer else None
     state, cached, cache = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [], {})
-    bank = PairBank(spec, normalize=cfg.normalize)
+    # The pairs stay where the gradients were computed (a GPU when the backend has one); only the
+    # n x n cost matrices move, and only when the LAPs are solved on the CPU.
+    device = getattr(backend, "bank_device", None)
+    solve_laps = lap_solver(cfg.lap, device, backend.solve_laps)
+    bank = PairBank(spec, normalize=cfg.normalize, device=device)
     for target, source in cached:  # FGMT's pairs from before a restart
         bank.add(target, source)
     bank.load_cache_state(cache)
@@ -102,14 +107,19 @@ def run_transfer(
             state.timing["grad_s"] += time.perf_counter() - t0
             state.grad_batches += 2 * len(new_pairs) * cfg.grad_batches  # both models
             if cfg.method == "gmt":
-                bank = PairBank(spec, normalize=cfg.normalize)
+                bank = PairBank(spec, normalize=cfg.normalize, device=device)
             for target, source in new_pairs:
                 bank.add(target, source)
             t0 = time.perf_counter()
             perm, info = bank.solve(init=prev if cfg.warm_start else None, max_sweeps=cfg.max_sweeps, tol=cfg.tol,
-                                    seed=solve_seed(cfg.seed, s), solve_laps=backend.solve_laps)
+                                    rtol=cfg.rtol, seed=solve_seed(cfg.seed, s), solve_laps=solve_laps)
             state.timing["solve_s"] += time.perf_counter() - t0
-            state.solves.append({k: info[k] for k in ("sweeps", "laps", "objective", "cost_s", "lap_s", "pairs")})
+            state.solves.append({k: info[k] for k in ("sweeps", "laps", "converged", "objective", "cost_s", "lap_s",
+                                                      "pairs")})
+            if not info["converged"]:
+                warnings.warn(f"step {s}: the matching stopped at max_sweeps={cfg.max_sweeps} before converging "
+                              f"(last sweep gained {info['gains'][-1]:.3g}); raise max_sweeps or rtol",
+                              RuntimeWarning, stacklevel=2)
         elif cfg.method == "naive":
             perm = identity_permutation(spec)
         else:

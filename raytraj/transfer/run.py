@@ -35,7 +35,7 @@ CONFIG, METRICS = "config.json", "metrics.json"
 def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> TransferWorker:
     return TransferWorker(problem.model_cfg, problem.data, problem.spec, problem.trajectory, problem.target_init,
                           seed=cfg.seed, batch_size=cfg.batch_size, bn_batches=cfg.bn_batches,
-                          eval_batch_size=cfg.eval_batch_size, device=device)
+                          eval_batch_size=cfg.eval_batch_size, val_subset=cfg.val_subset, device=device)
 
 
 def make_backend(problem: Problem, cfg: TransferConfig, backend: str, options: dict | None = None) -> Backend:
@@ -119,7 +119,6 @@ def transfer(
         "best_step": best, "best": perm_to_lists(state.perms[best]), "final": perm_to_lists(state.perms[last]),
         "group_sizes": problem.spec.sizes,
     })
-    sweeps = [s["sweeps"] for s in state.solves]
     metrics = {
         "method": cfg.method,
         "steps": problem.num_steps,
@@ -132,9 +131,7 @@ def transfer(
         "final_test_acc": test_final,
         "grad_batches": state.grad_batches,
         "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start},
-        "solver": {"sweeps": sum(sweeps), "mean_sweeps": sum(sweeps) / len(sweeps) if sweeps else 0.0,
-                   "laps": sum(s["laps"] for s in state.solves),
-                   "lap_s": sum(s["lap_s"] for s in state.solves), "cost_s": sum(s["cost_s"] for s in state.solves)},
+        "solver": solver_summary(state.solves, len(problem.spec.sizes)),
         "source": source,
         "target": problem.target,
         "data": problem.data_cfg.describe(),
@@ -149,6 +146,21 @@ def _check_finite(state: dict, what: str, source: str) -> None:
     if bad:
         raise FloatingPointError(f"{what} holds NaN or inf values in {bad[:3]}; not saving it. The source {source} "
                                  "or the transfer diverged")
+
+
+def solver_summary(solves: list[dict], groups: int) -> dict:
+    """Sweeps, LAPs and convergence of every step's solve, against the floor of one LAP per group per step."""
+    sweeps = [s["sweeps"] for s in solves]
+    laps = sum(s["laps"] for s in solves)
+    floor = groups * len(solves)
+    return {
+        "sweeps": sum(sweeps), "mean_sweeps": sum(sweeps) / len(sweeps) if sweeps else 0.0,
+        "laps": laps, "lap_floor": floor, "laps_per_floor": laps / floor if floor else 0.0,
+        "lap_s": sum(s["lap_s"] for s in solves), "cost_s": sum(s["cost_s"] for s in solves),
+        "unconverged_steps": [i + 1 for i, s in enumerate(solves) if not s.get("converged", True)],
+        "per_step": {"sweeps": sweeps, "laps": [s["laps"] for s in solves],
+                     "converged": [s.get("converged") for s in solves]},
+    }
 
 
 def _override_record(model, data, spec, head, problem) -> dict:

@@ -11,6 +11,7 @@ itself, so only the permutation (a few integers per unit) crosses the wire per s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,11 @@ def grad_batches_for(seed: int, step: int, t: int, n_train: int, batch_size: int
     return sample_batches(n_train, batch_size, count, np.random.default_rng([seed, 0, step, t]))
 
 
+def val_subset_indices(seed: int, n_val: int, size: int) -> np.ndarray:
+    """The val samples a run with ``val_subset=size`` evaluates on: drawn once from the seed, sorted."""
+    return np.sort(np.random.default_rng([seed, 3]).choice(n_val, size, replace=False))
+
+
 def bn_batches_for(seed: int, step: int, n_train: int, batch_size: int, count: int) -> list[np.ndarray]:
     return sample_batches(n_train, batch_size, count, np.random.default_rng([seed, 1, step]))
 
@@ -43,7 +49,7 @@ def bn_batches_for(seed: int, step: int, n_train: int, batch_size: int, count: i
 class TransferWorker:
     def __init__(self, model_cfg, data: Dataset, spec: PermutationSpec, trajectory: Trajectory,
                  target_init: Mapping[str, torch.Tensor], *, seed: int, batch_size: int, bn_batches: int,
-                 eval_batch_size: int = 512, device: torch.device | str | None = None):
+                 eval_batch_size: int = 512, val_subset: int = 0, device: torch.device | str | None = None):
         self.device = torch.device(device or default_device())
         self.model = build_model(model_cfg, 0).to(self.device)
         self.data = data
@@ -56,6 +62,12 @@ class TransferWorker:
         self.bn_batches = bn_batches if has_batchnorm(self.model) else 0
         self._dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in self.model.modules())
         self.eval_batch_size = eval_batch_size
+        # Per-step val accuracy only picks the best step: on large data a fixed subset is enough.
+        self._eval_data = data
+        if 0 < val_subset < data.size("val"):
+            idx = torch.as_tensor(val_subset_indices(seed, data.size("val"), val_subset))
+            self._eval_data = dataclasses.replace(data, x={**data.x, "val": data.x["val"][idx]},
+                                                  y={**data.y, "val": data.y["val"][idx]})
         self._x = data.x["train"].to(self.device)
         self._y = data.y["train"].to(self.device)
 
@@ -122,4 +134,4 @@ class TransferWorker:
 
     def evaluate(self, perm, t: int, split: str = "val", step: int | None = None) -> float:
         state = self.materialize(perm, t, step)
-        return accuracy(self.model, state, self.data, split, self.eval_batch_size, self.device)
+        return accuracy(self.model, state, self._eval_data, split, self.eval_batch_size, self.device)

@@ -1,0 +1,170 @@
+"""Linear assignment problems (LAPs): scipy on the CPU, and a batched torch auction for devices.
+
+Coordinate descent solves one maximum-weight assignment per permutation group. scipy's
+``linear_sum_assignment`` is the fastest CPU solver we measured, but it is serial and needs the
+cost matrix on the host. On a GPU, :func:`solve_laps_auction` solves all same-sized matrices of a
+colour class as one batch where they live: a Jacobi auction (Bertsekas) with epsilon-scaling.
+
+The auction ends with an assignment and prices p; u_i = max_j (a_ij - p_j) makes (u, p) a
+feasible dual, so  sum(u) + sum(p) - value(assignment)  bounds how far the assignment is from the
+optimum. The last phase's epsilon makes that bound n * eps = ``tie_rtol`` x the matrix's value
+range: assignments closer than that are ties at the precision the cost matrices carry (float32
+contractions). A matrix whose bound is not met, or whose auction runs too long, is solved by
+scipy instead, so the answer is always optimal up to ties.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+LapSolver = Callable[[Sequence], list]
+
+
+def solve_laps_serial(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Maximum-weight assignment of each square matrix; row i goes to column result[i]."""
+    return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
+
+
+def solve_laps_auction(costs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`solve_laps_serial` for torch matrices, solved on their device, same-sized ones batched.
+
+    Args:
+        costs: square cost matrices (torch tensors, any float dtype, any device).
+
+    Returns:
+        one long tensor per matrix, on its device: row i goes to column result[i].
+    """
+    out: list[torch.Tensor | None] = [None] * len(costs)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, a in enumerate(costs):
+        by_shape.setdefault((tuple(a.shape), a.device), []).append(i)
+    for idx in by_shape.values():
+        cols = auction_assignment(torch.stack([costs[i] for i in idx]))
+        for i, c in zip(idx, cols):
+            out[i] = c
+    return out  # type: ignore[return-value]
+
+
+solve_laps_auction.on_device = True  # type: ignore[attr-defined]  # takes tensors where they are
+
+
+def auction_assignment(costs: torch.Tensor, *, tie_rtol: float = 1e-9, theta: float = 8.0,
+                       max_rounds: int = 200_000) -> torch.Tensor:
+    """Maximum-weight assignments of a batch of n x n matrices by auction with epsilon-scaling.
+
+    Args:
+        costs: (B, n, n) tensor.
+        tie_rtol: the optimality bound, as a fraction of each matrix's value range.
+        theta: epsilon shrinks by this factor per phase.
+        max_rounds: bidding rounds over all phases before a matrix falls back to scipy.
+
+    Returns:
+        (B, n) long tensor on the costs' device: row i of matrix b goes to column result[b, i].
+    """
+    if costs.dim() != 3 or costs.shape[1] != costs.shape[2]:
+        raise ValueError(f"expected a batch of square matrices, got shape {tuple(costs.shape)}")
+    a = costs.double()
+    batch, n, _ = a.shape
+    device = a.device
+    if n < 2:
+        return torch.zeros((batch, n), dtype=torch.long, device=device)
+    flat = a.reshape(batch, -1)
+    # A constant shift changes no assignment's rank; removing it keeps the prices' precision at
+    # the scale of the differences (1e6 + 1e-9 x small integers is a fair cost matrix).
+    low = flat.min(1).values
+    a = a - low[:, None, None]
+    span = flat.max(1).values - low  # (B,)
+    if not bool(torch.isfinite(span).all()):
+        raise FloatingPointError("a LAP cost matrix holds NaN or inf values")
+    span = torch.where(span > 0, span, torch.ones_like(span))  # constant matrices: every assignment ties
+    eps_final = span * tie_rtol / n  # (B,)
+    eps = span / 4
+    prices = torch.zeros((batch, n), dtype=a.dtype, device=device)
+    rows = torch.arange(n, device=device)
+    rounds = 0
+    row_to_col = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    col_to_row = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    while True:
+        # A phase keeps the prices and the assignments that are still eps-optimal at the new eps
+        # (epsilon-scaling's warm start); every other row bids again.
+        assigned = row_to_col >= 0
+        profit = (a - prices[:, None, :]).max(2).values
+        held = a.gather(2, row_to_col.clamp(min=0)[..., None]).squeeze(2) - prices.gather(1, row_to_col.clamp(min=0))
+        keep = assigned & (held >= profit - eps[:, None])
+        row_to_col = torch.where(keep, row_to_col, torch.full_like(row_to_col, -1))
+        col_to_row = torch.full((batch, n), -1, dtype=torch.long, device=device)
+        kb, kr = keep.nonzero(as_tuple=True)
+        col_to_row[kb, row_to_col[kb, kr]] = kr
+        while rounds < max_rounds:
+            rounds += 1
+            free = row_to_col < 0  # (B, n)
+            values = a - prices[:, None, :]  # (B, rows, cols): each row's profit at each column
+            top = values.topk(2, dim=2)  # best and second-best profit per row
+            best_col = top.indices[..., 0]
+            bid = prices.gather(1, best_col) + (top.values[..., 0] - top.values[..., 1]) + eps[:, None]
+            bid = torch.where(free, bid, torch.full_like(bid, -torch.inf))
+            # Each column goes to its highest bidder (the lowest row among equal bids).
+            high = torch.full((batch, n), -torch.inf, dtype=a.dtype, device=device)
+            high = high.scatter_reduce(1, best_col, bid, reduce="amax")
+            wins = free & (bid == high.gather(1, best_col)) & torch.isfinite(bid)
+            bidder = torch.where(wins, rows[None, :].expand(batch, n), torch.full_like(best_col, n))
+            winner = torch.full((batch, n), n, dtype=torch.long, device=device)
+            winner = winner.scatter_reduce(1, best_col, bidder, reduce="amin")  # (B, cols); n: no bid
+            taken = winner < n
+            # The columns' previous owners lose them; the winners take them at their bid.
+            loser = torch.where(taken, col_to_row, torch.full_like(col_to_row, -1))
+            lb, lc = (loser >= 0).nonzero(as_tuple=True)
+            row_to_col[lb, loser[lb, lc]] = -1
+            wb, wc = taken.nonzero(as_tuple=True)
+            row_to_col[wb, winner[wb, wc]] = wc
+            col_to_row[wb, wc] = winner[wb, wc]
+            prices[wb, wc] = high[wb, wc]
+            if rounds % 4 == 0 and not bool((row_to_col < 0).any()):
+                break
+        done = bool((row_to_col >= 0).all())
+        if not done or bool((eps <= eps_final).all()):
+            break
+        eps = torch.maximum(eps / theta, eps_final)
+    return _certified(a, row_to_col, prices, eps_final, done)
+
+
+def _certified(a: torch.Tensor, row_to_col: torch.Tensor, prices: torch.Tensor, eps_final: torch.Tensor,
+               done: bool) -> torch.Tensor:
+    """The auction's assignments where the dual bound proves them optimal up to ties; scipy's elsewhere."""
+    batch, n, _ = a.shape
+    ok = torch.zeros(batch, dtype=torch.bool, device=a.device)
+    if done:
+        u = (a - prices[:, None, :]).max(2).values
+        value = a.gather(2, row_to_col[..., None]).squeeze(2).sum(1)
+        gap = u.sum(1) + prices.sum(1) - value  # >= 0: dual minus primal
+        ok = gap <= n * eps_final * (1 + 1e-6) + 1e-12 * a.abs().amax((1, 2))
+    out = row_to_col.clone()
+    for b in (~ok).nonzero().flatten().tolist():
+        cols = linear_sum_assignment(a[b].cpu().numpy(), maximize=True)[1]
+        out[b] = torch.as_tensor(cols, dtype=torch.long, device=a.device)
+    auction_assignment.fallbacks += int((~ok).sum())  # type: ignore[attr-defined]
+    return out
+
+
+auction_assignment.fallbacks = 0  # type: ignore[attr-defined]  # matrices scipy had to solve, for tests
+
+
+def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> LapSolver:
+    """The LAP solver for ``name`` (auto, scipy or auction) when the cost matrices live on ``device``.
+
+    Args:
+        name: ``auto`` picks the auction when ``device`` is a GPU and ``default`` otherwise.
+        device: where the pair bank keeps its tensors (None: the CPU).
+        default: the CPU solver (a backend may spread scipy's LAPs over workers).
+    """
+    if name == "scipy":
+        return default
+    if name == "auction":
+        return solve_laps_auction
+    if name != "auto":
+        raise ValueError(f"unknown LAP solver {name!r}; choose auto, scipy or auction")
+    return solve_laps_auction if device is not None and torch.device(device).type == "cuda" else default

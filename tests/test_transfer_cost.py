@@ -1,0 +1,117 @@
+"""What a cheap transfer reports and offers: LAPs against the floor, the stopping rule, the LAP
+solver, and evaluation on a val subset."""
+
+import json
+import warnings
+
+import pytest
+
+from raytraj.cli import main
+from raytraj.config import ConfigError
+from raytraj.data import load_data
+from raytraj.perm import solve_laps_serial
+from raytraj.transfer import TransferConfig, transfer
+from raytraj.transfer.worker import val_subset_indices
+
+
+def read_metrics(run):
+    with open(run / "metrics.json") as f:
+        return json.load(f)
+
+
+def test_metrics_report_every_steps_solve_against_the_lap_floor(digits_source, tmp_path):
+    transfer(str(digits_source / "source"), str(tmp_path / "run"), TransferConfig(steps=5, eval_every=0),
+             target_seed=2, progress=False)
+    solver = read_metrics(tmp_path / "run")["solver"]
+    per = solver["per_step"]
+    assert len(per["sweeps"]) == len(per["laps"]) == len(per["converged"]) == 5
+    assert solver["laps"] == sum(per["laps"]) and solver["sweeps"] == sum(per["sweeps"])
+    assert solver["lap_floor"] == 2 * 5  # MLP 64-64: two groups, one LAP each per step
+    assert solver["laps_per_floor"] == pytest.approx(solver["laps"] / 10) and solver["laps_per_floor"] >= 1
+    assert all(per["converged"]) and solver["unconverged_steps"] == []
+
+
+def test_a_step_that_hits_max_sweeps_warns_and_is_recorded(digits_source, tmp_path):
+    with pytest.warns(RuntimeWarning, match="max_sweeps=1"):
+        transfer(str(digits_source / "source"), str(tmp_path / "run"),
+                 TransferConfig(steps=3, eval_every=0, max_sweeps=1, rtol=0.0), target_seed=2, progress=False)
+    solver = read_metrics(tmp_path / "run")["solver"]
+    assert 1 in solver["unconverged_steps"]  # a cold first step needs more than one sweep
+    assert solver["per_step"]["converged"][0] is False
+
+
+def test_relative_rule_solves_fewer_laps_than_the_official_rule(digits_source, tmp_path):
+    runs = {}
+    for name, rtol in (("paper", 0.0), ("relative", 1e-2)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # both converge
+            runs[name] = transfer(str(digits_source / "source"), str(tmp_path / name),
+                                  TransferConfig(steps=6, eval_every=0, rtol=rtol), target_seed=2, progress=False)
+    assert runs["relative"]["solver"]["laps"] < runs["paper"]["solver"]["laps"]
+
+
+def test_the_auction_reaches_scipys_optimum_on_real_cost_matrices_and_runs_end_to_end(digits_source, tmp_path):
+    import numpy as np
+    import torch
+
+    from raytraj.perm import PairBank, identity_permutation, random_permutation, solve_laps_auction
+    from raytraj.transfer import prepare
+
+    src = str(digits_source / "source")
+    problem = prepare(src, TransferConfig(steps=4), target_seed=2)
+    store_end = problem.trajectory.point(problem.num_steps)
+    start = problem.trajectory.point(0)
+    # Weight-matching costs of a trained MLP on digits: dead units and blank pixels make ties.
+    bank = PairBank(problem.spec)
+    bank.add({k: store_end[k] - start[k] for k in problem.param_names},
+             {k: problem.target_init[k] for k in problem.param_names})
+    shuffled = random_permutation(problem.spec, torch.Generator().manual_seed(0))
+    for perm in (identity_permutation(problem.spec), shuffled):
+        costs = [bank.cost(g, perm) for g in problem.spec.sizes]
+        for a, cols in zip(costs, solve_laps_auction(costs)):
+            ref = solve_laps_serial([a.numpy()])[0]
+            rows = np.arange(len(ref))
+            assert a.numpy()[rows, cols.numpy()].sum() == pytest.approx(a.numpy()[rows, ref].sum(), rel=1e-9)
+    m = transfer(src, str(tmp_path / "auction"), TransferConfig(steps=1, eval_every=0, lap="auction"),
+                 target_seed=2, progress=False)
+    assert m["solver"]["laps"] >= 2
+
+
+def test_val_subset_is_seeded_and_the_full_set_when_large(digits_source, tmp_path):
+    src = str(digits_source / "source")
+    n_val = load_data("digits").size("val")
+    full = transfer(src, str(tmp_path / "full"), TransferConfig(steps=6), target_seed=2, progress=False)
+    whole = transfer(src, str(tmp_path / "whole"), TransferConfig(steps=6, val_subset=n_val), target_seed=2,
+                     progress=False)
+    assert whole["val_acc"] == full["val_acc"]
+    size = n_val // 2
+    sub = transfer(src, str(tmp_path / "sub"), TransferConfig(steps=6, val_subset=size), target_seed=2,
+                   progress=False)
+    for acc in sub["val_acc"]:
+        assert acc * size / 100 == pytest.approx(round(acc * size / 100), abs=1e-3)  # a count out of `size`
+    assert sub["val_acc"] != full["val_acc"]
+    assert sub["best_step"] == full["best_step"]  # the best-step choice holds on this config
+    idx = val_subset_indices(0, n_val, size)
+    assert len(set(idx.tolist())) == size and list(idx) == sorted(idx)
+    assert (idx == val_subset_indices(0, n_val, size)).all() and not (idx == val_subset_indices(1, n_val, size)).all()
+
+
+def test_bad_solver_settings_are_refused():
+    for bad, match in (({"rtol": -1.0}, "rtol"), ({"tol": float("nan")}, "tol"), ({"lap": "hungarian"}, "LAP"),
+                       ({"val_subset": -5}, "val_subset")):
+        with pytest.raises(ConfigError, match=match):
+            TransferConfig(**bad)
+
+
+def test_cli_flags_reach_the_config_and_bad_values_give_one_line(digits_source, tmp_path, capsys):
+    src = str(digits_source / "source")
+    code = main(["transfer", "--source", src, "--target-seed", "2", "--method", "fgmt", "--steps", "2", "--quiet",
+                 "--rtol", "0.05", "--lap", "scipy", "--val-subset", "50", "--out", str(tmp_path / "ok")])
+    assert code == 0
+    recorded = json.loads((tmp_path / "ok" / "config.json").read_text())["transfer"]
+    assert (recorded["rtol"], recorded["lap"], recorded["val_subset"]) == (0.05, "scipy", 50)
+    capsys.readouterr()
+    code = main(["transfer", "--source", src, "--target-seed", "2", "--method", "fgmt", "--steps", "2", "--quiet",
+                 "--rtol", "-1", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("raytraj transfer: error: rtol must be >= 0")
