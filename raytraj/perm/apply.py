@@ -41,8 +41,15 @@ def permute_tensor(t: torch.Tensor, axes, perm: Mapping[str, torch.Tensor], skip
     """``t`` gathered along each grouped axis (except ``skip_axis``); unchecked, for hot loops."""
     for axis, group in enumerate(axes):
         if group is not None and axis != skip_axis:
-            t = t.index_select(axis, perm[group].to(t.device))
+            index = segmented_index(perm, group) if isinstance(group, tuple) else perm[group]
+            t = t.index_select(axis, index.to(t.device))
     return t
+
+
+def segmented_index(perm: Mapping[str, torch.Tensor], entry: tuple[str, str]) -> torch.Tensor:
+    """The gather index of a segmented axis: new[b * d + j] = old[perm[outer][b] * d + perm[inner][j]]."""
+    outer, inner = perm[entry[0]], perm[entry[1]]
+    return (outer[:, None] * len(inner) + inner[None, :].to(outer.device)).reshape(-1)
 
 
 def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:

@@ -120,10 +120,13 @@ class PairBank:
         self._static_terms: dict[str, list[tuple[str, int]]] = {g: [] for g in spec.sizes}
         self._dynamic: dict[str, list[_DynamicTerm]] = {g: [] for g in spec.sizes}
         self._constant = 0.0  # <target, source> of tensors no permutation touches
-        for g, members in spec.groups.items():
+        # Segmented axes are stored split in two, (n_outer, n_inner), so every term below sees
+        # plain axes: a head's cost is then the sum over its block, under the within-head perm.
+        self._plain = plain = spec.unsegmented()
+        for g, members in plain.groups.items():
             for name, axis in members:
-                if any(a is not None for i, a in enumerate(spec.axes[name]) if i != axis):
-                    self._dynamic[g].append(_DynamicTerm(spec, name, axis))
+                if any(a is not None for i, a in enumerate(plain.axes[name]) if i != axis):
+                    self._dynamic[g].append(_DynamicTerm(plain, name, axis))
                 else:
                     self._static_terms[g].append((name, axis))
         # One term per permuted tensor is enough to read off its share of the objective.
@@ -158,8 +161,8 @@ class PairBank:
                         "damaged. Lower the learning rate of the source run or check the trajectory store."
                     )
         for name in target:
-            t = target[name].to(self.device, self.dtype)
-            s = source[name].to(self.device, self.dtype)
+            t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
+            s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
             if self.normalize:
                 norm = float(t.norm() * s.norm())
                 if norm > 1e-12:
