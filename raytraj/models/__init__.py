@@ -17,12 +17,14 @@ from .conv import ConvConfig, ConvNet
 from .conv1d import Conv1dConfig, Conv1dNet
 from .mlp import MLP, MLPConfig
 from .resnet import ResNet20, ResNet20Config
+from .transformer import Transformer, TransformerConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
     "conv": (ConvConfig, ConvNet),
     "resnet20": (ResNet20Config, ResNet20),
     "conv1d": (Conv1dConfig, Conv1dNet),
+    "transformer": (TransformerConfig, Transformer),
 }
 HEAD = "head"
 
@@ -65,6 +67,10 @@ def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, *
         if len(shape) != 2:
             raise ConfigError(f"model 'conv1d' needs sequence inputs (C, L), but the data has shape {shape}")
         sized = {"in_channels": shape[0]}
+    elif name == "transformer":
+        if len(shape) not in (1, 2):
+            raise ConfigError(f"model 'transformer' needs sequence inputs (C, L) or (L,), but the data has shape {shape}")
+        sized = {"in_channels": 1 if len(shape) == 1 else shape[0], "seq_len": shape[-1]}
     else:
         return model_config(name)  # raises with the list of models
     return model_config(name, **{**sized, "num_classes": num_classes, **overrides})
@@ -94,6 +100,6 @@ def reinit_head(model: nn.Module, seed: int) -> None:
 
 __all__ = [
     "HEAD", "MODELS", "MLP", "MLPConfig", "ConvConfig", "ConvNet", "ResNet20", "ResNet20Config",
-    "Conv1dConfig", "Conv1dNet", "build_model", "config_for_data", "model_config", "model_from_dict",
+    "Conv1dConfig", "Conv1dNet", "Transformer", "TransformerConfig", "build_model", "config_for_data", "model_config", "model_from_dict",
     "model_name", "model_to_dict", "reinit_head",
 ]
