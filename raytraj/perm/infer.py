@@ -602,7 +602,12 @@ class _Tracer:
 
     # -- result ------------------------------------------------------------------------------
     def settle_splits(self) -> dict[Any, tuple[Any, Any]]:
-        """Root of each segmented class -> (blocks root, within root); inconsistent splits freeze."""
+        """Root of each segmented class -> (blocks root, within root), None for a fixed part.
+
+        A fixed long axis fixes both parts; two fixed parts fix the long axis; one fixed part
+        leaves the other permutable (RoPE fixes the dims inside q and k heads, not the heads).
+        Two splits of one class must agree; what does not fit is fixed.
+        """
         find, frozen = self.uf.find, self.uf.is_frozen
         while True:
             changed = False
@@ -612,7 +617,7 @@ class _Tracer:
                 if all(frozen(v) for v in trio):
                     continue
                 r = find(long)
-                bad = any(frozen(v) for v in trio) or len({r, find(outer), find(inner)}) < 3
+                bad = frozen(long) or (frozen(outer) and frozen(inner)) or len({r, find(outer), find(inner)}) < 3
                 if not bad and r in seen:
                     o2, i2, s2 = seen[r]
                     bad = s2 != sizes
@@ -634,12 +639,24 @@ class _Tracer:
                     continue
                 seen.setdefault(r, (outer, inner, sizes))
             # a block or within-block axis that is itself split again is not covered
-            parts = {find(v) for o, i, _ in seen.values() for v in (o, i)}
+            parts = {find(v) for o, i, _ in seen.values() for v in (o, i) if not frozen(v)}
             for r in set(seen) & parts:
                 self.freeze_vars([], [r], None)
                 changed = True
             if not changed:
-                return {r: (find(o), find(i)) for r, (o, i, _) in seen.items() if not frozen(r)}
+                out = {}
+                for r, (o, i, sizes) in seen.items():
+                    if frozen(r):
+                        continue
+                    out[r] = tuple(None if frozen(v) else find(v) for v in (o, i))
+                    if None in out[r]:
+                        members = sorted(v[1] for v in self.uf.parent if v[0] == "tensor" and find(v) == r)
+                        if members:
+                            kept = "blocks" if out[r][0] is not None else "units within each block"
+                            self.notes.append(f"{', '.join(members[:4])}: split into {sizes[0]} blocks of {sizes[1]}; "
+                                              f"only the {kept} are permuted, the rest is fixed elsewhere (a "
+                                              "position-dependent rotation such as RoPE, or an op not understood)")
+                return out
 
     def build(self) -> PermutationSpec:
         segmented = self.settle_splits()
@@ -677,8 +694,9 @@ class _Tracer:
                 base = name.rsplit(".", 1)[0] if axis == 0 else f"{name}:{axis}"
                 if root in segmented:
                     outer, inner = segmented[root]
-                    pair = (label(outer, f"{base}:blocks"), label(inner, f"{base}:within"))
-                    group_sizes.update({pair[0]: sizes[outer], pair[1]: sizes[inner]})
+                    pair = (label(outer, f"{base}:blocks") if outer is not None else None,
+                            label(inner, f"{base}:within") if inner is not None else None)
+                    group_sizes.update({g: sizes[r] for g, r in zip(pair, (outer, inner)) if g is not None})
                     entry.append(pair)
                 else:
                     entry.append(label(root, base))

@@ -13,7 +13,9 @@ inside every block, the same way in each block. Along it, new[b * n_inner + j] =
 old[perm[outer][b] * n_inner + perm[inner][j]]. Multi-head attention allows a different
 within-head permutation per head; the shared one is a subgroup of that, so it is always correct,
 and it keeps every group a plain permutation of range(n). Group sizes are read off plain axes, off
-``group_sizes``, or off a segmented axis whose other group's size is known.
+``group_sizes``, or off a segmented axis whose other group's size is known. One of the two may be
+None: ``(heads, None)`` permutes whole heads and leaves the dims inside them in place (what
+rotary position embeddings allow for q and k).
 
 A spec covers parameters *and* buffers (BatchNorm running stats move with their channels).
 Every constructor checks coverage: each tensor has one entry per axis, and every axis of a
@@ -39,7 +41,7 @@ def axis_groups(entry) -> tuple[str, ...]:
     """The group names one axis entry carries: none, one, or (outer, inner)."""
     if entry is None:
         return ()
-    return entry if is_segmented(entry) else (entry,)
+    return tuple(g for g in entry if g is not None) if is_segmented(entry) else (entry,)
 
 
 class SpecError(ValueError):
@@ -84,6 +86,10 @@ class PermutationSpec:
                 for g in axis_groups(group):
                     groups.setdefault(g, []).append((name, axis))
                 if is_segmented(group):
+                    if group[0] == group[1]:
+                        raise SpecError(
+                            f"{name} axis {axis}: a segmented axis needs two different groups, got {group[0]!r} twice"
+                        )
                     segmented.append((name, axis, group))
                 elif group is not None:
                     settle(group, shape[axis], f"{name} axis {axis}")
@@ -99,22 +105,20 @@ class PermutationSpec:
                 if not known:
                     left.append((name, axis, (outer, inner)))
                     continue
-                other = inner if known[0] == outer else outer
                 if n % sizes[known[0]]:
                     raise SpecError(
                         f"{name} axis {axis} has length {n}, which group {known[0]!r} of size {sizes[known[0]]} "
                         "does not divide into blocks"
                     )
-                settle(other, n // sizes[known[0]], f"{name} axis {axis}")
+                other = inner if known[0] == outer else outer
+                if other is not None:
+                    settle(other, n // sizes[known[0]], f"{name} axis {axis}")
             if len(left) == len(todo):
-                unknown = sorted({g for _, _, e in left for g in e if g not in sizes})
+                unknown = sorted({g for _, _, e in left for g in e if g is not None and g not in sizes})
                 raise SpecError(
                     f"the sizes of groups {unknown} cannot be read off the tensors; give them in group_sizes"
                 )
             todo = left
-        for name, axis, (outer, inner) in segmented:
-            if outer == inner:
-                raise SpecError(f"{name} axis {axis}: a segmented axis needs two different groups, got {outer!r} twice")
         object.__setattr__(self, "_groups", groups)
         object.__setattr__(self, "_sizes", sizes)
 
@@ -183,7 +187,11 @@ class PermutationSpec:
         """The shape of tensor ``name`` with each segmented axis split into (n_outer, n_inner)."""
         out: list[int] = []
         for n, e in zip(self.shapes[name], self.axes[name]):
-            out += [self.sizes[e[0]], self.sizes[e[1]]] if is_segmented(e) else [n]
+            if is_segmented(e):
+                blocks = self.sizes[e[0]] if e[0] is not None else n // self.sizes[e[1]]
+                out += [blocks, n // blocks]
+            else:
+                out.append(n)
         return tuple(out)
 
     # -- checks --------------------------------------------------------------------------------
@@ -248,6 +256,8 @@ def _entry(e, name: str):
     """One axis entry normalised: None, a group name, or an (outer, inner) tuple (from JSON lists too)."""
     if e is None or isinstance(e, str):
         return e
-    if isinstance(e, (tuple, list)) and len(e) == 2 and all(isinstance(g, str) for g in e):
+    if (isinstance(e, (tuple, list)) and len(e) == 2 and all(g is None or isinstance(g, str) for g in e)
+            and e != [None, None] and tuple(e) != (None, None)):
         return tuple(e)
-    raise SpecError(f"{name}: an axis entry must be a group name, None or (outer, inner) names, got {e!r}")
+    raise SpecError(f"{name}: an axis entry must be a group name, None or (outer, inner) names (one may be "
+                    f"None), got {e!r}")
