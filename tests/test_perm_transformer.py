@@ -362,3 +362,28 @@ def test_planted_recovery_from_gradients_is_exact():
 
     perm, _ = match(spec, [(grads(theta2), grads(theta))], seed=0)
     assert all(torch.equal(perm[g], plant[g]) for g in spec.sizes)
+
+
+# -- the zoo model -----------------------------------------------------------------------------------
+def test_transformer_trains_on_npz_sequences_and_refuses_a_patch_that_does_not_fit(tmp_path):
+    from raytraj.config import ConfigError
+    from raytraj.train import train_from_args
+
+    rng = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (600,), generator=rng)
+    x = torch.randn(600, 2, 12, generator=rng)
+    x[:, 0, :6] += 3.0 * (y[:, None] == 1)  # the class shows in one channel at some places
+    x[:, 1, 6:] += 3.0 * (y[:, None] == 2)
+    path = tmp_path / "seq.npz"
+    import numpy as np
+
+    np.savez(path, x_train=x.numpy(), y_train=y.numpy())
+    r = train_from_args("transformer", f"npz:{path}", str(tmp_path / "run"), seed=0, epochs=4, lr=0.05,
+                        model_args={"width": 16, "heads": 2, "depth": 1}, progress=False)
+    assert r.val_acc[-1] > 70  # chance is 33%
+    cfg = config_for_data("transformer", (2, 12), 3)
+    assert (cfg.in_channels, cfg.seq_len) == (2, 12)
+    with pytest.raises(ConfigError, match="patch=5 must divide"):
+        config_for_data("transformer", (2, 12), 3, patch=5)
+    with pytest.raises(ConfigError, match="sequence inputs"):
+        config_for_data("transformer", (1, 8, 8), 10)
