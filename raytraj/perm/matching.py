@@ -10,6 +10,11 @@ Weight matching (Oracle) passes weight displacements; gradient matching (GMT/FGM
 gradients. ``PairBank`` holds the pairs stacked along a new leading dimension, so each term is
 one matmul over all pairs, and it caches the terms that no other group's permutation changes
 (a tensor's only grouped axis: first layers, biases, BatchNorm), paying for them once per pair.
+
+Segmented axes (attention heads x head dims) are stored split in two, so the terms above see plain
+axes. Because a head group's cost depends on the within-head permutation and the other way round,
+each solve also tries a block start (heads assigned by each head pair's best within-head
+matching) before descent and again after it, keeping it only when the objective rises.
 """
 
 from __future__ import annotations
@@ -333,8 +338,9 @@ def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, tor
             for a in range(score.shape[0]):
                 for b in range(score.shape[1]):
                     block = m[a, :, b, :]
-                    cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else np.arange(len(block))
-                    score[a, b] += block[np.arange(len(block)), cols].sum()
+                    rows = np.arange(len(block))
+                    cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else rows
+                    score[a, b] += block[rows, cols].sum()
         heads = linear_sum_assignment(score, maximize=True)[1]
         start[outer] = torch.as_tensor(heads, dtype=torch.long, device=bank.device)
         for inner, m in within.items():
