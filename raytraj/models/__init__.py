@@ -100,6 +100,6 @@ def reinit_head(model: nn.Module, seed: int) -> None:
 
 __all__ = [
     "HEAD", "MODELS", "MLP", "MLPConfig", "ConvConfig", "ConvNet", "ResNet20", "ResNet20Config",
-    "Conv1dConfig", "Conv1dNet", "Transformer", "TransformerConfig", "build_model", "config_for_data", "model_config", "model_from_dict",
+    "Conv1dConfig", "Conv1dNet", "build_model", "config_for_data", "model_config", "model_from_dict",
     "model_name", "model_to_dict", "reinit_head",
 ]
