@@ -137,7 +137,7 @@ def cmd_spec(args):
     from .perm import check_spec, infer_spec
 
     data = load_data(args.data)
-    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d"]
+    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d", "transformer"]
     for name in models:
         try:
             cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
-                   help="mlp, conv, resnet20, conv1d, or your factory package.module:function")
+                   help="mlp, conv, resnet20, conv1d, transformer, or your factory package.module:function")
     t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
                    "data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
     di.add_argument("--ensemble", required=True, help="an ensemble output folder")
-    di.add_argument("--student", default="mlp", choices=["mlp", "conv", "resnet20", "conv1d"])
+    di.add_argument("--student", default="mlp", choices=["mlp", "conv", "resnet20", "conv1d", "transformer"])
     di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
     di.add_argument("--epochs", type=int)
     di.add_argument("--lr", type=float)
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=["mlp", "conv", "resnet20", "conv1d"])
+    s.add_argument("--model", choices=["mlp", "conv", "resnet20", "conv1d", "transformer"])
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)

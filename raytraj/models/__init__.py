@@ -20,12 +20,14 @@ from .conv1d import Conv1dConfig, Conv1dNet
 from .factory import FACTORY, FactoryConfig, build_factory_model
 from .mlp import MLP, MLPConfig
 from .resnet import ResNet20, ResNet20Config
+from .transformer import Transformer, TransformerConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
     "conv": (ConvConfig, ConvNet),
     "resnet20": (ResNet20Config, ResNet20),
     "conv1d": (Conv1dConfig, Conv1dNet),
+    "transformer": (TransformerConfig, Transformer),
 }
 HEAD = "head"
 
@@ -107,6 +109,10 @@ def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, /
         if len(shape) != 2:
             raise ConfigError(f"model 'conv1d' needs sequence inputs (C, L), but the data has shape {shape}")
         sized = {"in_channels": shape[0]}
+    elif name == "transformer":
+        if len(shape) not in (1, 2):
+            raise ConfigError(f"model 'transformer' needs sequence inputs (C, L) or (L,), but the data has shape {shape}")
+        sized = {"in_channels": 1 if len(shape) == 1 else shape[0], "seq_len": shape[-1]}
     else:
         return model_config(name)  # raises with the list of models
     return model_config(name, **{**sized, "num_classes": num_classes, **overrides})

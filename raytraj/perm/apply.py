@@ -41,8 +41,23 @@ def permute_tensor(t: torch.Tensor, axes, perm: Mapping[str, torch.Tensor], skip
     """``t`` gathered along each grouped axis (except ``skip_axis``); unchecked, for hot loops."""
     for axis, group in enumerate(axes):
         if group is not None and axis != skip_axis:
-            t = t.index_select(axis, perm[group].to(t.device))
+            index = segmented_index(perm, group, t.shape[axis]) if isinstance(group, tuple) else perm[group]
+            t = t.index_select(axis, index.to(t.device))
     return t
+
+
+def segmented_index(perm: Mapping[str, torch.Tensor], entry: tuple, length: int) -> torch.Tensor:
+    """The gather index of a segmented axis: new[b * d + j] = old[perm[outer][b] * d + perm[inner][j]].
+
+    A None part of ``entry`` stays in place; ``length`` is the axis length, n_outer * d.
+    """
+    outer = perm[entry[0]] if entry[0] is not None else None
+    inner = perm[entry[1]] if entry[1] is not None else None
+    if outer is None:
+        outer = torch.arange(length // len(inner), device=inner.device)
+    if inner is None:
+        inner = torch.arange(length // len(outer), device=outer.device)
+    return (outer[:, None] * len(inner) + inner[None, :].to(outer.device)).reshape(-1)
 
 
 def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:

@@ -99,8 +99,11 @@ def _expected_output(spec, perm, mod_name, mod, out):
     weight_name = f"{mod_name}.weight"
     if weight_name not in spec.axes or not isinstance(out, torch.Tensor) or out.dim() < 2:
         return None
-    group = spec.axes[weight_name][0]
-    return out if group is None else permute_tensor(out, (None, group), perm)
+    # Linear, the norms over the last axis and Embedding write features last; convs and BatchNorm at dim 1.
+    last = isinstance(mod, (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Embedding))
+    group = spec.axes[weight_name][1 if isinstance(mod, nn.Embedding) else 0]
+    axes = (None,) * (out.dim() - 1) + (group,) if last else (None, group)
+    return out if group is None else permute_tensor(out, axes, perm)
 
 
 def _close(a, b, rtol, atol) -> bool:

@@ -10,6 +10,11 @@ Weight matching (Oracle) passes weight displacements; gradient matching (GMT/FGM
 gradients. ``PairBank`` holds the pairs stacked along a new leading dimension, so each term is
 one matmul over all pairs, and it caches the terms that no other group's permutation changes
 (a tensor's only grouped axis: first layers, biases, BatchNorm), paying for them once per pair.
+
+Segmented axes (attention heads x head dims) are stored split in two, so the terms above see plain
+axes. Because a head group's cost depends on the within-head permutation and the other way round,
+each solve also tries a block start (heads assigned by each head pair's best within-head
+matching) before descent and again after it, keeping it only when the objective rises.
 """
 
 from __future__ import annotations
@@ -113,10 +118,13 @@ class PairBank:
         self._static_terms: dict[str, list[tuple[str, int]]] = {g: [] for g in spec.sizes}
         self._dynamic: dict[str, list[_DynamicTerm]] = {g: [] for g in spec.sizes}
         self._constant = 0.0  # <target, source> of tensors no permutation touches
-        for g, members in spec.groups.items():
+        # Segmented axes are stored split in two, (n_outer, n_inner), so every term below sees
+        # plain axes: a head's cost is then the sum over its block, under the within-head perm.
+        self._plain = plain = spec.unsegmented()
+        for g, members in plain.groups.items():
             for name, axis in members:
-                if any(a is not None for i, a in enumerate(spec.axes[name]) if i != axis):
-                    self._dynamic[g].append(_DynamicTerm(spec, name, axis))
+                if any(a is not None for i, a in enumerate(plain.axes[name]) if i != axis):
+                    self._dynamic[g].append(_DynamicTerm(plain, name, axis))
                 else:
                     self._static_terms[g].append((name, axis))
         # One term per permuted tensor is enough to read off its share of the objective.
@@ -151,8 +159,8 @@ class PairBank:
                         "damaged. Lower the learning rate of the source run or check the trajectory store."
                     )
         for name in target:
-            t = target[name].to(self.device, self.dtype)
-            s = source[name].to(self.device, self.dtype)
+            t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
+            s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
             if self.normalize:
                 norm = float(t.norm() * s.norm())
                 if norm > 1e-12:
@@ -238,6 +246,7 @@ class PairBank:
         if init is not None:
             self.spec.check_perm(init)
         perm = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
+        perm = _block_start(self, perm)
         rng = np.random.default_rng(seed)
         classes = color_groups(self.spec)
         neighbours = self.spec.conflicts()
@@ -310,7 +319,71 @@ class PairBank:
             "pairs": self.num_pairs,
             "gains": gains,
         }
+        return _block_restart(self, perm, info, max_sweeps=max_sweeps, tol=tol, seed=seed, solve_laps=solve_laps)
+
+
+def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A start for groups that move blocks of segmented axes (heads), chosen before coordinate descent.
+
+    Heads and the dims inside them sit on one axis, so each one's cost depends on the other's
+    permutation, and descent from the identity can settle on the wrong heads. Here each (target
+    block a, source block b) pair is scored by its best within-block matching, a d x d LAP, which
+    needs no within-block permutation; the blocks are assigned by those scores, then each
+    within-block group given the blocks. Plain axes of a block group (none in attention) are not
+    scored. The start is kept only if it raises the objective over ``perm``.
+    """
+    spec, plain = bank.spec, bank._plain
+    pairs: dict[str, dict[str | None, list[tuple[str, int]]]] = {}  # outer -> inner -> [(tensor, plain axis)]
+    for name, entry in spec.axes.items():
+        at = 0
+        for e in entry:
+            if isinstance(e, tuple) and e[0] is not None and name in bank.targets:
+                pairs.setdefault(e[0], {}).setdefault(e[1], []).append((name, at))
+            at += 2 if isinstance(e, tuple) else 1
+    if not pairs:
+        return perm
+    start = {g: p.to(bank.device) for g, p in perm.items()}
+    for outer, inners in pairs.items():
+        score = np.zeros((spec.sizes[outer],) * 2)
+        within = {}
+        for inner, members in inners.items():
+            m = 0.0
+            for name, at in members:
+                t, s = bank.targets[name].view(), bank.sources[name].view()
+                for axis, g in enumerate(plain.axes[name]):
+                    if g is not None and axis not in (at, at + 1):
+                        s = s.index_select(axis + 1, start[g].to(s.device))
+                others = [d for d in range(t.dim()) if d not in (at + 1, at + 2)]
+                m = m + torch.tensordot(t, s, dims=(others, others))  # (H, d, H, d): block a dim j vs block b dim k
+            m = m.double().cpu().numpy()
+            within[inner] = m
+            for a in range(score.shape[0]):
+                for b in range(score.shape[1]):
+                    block = m[a, :, b, :]
+                    rows = np.arange(len(block))
+                    cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else rows
+                    score[a, b] += block[rows, cols].sum()
+        heads = linear_sum_assignment(score, maximize=True)[1]
+        start[outer] = torch.as_tensor(heads, dtype=torch.long, device=bank.device)
+        for inner, m in within.items():
+            if inner is not None:
+                summed = sum(m[a, :, heads[a], :] for a in range(len(heads)))
+                start[inner] = torch.as_tensor(linear_sum_assignment(summed, maximize=True)[1], dtype=torch.long,
+                                               device=bank.device)
+    before = bank.objective(perm)
+    return start if bank.objective(start) > before + 1e-9 * abs(before) else perm
+
+
+def _block_restart(bank: PairBank, perm, info: dict, **solve_args) -> tuple[Permutation, dict]:
+    """After descent, re-pick the blocks now that the other groups are aligned; descend again while it pays."""
+    start = _block_start(bank, perm)
+    if start is perm:
         return perm, info
+    perm, more = bank.solve(init={g: p.cpu() for g, p in start.items()}, **solve_args)
+    for key in ("sweeps", "laps", "cost_s", "lap_s"):
+        if key in info and key in more:
+            more[key] += info[key]
+    return perm, more
 
 
 def self_coupled_groups(spec: PermutationSpec) -> set[str]:

@@ -2,9 +2,20 @@
 
 It is plain data in the Git Re-Basin shape:
 
-* ``axes``:   tensor name -> one entry per axis, a group name or ``None`` (never permuted);
+* ``axes``:   tensor name -> one entry per axis: a group name, ``None`` (never permuted), or a
+  *segmented* entry ``(outer, inner)``;
 * ``groups``: group name  -> [(tensor name, axis), ...], derived from ``axes``;
 * ``shapes``: tensor name -> shape, so group sizes are known and inputs can be checked.
+
+A segmented axis of length n_outer * n_inner is read as n_outer contiguous blocks of n_inner units
+(attention heads of head_dim dims): ``outer`` permutes whole blocks, ``inner`` permutes the units
+inside every block, the same way in each block. Along it, new[b * n_inner + j] =
+old[perm[outer][b] * n_inner + perm[inner][j]]. Multi-head attention allows a different
+within-head permutation per head; the shared one is a subgroup of that, so it is always correct,
+and it keeps every group a plain permutation of range(n). Group sizes are read off plain axes, off
+``group_sizes``, or off a segmented axis whose other group's size is known. One of the two may be
+None: ``(heads, None)`` permutes whole heads and leaves the dims inside them in place (what
+rotary position embeddings allow for q and k).
 
 A spec covers parameters *and* buffers (BatchNorm running stats move with their channels).
 Every constructor checks coverage: each tensor has one entry per axis, and every axis of a
@@ -18,7 +29,19 @@ from typing import Iterable, Mapping
 
 import torch
 
-Axes = tuple  # tuple[str | None, ...]
+Axes = tuple  # tuple[str | None | tuple[str, str], ...]
+
+
+def is_segmented(entry) -> bool:
+    """Whether one axis entry is an ``(outer, inner)`` pair rather than a group name or None."""
+    return isinstance(entry, tuple)
+
+
+def axis_groups(entry) -> tuple[str, ...]:
+    """The group names one axis entry carries: none, one, or (outer, inner)."""
+    if entry is None:
+        return ()
+    return tuple(g for g in entry if g is not None) if is_segmented(entry) else (entry,)
 
 
 class SpecError(ValueError):
@@ -31,33 +54,71 @@ class PermutationSpec:
     shapes: Mapping[str, tuple[int, ...]]
     # Human-readable reasons for axes that inference left unpermuted (empty for hand-written specs).
     unpermuted: tuple[str, ...] = field(default=(), compare=False)
+    # Sizes of groups that sit only on segmented axes and cannot be read off them (e.g. heads).
+    group_sizes: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
-        axes = {name: tuple(a) for name, a in self.axes.items()}
+        axes = {name: tuple(_entry(e, name) for e in a) for name, a in self.axes.items()}
         shapes = {name: tuple(int(n) for n in s) for name, s in self.shapes.items()}
         object.__setattr__(self, "axes", axes)
         object.__setattr__(self, "shapes", shapes)
+        object.__setattr__(self, "group_sizes", {g: int(n) for g, n in self.group_sizes.items()})
         if set(axes) != set(shapes):
             raise SpecError(
                 f"spec names disagree: axes without shapes {sorted(set(axes) - set(shapes))}, "
                 f"shapes without axes {sorted(set(shapes) - set(axes))}"
             )
         sizes: dict[str, int] = {}
+        where: dict[str, str] = {}
         groups: dict[str, list[tuple[str, int]]] = {}
+
+        def settle(group, n, at):
+            if sizes.setdefault(group, n) != n:
+                raise SpecError(f"group {group!r} has size {sizes[group]} at {where[group]} but size {n} at {at}")
+            where.setdefault(group, at)
+
+        segmented = []
         for name, entry in axes.items():
             shape = shapes[name]
             if len(entry) != len(shape):
                 raise SpecError(f"{name}: spec lists {len(entry)} axes but the tensor has shape {shape}")
             for axis, group in enumerate(entry):
-                if group is None:
+                for g in axis_groups(group):
+                    groups.setdefault(g, []).append((name, axis))
+                if is_segmented(group):
+                    if group[0] == group[1]:
+                        raise SpecError(
+                            f"{name} axis {axis}: a segmented axis needs two different groups, got {group[0]!r} twice"
+                        )
+                    segmented.append((name, axis, group))
+                elif group is not None:
+                    settle(group, shape[axis], f"{name} axis {axis}")
+        for g, n in self.group_sizes.items():
+            settle(g, n, "group_sizes")
+        # A segmented axis fixes one group's size once the other's is known: settle to a fixpoint.
+        todo = segmented
+        while todo:
+            left = []
+            for name, axis, (outer, inner) in todo:
+                n = shapes[name][axis]
+                known = [g for g in (outer, inner) if g in sizes]
+                if not known:
+                    left.append((name, axis, (outer, inner)))
                     continue
-                if sizes.setdefault(group, shape[axis]) != shape[axis]:
-                    first = groups[group][0]
+                if n % sizes[known[0]]:
                     raise SpecError(
-                        f"group {group!r} has size {sizes[group]} at {first[0]} axis {first[1]} "
-                        f"but size {shape[axis]} at {name} axis {axis}"
+                        f"{name} axis {axis} has length {n}, which group {known[0]!r} of size {sizes[known[0]]} "
+                        "does not divide into blocks"
                     )
-                groups.setdefault(group, []).append((name, axis))
+                other = inner if known[0] == outer else outer
+                if other is not None:
+                    settle(other, n // sizes[known[0]], f"{name} axis {axis}")
+            if len(left) == len(todo):
+                unknown = sorted({g for _, _, e in left for g in e if g is not None and g not in sizes})
+                raise SpecError(
+                    f"the sizes of groups {unknown} cannot be read off the tensors; give them in group_sizes"
+                )
+            todo = left
         object.__setattr__(self, "_groups", groups)
         object.__setattr__(self, "_sizes", sizes)
 
@@ -74,26 +135,64 @@ class PermutationSpec:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_axes(cls, axes: Mapping[str, Iterable[str | None]], tensors: Mapping[str, torch.Tensor]):
-        """A hand-written spec, with shapes read off ``tensors`` (e.g. a model's state_dict)."""
+    def from_axes(
+        cls,
+        axes: Mapping[str, Iterable],
+        tensors: Mapping[str, torch.Tensor],
+        group_sizes: Mapping[str, int] | None = None,
+    ):
+        """A hand-written spec, with shapes read off ``tensors`` (e.g. a model's state_dict).
+
+        Args:
+            axes: tensor name -> per-axis entries: a group name, None, or (outer, inner).
+            tensors: the tensors the spec covers, for their shapes.
+            group_sizes: sizes of groups that appear only on segmented axes, such as heads.
+        """
         missing = sorted(set(axes) - set(tensors))
         if missing:
             raise SpecError(f"spec names tensors that are not given: {missing}")
-        return cls(axes={k: tuple(v) for k, v in axes.items()}, shapes={k: tuple(tensors[k].shape) for k in axes})
+        return cls(axes={k: tuple(v) for k, v in axes.items()}, shapes={k: tuple(tensors[k].shape) for k in axes},
+                   group_sizes=dict(group_sizes or {}))
 
     def to_dict(self) -> dict:
         return {
-            "axes": {k: list(v) for k, v in self.axes.items()},
+            "axes": {k: [list(e) if is_segmented(e) else e for e in v] for k, v in self.axes.items()},
             "shapes": {k: list(v) for k, v in self.shapes.items()},
             "unpermuted": list(self.unpermuted),
+            "group_sizes": dict(self.group_sizes),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "PermutationSpec":
-        unknown = set(d) - {"axes", "shapes", "unpermuted"}
+        unknown = set(d) - {"axes", "shapes", "unpermuted", "group_sizes"}
         if unknown:
             raise SpecError(f"unknown keys in spec dict: {sorted(unknown)}")
-        return cls(axes=d["axes"], shapes=d["shapes"], unpermuted=tuple(d.get("unpermuted", ())))
+        return cls(axes=d["axes"], shapes=d["shapes"], unpermuted=tuple(d.get("unpermuted", ())),
+                   group_sizes=d.get("group_sizes", {}))
+
+    def unsegmented(self) -> "PermutationSpec":
+        """The same symmetry on tensors whose segmented axes are split in two: (..., n_outer, n_inner, ...).
+
+        Every entry of the result is plain, so code written for plain axes (matching's cached
+        contractions) serves segmented specs unchanged; :meth:`split_shape` gives the reshape.
+        """
+        axes = {}
+        shapes = {}
+        for name, entry in self.axes.items():
+            axes[name] = tuple(g for e in entry for g in (e if is_segmented(e) else (e,)))
+            shapes[name] = self.split_shape(name)
+        return PermutationSpec(axes=axes, shapes=shapes, unpermuted=self.unpermuted)
+
+    def split_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name`` with each segmented axis split into (n_outer, n_inner)."""
+        out: list[int] = []
+        for n, e in zip(self.shapes[name], self.axes[name]):
+            if is_segmented(e):
+                blocks = self.sizes[e[0]] if e[0] is not None else n // self.sizes[e[1]]
+                out += [blocks, n // blocks]
+            else:
+                out.append(n)
+        return tuple(out)
 
     # -- checks --------------------------------------------------------------------------------
     def check_tensors(self, tensors: Mapping[str, torch.Tensor], *, complete: bool = False, what: str = "tensors"):
@@ -136,7 +235,7 @@ class PermutationSpec:
         """group -> the other groups that share a tensor with it (their solves interact)."""
         out: dict[str, set[str]] = {g: set() for g in self.sizes}
         for entry in self.axes.values():
-            present = {g for g in entry if g is not None}
+            present = {g for e in entry for g in axis_groups(e)}
             for g in present:
                 out[g] |= present - {g}
         return out
@@ -144,7 +243,21 @@ class PermutationSpec:
     def summary(self) -> str:
         lines = [f"{len(self.sizes)} groups over {len(self.axes)} tensors"]
         for g, members in self.groups.items():
-            lines.append(f"  {g} [{self.sizes[g]}]: " + ", ".join(f"{n}:{a}" for n, a in members))
+            roles = {n: self.axes[n] for n, _ in members}
+            lines.append(f"  {g} [{self.sizes[g]}]: " + ", ".join(
+                f"{n}:{a}" + ("" if not is_segmented(roles[n][a]) else
+                              "(blocks)" if roles[n][a][0] == g else "(within)") for n, a in members))
         for note in self.unpermuted:
             lines.append(f"  unpermuted: {note}")
         return "\n".join(lines)
+
+
+def _entry(e, name: str):
+    """One axis entry normalised: None, a group name, or an (outer, inner) tuple (from JSON lists too)."""
+    if e is None or isinstance(e, str):
+        return e
+    if (isinstance(e, (tuple, list)) and len(e) == 2 and all(g is None or isinstance(g, str) for g in e)
+            and e != [None, None] and tuple(e) != (None, None)):
+        return tuple(e)
+    raise SpecError(f"{name}: an axis entry must be a group name, None or (outer, inner) names (one may be "
+                    f"None), got {e!r}")
