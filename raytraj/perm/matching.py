@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
@@ -319,7 +320,8 @@ class PairBank:
             "pairs": self.num_pairs,
             "gains": gains,
         }
-        return _block_restart(self, perm, info, max_sweeps=max_sweeps, tol=tol, seed=seed, solve_laps=solve_laps)
+        return _block_restart(self, perm, info, max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed,
+                              solve_laps=solve_laps)
 
 
 def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
