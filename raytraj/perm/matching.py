@@ -184,17 +184,31 @@ class PairBank:
         self.num_pairs += 1
 
     # -- solving ------------------------------------------------------------------------------
+    def term_count(self, group: str) -> int:
+        """How many (tensor, axis) terms group's cost has; cost_terms indexes into this order."""
+        return len(self._static_terms[group]) + len(self._dynamic[group])
+
+    def cost_terms(self, group: str, perm: Mapping[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """The terms of A_group this bank holds, as (index in the group's term order, n x n matrix).
+
+        A bank holding a subset of the tensors (a worker's shard) returns its own terms; summing
+        every shard's terms in index order gives, bit for bit, what one bank holding all gives.
+        """
+        out = []
+        for i, key in enumerate(self._static_terms[group]):
+            if key in self._static:
+                out.append((i, self._static[key]))
+        offset = len(self._static_terms[group])
+        for i, term in enumerate(self._dynamic[group]):
+            if term.name in self.targets:
+                out.append((offset + i, term.refresh(self.targets[term.name].view(), self.sources[term.name].view(),
+                                                     perm)))
+        return out
+
     def cost(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A_group under the current permutations of the other groups."""
-        n = self.spec.sizes[group]
-        a = torch.zeros((n, n), device=self.device, dtype=self.dtype)
-        for key in self._static_terms[group]:
-            if key in self._static:
-                a += self._static[key]
-        for term in self._dynamic[group]:
-            if term.name in self.targets:
-                a += term.refresh(self.targets[term.name].view(), self.sources[term.name].view(), perm)
-        return a
+        return sum_terms(self.spec.sizes[group], [c for _, c in self.cost_terms(group, perm)], self.device,
+                         self.dtype)
 
     def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
         """sum over pairs of <target, perm(source)>, read off the cached contractions."""
@@ -241,54 +255,81 @@ class PairBank:
         """Coordinate descent from ``init`` (identity by default); see :func:`match`."""
         if self.num_pairs == 0:
             raise SpecError("no pairs to match; add at least one (target, source) pair")
-        if init is not None:
-            self.spec.check_perm(init)
-        perm = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
-        rng = np.random.default_rng(seed)
-        classes = color_groups(self.spec)
-        neighbours = self.spec.conflicts()
-        # A group whose neighbours kept their permutations since its last solve has the same
-        # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
-        stale = set(self.spec.sizes)
-        cost_s = lap_s = 0.0
-        sweeps, converged, laps = 0, False, 0
-        while sweeps < max_sweeps:
-            sweeps += 1
-            progress = False
-            for cls in sweep_order(classes, rng):
-                todo = [g for g in cls if g in stale]
-                if not todo:
-                    continue
-                t0 = time.perf_counter()
-                costs = [self.cost(g, perm).double().cpu().numpy() for g in todo]
-                t1 = time.perf_counter()
-                new = solve_laps(costs)
-                lap_s += time.perf_counter() - t1
-                cost_s += t1 - t0
-                laps += len(todo)
-                for g, a, p_new in zip(todo, costs, new):
-                    stale.discard(g)
-                    rows = np.arange(a.shape[0])
-                    old = perm[g].cpu().numpy()
-                    if a[rows, p_new].sum() > a[rows, old].sum() + tol:
-                        progress = True
-                    if not np.array_equal(old, p_new):
-                        stale |= neighbours[g]
-                    perm[g] = torch.tensor(np.asarray(p_new), dtype=torch.long, device=self.device)
-            if not progress:
-                converged = True
-                break
-        perm = {g: p.cpu() for g, p in perm.items()}
-        info = {
-            "objective": self.objective(perm),
-            "sweeps": sweeps,
-            "laps": laps,
-            "converged": converged,
-            "cost_s": cost_s,
-            "lap_s": lap_s,
-            "pairs": self.num_pairs,
-        }
+
+        def solve_class(todo, perm):
+            t0 = time.perf_counter()
+            costs = [self.cost(g, perm).double().cpu().numpy() for g in todo]
+            t1 = time.perf_counter()
+            new = solve_laps(costs)
+            lap_s = time.perf_counter() - t1
+            return [assignment_gain(a, perm[g], p) for a, g, p in zip(costs, todo, new)], t1 - t0, lap_s
+
+        perm, info = coordinate_descent(self.spec, solve_class, init=init, max_sweeps=max_sweeps, tol=tol,
+                                        seed=seed, device=self.device)
+        info["objective"] = self.objective(perm)
+        info["pairs"] = self.num_pairs
         return perm, info
+
+
+# A colour class's solver: (groups to solve, current perm) -> per group (new assignment, its value,
+# the current assignment's value), and the seconds spent building costs and solving LAPs. The
+# local one builds costs from a PairBank; the Ray backend's builds them on the workers.
+ClassSolver = Callable[[list[str], Mapping[str, torch.Tensor]], tuple[list[tuple[np.ndarray, float, float]], float,
+                                                                       float]]
+
+
+def assignment_gain(a: np.ndarray, old: torch.Tensor, new: np.ndarray) -> tuple[np.ndarray, float, float]:
+    rows = np.arange(a.shape[0])
+    return np.asarray(new), float(a[rows, new].sum()), float(a[rows, old.cpu().numpy()].sum())
+
+
+def sum_terms(n: int, terms: Sequence[torch.Tensor], device=None, dtype=torch.float32) -> torch.Tensor:
+    """The n x n cost matrix: its terms added in order, from zero (the order fixes the rounding)."""
+    a = torch.zeros((n, n), device=device, dtype=dtype)
+    for c in terms:
+        a += c
+    return a
+
+
+def coordinate_descent(spec: PermutationSpec, solve_class: ClassSolver, *,
+                       init: Mapping[str, torch.Tensor] | None = None, max_sweeps: int = 100, tol: float = 1e-7,
+                       seed: int = 0, device=None) -> tuple[Permutation, dict]:
+    """The sweep loop of :meth:`PairBank.solve`, wherever the cost matrices live."""
+    if init is not None:
+        spec.check_perm(init)
+    perm = {g: p.clone().to(device) for g, p in (init or identity_permutation(spec)).items()}
+    rng = np.random.default_rng(seed)
+    classes = color_groups(spec)
+    neighbours = spec.conflicts()
+    # A group whose neighbours kept their permutations since its last solve has the same
+    # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
+    stale = set(spec.sizes)
+    cost_s = lap_s = 0.0
+    sweeps, converged, laps = 0, False, 0
+    while sweeps < max_sweeps:
+        sweeps += 1
+        progress = False
+        for cls in sweep_order(classes, rng):
+            todo = [g for g in cls if g in stale]
+            if not todo:
+                continue
+            results, c_s, l_s = solve_class(todo, perm)
+            cost_s += c_s
+            lap_s += l_s
+            laps += len(todo)
+            for g, (p_new, value_new, value_old) in zip(todo, results):
+                stale.discard(g)
+                old = perm[g].cpu().numpy()
+                if value_new > value_old + tol:
+                    progress = True
+                if not np.array_equal(old, p_new):
+                    stale |= neighbours[g]
+                perm[g] = torch.tensor(np.asarray(p_new), dtype=torch.long, device=device)
+        if not progress:
+            converged = True
+            break
+    perm = {g: p.cpu() for g, p in perm.items()}
+    return perm, {"sweeps": sweeps, "laps": laps, "converged": converged, "cost_s": cost_s, "lap_s": lap_s}
 
 
 def _contract(target: torch.Tensor, source: torch.Tensor, axis: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ class RunCheckpointer:
             "timing": state.timing,
             "solves": state.solves,
             "grad_batches": state.grad_batches,
+            "shards": state.shards,
             "pair_steps": sorted(set(self.pair_steps) | ({state.step} if new_pairs else set())),
         }
         save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
@@ -67,5 +68,6 @@ class RunCheckpointer:
             timing=info["timing"],
             solves=info["solves"],
             grad_batches=info["grad_batches"],
+            shards=info.get("shards", {}),
         )
         return state, pairs, cache

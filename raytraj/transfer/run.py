@@ -69,10 +69,18 @@ def transfer(
         "new_head": new_head, "oracle_target": oracle_target,
     }
     checkpointer = RunCheckpointer(fs.join(out, "state"))
-    _claim_output(out, record, checkpointer, resume)
-    problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
-                      oracle_target=oracle_target)
-    runner = make_backend(problem, cfg, backend, backend_options)
+    claimed = _claim_output(out, record, checkpointer, resume)
+    try:
+        problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
+                          oracle_target=oracle_target)
+        options = dict(backend_options or {})
+        if backend == "ray":  # workers keep their bank shards' checkpoint in the run folder
+            options.setdefault("state_dir", fs.absolute(fs.join(out, "state")))
+        runner = make_backend(problem, cfg, backend, options)
+    except BaseException:
+        if claimed:  # a failed start leaves no half-made run folder: the same command can run again
+            fs.remove(fs.join(out, CONFIG))
+        raise
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
         state = run_transfer(cfg, runner, problem.spec, problem.num_steps, oracle_perm=problem.oracle_perm,
@@ -86,6 +94,7 @@ def transfer(
         state.timing["eval_s"] += time.perf_counter() - t0
         models = {"best": (best, runner.materialize(state.perms[best], best, best)),
                   "final": (last, runner.materialize(state.perms[last], last, last))}
+        cluster = runner.report() if hasattr(runner, "report") else {}  # Ray: traffic and placement
     finally:
         runner.close()
     for name, (step, model_state) in models.items():
@@ -115,13 +124,16 @@ def transfer(
         "target": problem.target,
         "data": problem.data_cfg.describe(),
         "backend": backend,
+        **cluster,
     }
     fs.atomic_write_json(fs.join(out, METRICS), metrics)
     return metrics
 
 
-def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool) -> None:
-    """Refuse to mix runs in one folder; allow --resume only with the same settings."""
+def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool) -> bool:
+    """Refuse to mix runs in one folder; allow --resume only with the same settings.
+
+    Returns True when this call wrote the folder's config (a fresh run)."""
     config_path = fs.join(out, CONFIG)
     if fs.exists(fs.join(out, METRICS)):
         raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")
@@ -134,8 +146,9 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
             diff = sorted(k for k in record if recorded.get(k) != record[k])
             raise ConfigError(f"{out} holds a transfer with other settings ({', '.join(diff)}); resume with the same "
                               "arguments")
-        return
+        return False
     fs.atomic_write_json(config_path, record)
+    return True
 
 
 def load_run_config(out: str) -> tuple[dict, TransferConfig]:
