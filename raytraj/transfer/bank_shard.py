@@ -41,8 +41,9 @@ def apply_diff(perm: dict, diff: Diff) -> None:
     for g, (idx, val) in diff.items():
         p = perm[g]
         if isinstance(p, torch.Tensor):
-            p[torch.as_tensor(idx, dtype=torch.long, device=p.device)] = torch.as_tensor(val, dtype=p.dtype,
-                                                                                         device=p.device)
+            # np.array: the arrays arrive read-only from Ray's object store
+            index = torch.as_tensor(np.array(idx), dtype=torch.long, device=p.device)
+            p[index] = torch.as_tensor(np.array(val), dtype=p.dtype, device=p.device)
         else:
             p[idx] = val
 
