@@ -155,7 +155,7 @@ class RayBackend:
 
     def _make_worker(self, i: int):
         return GradientWorker.options(
-            **self._options, name=f"raytraj-{self._run_id}-worker-{i}-{uuid.uuid4().hex[:4]}",
+            **self._options, name=f"raytraj-{self._run_id}-{uuid.uuid4().hex[:4]}-worker-{i}",
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
         ).remote(i, self._model_cfg, *self._shared, self._settings, self.plan, self._normalize)
 
