@@ -129,7 +129,8 @@ def main():
                      f"{wb:,.0f} |")
     lines += ["", "## Wall time against workers", "",
               f"GMT T={args.steps}, MNIST-1D, MLP 1024-1024, grad_batches=8 of 1024 samples (so step s has 8s "
-              "gradient units per model), val evaluated at the last step only. Seconds. grad = the reduce-scattered gradients, "
+              "gradient units per model), val evaluated at the last step only. Seconds. grad = the reduce-scattered "
+              "gradients, "
               "solve = the distributed sweeps, busy = mean share of wall time each worker computed; "
               "comm+sched = grad + solve - the busiest worker's compute.", "",
               "| run | wall s | ratio to local | setup s | grad s | solve s | eval s | workers busy | comm+sched s | "

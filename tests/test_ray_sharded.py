@@ -142,8 +142,8 @@ def test_an_infeasible_request_fails_at_once_naming_asked_and_present(cluster, d
 def test_a_failed_start_leaves_no_run_folder_to_resume(cluster, digits_source, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "raytraj", "transfer", "--source", str(digits_source / "source"), "--target-seed",
-            "2", "--method", "fgmt", "--steps", "2", "--out", str(out), "--backend", "ray", "--address", cluster, "--workers", "1",
-            "--quiet"]
+            "2", "--method", "fgmt", "--steps", "2", "--out", str(out), "--backend", "ray", "--address", cluster,
+            "--workers", "1", "--quiet"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     bad = subprocess.run(argv + ["--cpus-per-worker", "64"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2
@@ -158,6 +158,7 @@ def test_a_failed_start_leaves_no_run_folder_to_resume(cluster, digits_source, t
 
 def test_placement_timeout_needs_the_ray_backend(digits_source, tmp_path):
     r = subprocess.run([sys.executable, "-m", "raytraj", "transfer", "--source", str(digits_source / "source"),
-                        "--target-seed", "2", "--method", "fgmt", "--steps", "2", "--out", str(tmp_path / "x"), "--placement-timeout", "5"],
+                        "--target-seed", "2", "--method", "fgmt", "--steps", "2", "--out", str(tmp_path / "x"),
+                        "--placement-timeout", "5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--placement-timeout needs --backend ray" in r.stderr
