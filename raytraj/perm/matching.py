@@ -184,12 +184,9 @@ class PairBank:
         self.num_pairs += 1
 
     # -- solving ------------------------------------------------------------------------------
-    def term_count(self, group: str) -> int:
-        """How many (tensor, axis) terms group's cost has; cost_terms indexes into this order."""
-        return len(self._static_terms[group]) + len(self._dynamic[group])
-
     def cost_terms(self, group: str, perm: Mapping[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
-        """The terms of A_group this bank holds, as (index in the group's term order, n x n matrix).
+        """The terms of A_group this bank holds, as (index in the group's term order, n x n matrix);
+        the order is the spec's: static terms, then dynamic ones.
 
         A bank holding a subset of the tensors (a worker's shard) returns its own terms; summing
         every shard's terms in index order gives, bit for bit, what one bank holding all gives.
