@@ -162,3 +162,30 @@ def test_placement_timeout_needs_the_ray_backend(digits_source, tmp_path):
                         "--placement-timeout", "5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--placement-timeout needs --backend ray" in r.stderr
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupted_then_resumed(src, out, cfg, first, then):
+    def stop(step, acc):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        transfer(src, str(out), cfg, target_seed=2, backend="ray", on_eval=stop, progress=False,
+                 backend_options={"workers": first, "cpus_per_worker": 0.5})
+    assert not (out / "metrics.json").exists() and (out / "state" / "shards").exists()
+    return transfer(src, str(out), cfg, target_seed=2, resume=True, progress=False,
+                    backend="ray" if then else "local",
+                    backend_options={"workers": then, "cpus_per_worker": 0.5} if then else None)
+
+
+@pytest.mark.parametrize("first,then", [(3, 2), (2, None)], ids=["ray3-then-ray2", "ray2-then-local"])
+def test_a_run_resumes_with_another_worker_count_or_locally(cluster, digits_source, tmp_path, first, then):
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="fgmt", steps=5, grad_batches=2, seed=6)
+    local = _run(src, tmp_path / "local", cfg)
+    resumed = _interrupted_then_resumed(src, tmp_path / "cut", cfg, first, then)
+    _same_run(tmp_path / "local", tmp_path / "cut", local, resumed)

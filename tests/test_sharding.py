@@ -105,7 +105,7 @@ def test_a_checkpoint_restores_into_another_number_of_shards(resnet, tmp_path):
             s.save(str(tmp_path), w, step, target, source)
         for g in spec.sizes:
             bank.cost(g, perm)
-    record = shard_record(str(tmp_path), 3, [1, 2], 2)
+    record = shard_record(str(tmp_path), [[1, 3], [2, 3]], 2, 3)
     two = plan_shards(spec, shapes, 2)
     restored = [BankShard(spec, two.owned(w), normalize=False) for w in range(2)]
     for s in restored:

@@ -28,7 +28,8 @@ class ShardedMatcher:
     def __init__(self, backend, spec):
         self.b, self.spec = backend, spec
         self.record: dict = {}  # the shard checkpoint the last finished step wrote
-        self.pair_steps: list[int] = []
+        self.pair_steps: list[list[int]] = []  # [step, workers that wrote its pair files]
+        self.added = 0  # FGMT steps whose pairs the shards hold
         self.fgmt = False
 
     # -- recovery ------------------------------------------------------------------------------
@@ -37,7 +38,8 @@ class ShardedMatcher:
             self._seed_from_local(pairs, cache)
             return
         self.record = dict(shards)
-        self.pair_steps = list(shards.get("pair_steps", []))
+        self.pair_steps = list(shards.get("pairs", []))
+        self.added = len(self.pair_steps)
         if shards:
             self._call_all("restore", lambda i: (self.record,))
 
@@ -48,16 +50,15 @@ class ShardedMatcher:
         from ..checkpoint import save_checkpoint
         from ..transfer.bank_shard import cache_path, pair_path
 
-        loc, n = self.b.state_dir, self.b.n
+        loc = self.b.state_dir
         for step, (target, source) in enumerate(pairs, start=1):
             tensors = {f"target.{k}": v for k, v in target.items()}
             tensors.update({f"source.{k}": v for k, v in source.items()})
-            for w in range(n):  # all on w0; the others hold none, so the record names n files per step
-                save_checkpoint(pair_path(loc, step, w), tensors if w == 0 else {}, {"step": step})
-        for w in range(n):
-            save_checkpoint(cache_path(loc, len(pairs), w), cache if w == 0 else {}, {"step": len(pairs)})
-        self.pair_steps = list(range(1, len(pairs) + 1))
-        self.record = shard_record(loc, n, self.pair_steps, len(pairs))
+            save_checkpoint(pair_path(loc, step, 0), tensors, {"step": step})
+        save_checkpoint(cache_path(loc, len(pairs), 0), cache, {"step": len(pairs)})
+        self.pair_steps = [[step, 1] for step in range(1, len(pairs) + 1)]
+        self.added = len(pairs)
+        self.record = shard_record(loc, self.pair_steps, len(pairs), 1)
         self._call_all("restore", lambda i: (self.record,))
 
     def snapshot(self):
@@ -78,16 +79,20 @@ class ShardedMatcher:
         self.fgmt = not fresh
         for attempt in range(self.b.max_recoveries + 1):
             try:
-                out = self._step(s, prev, requests, count, fresh, init, max_sweeps, tol, seed)
+                perm, info, record = self._step(s, prev, requests, count, fresh, init, max_sweeps, tol, seed)
                 self.b.end_step()
-                return out
+                # Only a finished step moves the checkpoint on: a retried one restores the previous.
+                if record:
+                    self.record, self.pair_steps = record, record["pairs"]
+                self.added += self.fgmt
+                return perm, info
             except Exception as e:  # noqa: BLE001 - only worker loss is retried
                 if not is_worker_loss(e) or attempt == self.b.max_recoveries:
                     raise
                 self.b.recover()
                 # Shards may hold part of this step: every worker goes back to the last checkpoint.
                 if self.fgmt:
-                    if self.pair_steps and not self.record:
+                    if self.added and not self.record:
                         raise RuntimeError("a worker holding FGMT pairs was lost and this run keeps no checkpoint; "
                                            "run it through `raytraj transfer` (which writes state/) to survive "
                                            "worker loss") from e
@@ -122,11 +127,11 @@ class ShardedMatcher:
         info["objective"] = float(sum(partials))
         info["pairs"] = max(pairs)
         info["grad_s"] = grad_s
+        record = {}
         if self.fgmt and b.state_dir is not None:
             self._call_all("persist", lambda i: (b.state_dir, s))
-            self.pair_steps = self.pair_steps + [s]
-            self.record = shard_record(b.state_dir, b.n, self.pair_steps, s)
-        return perm, info
+            record = shard_record(b.state_dir, self.pair_steps + [[s, b.n]], s, b.n)
+        return perm, info, record
 
     def _solve_class(self, todo, perm):
         """One colour class: partial terms on the workers, each LAP on its group's solver."""

@@ -120,8 +120,12 @@ def cache_path(location: str, step: int, worker: int) -> str:
     return fs.join(location, "shards", f"cache-{step:06d}-w{worker}.safetensors")
 
 
-def shard_record(location: str, workers: int, pair_steps: list[int], cache_step: int) -> dict:
-    return {"location": location, "workers": workers, "pair_steps": pair_steps, "cache_step": cache_step}
+def shard_record(location: str, pairs: list[list[int]], cache_step: int, cache_workers: int) -> dict:
+    """What a checkpoint names: [step, workers that wrote it] per pair, and the caches' step and writers.
+
+    Each step records its own writer count, so a run resumed with another worker count reads the
+    old steps as they were written."""
+    return {"location": location, "pairs": [list(p) for p in pairs], "cache": [cache_step, cache_workers]}
 
 
 def _term_tensor(key: str) -> str:
@@ -134,9 +138,9 @@ def read_shards(record: dict, names=None) -> tuple[list[tuple[dict, dict]], dict
     if not record:
         return [], {}
     keep = (lambda n: True) if names is None else (lambda n: n in names)
-    loc, workers = record["location"], record["workers"]
+    loc = record["location"]
     pairs = []
-    for step in record["pair_steps"]:
+    for step, workers in record["pairs"]:
         target, source = {}, {}
         for w in range(workers):
             tensors, _ = load_checkpoint(pair_path(loc, step, w))
@@ -146,7 +150,8 @@ def read_shards(record: dict, names=None) -> tuple[list[tuple[dict, dict]], dict
                     (target if side == "target" else source)[name] = v
         pairs.append((target, source))
     cache = {}
+    step, workers = record["cache"]
     for w in range(workers):
-        tensors, _ = load_checkpoint(cache_path(loc, record["cache_step"], w))
+        tensors, _ = load_checkpoint(cache_path(loc, step, w))
         cache.update({k: v for k, v in tensors.items() if keep(_term_tensor(k))})
     return pairs, cache
