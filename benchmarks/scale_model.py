@@ -86,14 +86,21 @@ def main():
             parts = {"gradients": grad, "reduce-scatter": rs, "solve": sol}
             bound = max(parts, key=parts.get)
             lines.append(f"| {label} | {W} | {grad:.1f} | {rs:.2f} | {sol:.1f} | {grad + rs + sol:.1f} | {bound} |")
+    rn_path = 30 * rn_cg
     lines += [
-        "", "Reading: with B=1, step s has s units, so beyond W = T = 30 workers extra GPUs cannot speed the "
-        "gradients (64 and 256 give the same gradient time: T units of critical path); they help only with "
-        "larger grad_batches or several transfers at once (Tune ensembles). The solve does not shrink with W: "
-        "its LAPs run in parallel only within a colour class, and the per-class round trips are latency, so "
-        "for ResNet-20 the solve bounds the wall time from a few workers on, and for the 25M model the "
-        "2560-wide LAPs bound it once the gradients are spread. The driver moves O(sum of n_g) numbers per "
-        "LAP (scale.md: under 1% of the old design's bytes), independent of P and W.",
+        "", "Reading:",
+        "- With B=1, GMT's step s has s units, so beyond W = T = 30 workers more GPUs cannot shorten the "
+        "gradients: 64 and 256 workers give the same gradient time, the critical path of T units "
+        f"(ResNet-20: 30 x {rn_cg:.2f} s = {rn_path:.1f} s on these CPU constants). They help only with larger "
+        "grad_batches, or with several transfers at once (Tune ensembles).",
+        f"- ResNet-20 stays gradient-bound on CPU constants; with a GPU computing a unit more than "
+        f"{rn_path / (30 * rn_solve):.1f}x faster than one CPU thread here, the solve ({30 * rn_solve:.1f} s, "
+        "round trips of its many small colour classes) becomes the bound, and it does not shrink with W.",
+        "- The 25M model is solve-bound at every W: its 2560-wide LAPs run in parallel only within a colour "
+        "class (two per class here), so the solve is sweeps x classes x LAP(2560) whatever W is. Faster LAPs "
+        "(GPU auction solvers, fewer sweeps by warm starts) are the next lever, not more workers.",
+        "- Reduce-scatter is seconds at most; the driver moves O(sum of n_g) numbers per LAP (scale.md: under "
+        "1% of the old design's bytes), independent of P and W.",
     ]
     write_report(args.out, lines)
 
