@@ -80,15 +80,16 @@ def _solver_fields(args) -> dict:
 def _backend_options(args) -> dict:
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
-        given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker") if getattr(args, f) is not None]
+        given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
+                 if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
         return {"device": args.device} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
-                              "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env}.items()
-            if v is not None}
+                              "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env,
+                              "placement_timeout_s": args.placement_timeout}.items() if v is not None}
 
 
 def cmd_transfer(args):
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, help="Ray gradient workers")
     x.add_argument("--cpus-per-worker", type=float)
     x.add_argument("--gpus-per-worker", type=float)
+    x.add_argument("--placement-timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for Ray to place the workers (default 600: autoscalers may start GPU "
+                        "nodes from zero); a request no node of a fixed local cluster can hold fails at once")
     x.add_argument("--device", help="local backend: cpu or cuda (default: cuda when available)")
     add_user_code_args(x, spec=True)
     add_runtime_env_args(x)

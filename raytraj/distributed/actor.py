@@ -1,57 +1,157 @@
-"""The Ray actor that holds a model replica and the data, and computes for the driver.
+"""The Ray actor that holds a model replica, its own copy of the data, and a shard of the pair bank.
 
-It wraps the same ``TransferWorker`` the local backend runs in-process, so every number it
-returns is computed by the same code. Torch threads follow the CPUs the actor holds (Ray sets
-OMP_NUM_THREADS=1 in workers), and the model goes to ``cuda`` when the actor holds a GPU.
+It wraps the same ``TransferWorker`` the local backend runs in-process and a ``BankShard`` (the
+``PairBank`` terms of the tensors it owns), so every number it computes is computed by the same
+code as on one machine. It loads the data itself from the data config (same ``load_data``, same
+seeded split), so the training set never travels through the object store. Torch threads follow
+the CPUs the actor holds (Ray sets OMP_NUM_THREADS=1 in workers), and the model goes to ``cuda``
+when the actor holds a GPU.
+
+Gradient reduce-scatter and cost-matrix reduction go worker to worker: the driver passes object
+references, never the tensors, and each receiving worker adds the parts in worker (or term) order.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from functools import wraps
 
 import ray
 import torch
 
+from ..data import Dataset, load_data
 from ..perm import solve_laps_serial
 from ..runtime import set_torch_threads
+from ..transfer.backend import finish_sums
+from ..transfer.bank_shard import BankShard
 from ..transfer.worker import TransferWorker
 from .trajectory import ObjectStoreTrajectory
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class SharedState:
-    """Holds the object refs of (data, spec, trajectory, target_init) that every GradientWorker
-    starts, and restarts, from. A restartable actor must not take object-store arguments itself:
-    Ray cannot promise they still exist at a restart (its "actor restart will fail" error line)."""
+def nbytes(obj) -> int:
+    """Payload size of what crosses the wire: tensor and array bytes, 8 per scalar, 100 per object ref."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if hasattr(obj, "nbytes"):
+        return int(obj.nbytes)
+    if isinstance(obj, ray.ObjectRef):
+        return 100
+    if isinstance(obj, dict):
+        return sum(nbytes(k) + nbytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    if isinstance(obj, str):
+        return len(obj)
+    return 8
 
-    def __init__(self, shared: list):
-        self.shared = shared
 
-    def get(self) -> list:
-        return self.shared
+def _busy(method):
+    @wraps(method)
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+    return timed
 
 
-@ray.remote
+@ray.remote(max_restarts=0)  # a dead worker lost its bank shard: the backend rebuilds and restores it
 class GradientWorker:
-    def __init__(self, model_cfg, holder: str, settings: dict):
-        """``holder``: the name of the SharedState actor to fetch the shared objects from, at every
-        restart too. A name, not a handle: a handle carries a reference, as an object ref does."""
-        data, spec, trajectory, target_init = ray.get(ray.get(ray.get_actor(holder).get.remote()))
+    def __init__(self, index: int, model_cfg, data_cfg, spec, trajectory, target_init, settings: dict, plan,
+                 normalize: bool):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         self.threads = set_torch_threads(max(1, int(cpus)))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         device = "cuda" if self.gpu_ids and torch.cuda.is_available() else "cpu"
+        data = data_cfg if isinstance(data_cfg, Dataset) else load_data(data_cfg)
         self.worker = TransferWorker(model_cfg, data, spec, trajectory, target_init, device=device, **settings)
+        self.index, self.plan = index, plan
+        self.shard = BankShard(spec, plan.owned(index), normalize, device=self.worker.device)
+        self.busy_s = 0.0
+        self.exchanged = 0  # bytes received from other workers
+        self._last_pair = None
 
     def _points(self, points):
         if points and isinstance(self.worker.trajectory, ObjectStoreTrajectory):
             self.worker.trajectory.offer(points)
 
-    def gradient_sums(self, perm, step: int, t: int, batch_ids, count: int, points=None):
+    # -- gradients: compute, reduce-scatter by tensor owner, add to the bank shard --------------
+    @_busy
+    def grad_parts(self, diff, step: int, ts: list[int], units: dict, count: int, points=None):
+        """float64 gradient sums of this worker's (request, batch) units, cut by owning worker."""
         self._points(points)
-        target, source = self.worker.gradient_sums(perm, step, t, batch_ids, count)
-        return {k: v.cpu() for k, v in target.items()}, {k: v.cpu() for k, v in source.items()}
+        self.shard.sync(diff)
+        parts = [{} for _ in range(self.plan.workers)]
+        for r, batch_ids in units.items():
+            target, source = self.worker.gradient_sums(self.shard.perm, step, ts[r], batch_ids, count)
+            for k in range(self.plan.workers):
+                owned = self.plan.owned(k)
+                parts[k][r] = ({n: target[n].cpu() for n in owned}, {n: source[n].cpu() for n in owned})
+        return parts[0] if self.plan.workers == 1 else tuple(parts)
 
+    @_busy
+    def reduce_add(self, fresh: bool, requests: int, count: int, senders: list[int], *parts) -> int:
+        """Sum the parts addressed to this worker in sender order, then add the pairs to the shard."""
+        self.exchanged += sum(nbytes(p) for j, p in zip(senders, parts) if j != self.index)
+        if fresh:
+            self.shard.reset()
+        self._last_pair = None
+        for r in range(requests):
+            sums = [p[r] for p in parts if r in p]  # in sender order: fixed, whoever ran first
+            target = {k: v.clone() for k, v in sums[0][0].items()}
+            source = {k: v.clone() for k, v in sums[0][1].items()}
+            for t_part, s_part in sums[1:]:
+                for k in target:
+                    target[k] += t_part[k]
+                    source[k] += s_part[k]
+            target, source = finish_sums(target, source, count)
+            device = self.worker.device
+            target = {k: v.to(device) for k, v in target.items()}
+            source = {k: v.to(device) for k, v in source.items()}
+            self.shard.add(target, source)
+            self._last_pair = (target, source)
+        return self.shard.bank.num_pairs
+
+    # -- the solve: partial cost terms, LAPs on the group's solver, the objective ---------------
+    @_busy
+    def cost_parts(self, diff, groups: list[str]):
+        self.shard.sync(diff)
+        parts = self.shard.parts(groups)
+        return parts[0] if len(groups) == 1 else tuple(parts)
+
+    @_busy
+    def solve_group(self, diff, group: str, senders: list[int], *parts):
+        self.shard.sync(diff)
+        self.exchanged += sum(nbytes(p) for j, p in zip(senders, parts) if j != self.index)
+        return self.shard.solve(group, parts)
+
+    @_busy
+    def objective(self, diff) -> float:
+        self.shard.sync(diff)
+        return self.shard.objective()
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    @_busy
+    def persist(self, location: str, step: int) -> None:
+        target, source = self._last_pair if self._last_pair else (None, None)
+        self.shard.save(location, self.index, step, target, source)
+
+    @_busy
+    def restore(self, record: dict) -> int:
+        self.shard.restore(record)
+        return self.shard.bank.num_pairs
+
+    @_busy
+    def solve_lap(self, cost):
+        return solve_laps_serial([cost])[0]
+
+    def stats(self) -> dict:
+        return {"busy_s": self.busy_s, "exchanged": self.exchanged}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @_busy
     def evaluate(self, perm, t: int, split: str, step: int | None, points=None) -> float:
         self._points(points)
         return self.worker.evaluate(perm, t, split, step)
@@ -60,9 +160,8 @@ class GradientWorker:
         self._points(points)
         return {k: v.cpu() for k, v in self.worker.materialize(perm, t, step).items()}
 
-    def solve_lap(self, cost):
-        return solve_laps_serial([cost])[0]
-
     def describe(self) -> dict:
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "threads": self.threads,
-                "gpu_ids": self.gpu_ids, "device": str(self.worker.device)}
+        ctx = ray.get_runtime_context()
+        return {"worker": self.index, "node": ctx.get_node_id(), "host": ray.util.get_node_ip_address(),
+                "pid": os.getpid(), "threads": self.threads, "gpu_ids": self.gpu_ids,
+                "device": str(self.worker.device), "owned_tensors": len(self.shard.owned)}

@@ -1,143 +1,319 @@
 """The Ray backend: the transfer engine's work spread over gradient actors.
 
-* Workers are ``GradientWorker`` actors, one per placement-group bundle (SPREAD across nodes),
-  each with a model replica and the data. They restart when they die (``max_restarts``) and
-  the task they were running is retried (``max_task_retries``); since every result is a pure
-  function of (permutation, step, trajectory point, batches), a retry gives the same numbers.
-* Per step the driver puts the permutation in the object store once; workers build the
-  transferred parameters from it and the trajectory they hold.
-* GMT's s gradient pairs of a step are spread over the workers. With fewer pairs than workers
-  (FGMT has one), the ``grad_batches`` mini-batches of a pair are split data-parallel and the
-  per-worker float64 sums are reduced in a fixed order.
-* The LAPs of one colour class of permutation groups (groups that share no tensor) are solved
-  in parallel on the workers, which are idle while the driver solves.
-* Evaluation of step s runs on a worker while step s+1's gradients compute: ``evaluate``
-  returns a handle the engine collects one step later.
+Data flow of a GMT/FGMT step (see ``matcher.py``):
+
+* Workers are ``GradientWorker`` actors, one per placement-group bundle (SPREAD across nodes).
+  Each loads the data itself and owns a shard of the tensors (contiguous layers).
+* The step's (gradient pair, mini-batch) units are split over all workers; each worker's
+  float64 partial sums are reduce-scattered worker to worker, so the owner of a tensor ends up
+  with its summed gradients and adds them to its bank shard. The driver passes references only.
+* The solve's sweeps are scheduled by the driver: per colour class, workers contract their
+  terms into partial cost matrices, the group's solver worker reduces them in term order and
+  solves the LAP, and only the changed entries of the assignment come back.
+* Faults: a dead worker (process or node) is rebuilt in its bundle (Ray re-places bundles of a
+  lost node), every shard is restored from the run folder's ``state/shards`` checkpoint, and the
+  step is recomputed; every result is a pure function of its inputs, so the answer is unchanged.
+* Evaluation of step s runs on a worker while step s+1 computes.
+
+``traffic`` counts payload bytes into and out of the driver (tensor/array bytes, 8 per scalar,
+100 per object reference, plus ``CALL_BYTES`` per remote call) and among the workers.
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
+import time
 import uuid
 
 import numpy as np
 import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError
 from ..perm import solve_laps_serial
-from ..transfer.backend import finish_sums
-from .actor import GradientWorker, SharedState
+from ..transfer.sharding import plan_shards
+from .actor import GradientWorker, nbytes
 from .cluster import connect
 from .trajectory import PointPublisher
 
+CALL_BYTES = 300  # a remote call's own envelope (ids, function descriptor), counted with its payload
+LOST = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
 
-class _RefHandle:
-    def __init__(self, ref):
-        self.ref = ref
+
+def is_worker_loss(e: BaseException) -> bool:
+    """A failure from losing a worker or its objects (not an error of the computation itself)."""
+    if isinstance(e, RayTaskError):
+        return isinstance(getattr(e, "cause", None), LOST)
+    return isinstance(e, LOST)
+
+
+class _EvalHandle:
+    """An evaluation in flight; resubmitted on a live worker if its worker is lost."""
+
+    def __init__(self, backend, args):
+        self.backend, self.args = backend, args
+        self.ref = backend._submit_eval(*args)
 
     def result(self):
+        for _ in range(self.backend.max_recoveries + 1):
+            try:
+                value = ray.get(self.ref)
+                self.backend.meter.got(value)
+                return value
+            except Exception as e:  # noqa: BLE001 - only worker loss is retried
+                if not is_worker_loss(e):
+                    raise
+                self.backend.recover()
+                self.ref = self.backend._submit_eval(*self.args)
         return ray.get(self.ref)
+
+
+class Meter:
+    """Bytes into and out of the driver, counted per step."""
+
+    def __init__(self):
+        self.total = 0
+
+    def sent(self, *args) -> None:
+        self.total += CALL_BYTES + sum(nbytes(a) for a in args)
+
+    def got(self, value) -> None:
+        self.total += nbytes(value)
 
 
 class RayBackend:
     def __init__(self, problem, cfg, *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, max_restarts: int = 3, max_task_retries: int = 3,
-                 placement_timeout_s: float = 120, runtime_env: dict | None = None):
+                 gpus_per_worker: float = 0, placement_timeout_s: float = 600, state_dir: str | None = None,
+                 max_recoveries: int = 3, runtime_env: dict | None = None):
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+        if placement_timeout_s <= 0:
+            raise ConfigError(f"--placement-timeout must be > 0 seconds, got {placement_timeout_s}")
         self._owns_ray = connect(address, runtime_env=runtime_env)
         self.workers: list = []
         self.pg = None
+        self.n = workers
+        self.state_dir = state_dir
+        self.max_recoveries = max_recoveries
+        self.placement_timeout_s = placement_timeout_s
+        self.meter = Meter()
+        self.traffic = {"driver_bytes": [], "worker_bytes": [], "busy_s": [0.0] * workers, "recoveries": 0}
+        self._stats = [{"busy_s": 0.0, "exchanged": 0} for _ in range(workers)]
+        self._t_start = time.perf_counter()
         try:
-            bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-            self.pg = placement_group([bundle] * workers, strategy="SPREAD")
-            ready, _ = ray.wait([self.pg.ready()], timeout=placement_timeout_s)
-            if not ready:
-                raise ConfigError(
-                    f"the Ray cluster cannot place {workers} workers of {bundle} within {placement_timeout_s:.0f}s "
-                    f"(it has {ray.cluster_resources()}); use fewer --workers or smaller "
-                    "--cpus-per-worker/--gpus-per-worker"
-                )
-            self._start_workers(problem, cfg, workers, cpus_per_worker, gpus_per_worker, max_restarts,
-                                max_task_retries)
+            self.bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+            self.pg = placement_group([self.bundle] * workers, strategy="SPREAD")
+            self._wait_for_placement()
+            self._start_workers(problem, cfg, cpus_per_worker, gpus_per_worker)
         except BaseException:
             self.close()
             raise
 
-    def _start_workers(self, problem, cfg, workers, cpus_per_worker, gpus_per_worker, max_restarts,
-                       max_task_retries):
+    # -- placement -----------------------------------------------------------------------------
+    def _wait_for_placement(self) -> None:
+        deadline = time.monotonic() + self.placement_timeout_s
+        while True:
+            ready, _ = ray.wait([self.pg.ready()], timeout=min(2.0, max(0.01, deadline - time.monotonic())))
+            if ready:
+                return
+            present = ray.cluster_resources()
+            if _fixed_cluster() and not _fits(self.bundle, self.n):
+                raise ConfigError(
+                    f"the Ray cluster can never place {self.n} workers of {self.bundle}: it is a fixed local cluster "
+                    f"with {_node_totals()} (in all {_short(present)}); use fewer --workers or smaller "
+                    "--cpus-per-worker/--gpus-per-worker")
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"the Ray cluster cannot place {self.n} workers of {self.bundle} within "
+                    f"{self.placement_timeout_s:.0f}s (it has {_short(present)}); use fewer --workers, smaller "
+                    "--cpus-per-worker/--gpus-per-worker, or a longer --placement-timeout while nodes start")
+
+    def _start_workers(self, problem, cfg, cpus_per_worker, gpus_per_worker):
         self.publisher = PointPublisher(problem.trajectory)
-        # Kept on self: a restarted actor is rebuilt from these same object-store copies.
-        self._shared = [ray.put(x) for x in (problem.data, problem.spec, self.publisher.for_workers,
-                                             problem.target_init)]
-        run_id = uuid.uuid4().hex[:8]
-        holder = f"raytraj-{run_id}-shared"
-        self._holder = SharedState.options(name=holder).remote(self._shared)  # what a (re)started worker fetches
-        settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
-                    "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
-        for i in range(workers):
-            self.workers.append(GradientWorker.options(
-                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
-                max_task_retries=max_task_retries, name=f"raytraj-{run_id}-worker-{i}",
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(problem.model_cfg, holder, settings))
-        self._next = itertools.cycle(range(workers))
-        self._perm_cache: tuple[int, ray.ObjectRef] | None = None
+        self.spec = problem.spec
+        self.plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
+                                               if k in problem.param_names}, self.n)
+        # Kept on self: a rebuilt worker starts from these same object-store copies. The data is
+        # not among them: each worker loads it from the data config, unless it exists only in
+        # this process (the Python API's in-memory splits), which then travel themselves.
+        data = problem.data if problem.data_cfg.source == "memory" else problem.data_cfg
+        self._shared = [ray.put(x) for x in (data, problem.spec, self.publisher.for_workers, problem.target_init)]
+        self._settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
+                          "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
+        self._model_cfg, self._normalize = problem.model_cfg, cfg.normalize
+        self._options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
+        self._run_id = uuid.uuid4().hex[:8]
+        self.workers = [self._make_worker(i) for i in range(self.n)]
+        self.synced = [None] * self.n  # each worker's replica permutation, as the driver last set it
+        self._next = itertools.cycle(range(self.n))
+        self._perm_refs: dict = {}
         self.placement = self.describe()  # waits until every worker is up, and surfaces its errors
 
+    def _make_worker(self, i: int):
+        return GradientWorker.options(
+            **self._options, name=f"raytraj-{self._run_id}-{uuid.uuid4().hex[:4]}-worker-{i}",
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+        ).remote(i, self._model_cfg, *self._shared, self._settings, self.plan, self._normalize)
+
+    # -- faults --------------------------------------------------------------------------------
+    def recover(self) -> list[int]:
+        """Rebuild every lost worker in its bundle; returns their indices."""
+        lost = []
+        for i, w in enumerate(self.workers):
+            try:
+                ray.get(w.describe.remote(), timeout=60)
+            except Exception as e:  # noqa: BLE001
+                if not is_worker_loss(e):
+                    raise
+                lost.append(i)
+        for i in lost:
+            try:
+                ray.kill(self.workers[i])
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self.workers[i] = self._make_worker(i)
+            self.synced[i] = None
+        if lost:
+            self.traffic["recoveries"] += 1
+            ready = [w.describe.remote() for w in (self.workers[i] for i in lost)]
+            placed = ray.get(ready, timeout=self.placement_timeout_s)
+            for p in placed:
+                self.placement[p["worker"]] = p
+        return lost
+
+    # -- the permutation on the workers ----------------------------------------------------------
+    def diff_for(self, i: int, perm) -> dict:
+        """The changes that bring worker i's replica to ``perm`` (and records them as sent)."""
+        from ..transfer.bank_shard import perm_diff
+
+        now = {g: p.cpu().numpy() for g, p in perm.items()}
+        before = self.synced[i] or {g: np.arange(len(p)) for g, p in now.items()}
+        self.synced[i] = {g: p.copy() for g, p in now.items()}
+        return perm_diff(before, now)
+
     def _perm_ref(self, perm):
-        """One object-store copy of each step's permutation, shared by all its work items."""
-        if self._perm_cache is None or self._perm_cache[0] != id(perm):
-            self._perm_cache = (id(perm), ray.put(perm))
-        return self._perm_cache[1]
+        """One object-store copy per distinct permutation, keyed by its content (not by ``id``,
+        which CPython reuses once an object is freed)."""
+        key = tuple((g, p.cpu().numpy().tobytes()) for g, p in sorted(perm.items()))
+        if key not in self._perm_refs:
+            if len(self._perm_refs) >= 4:
+                self._perm_refs.pop(next(iter(self._perm_refs)))
+            value = {g: p.cpu() for g, p in perm.items()}
+            self.meter.sent(value)
+            self._perm_refs[key] = ray.put(value)
+        return self._perm_refs[key]
+
+    # -- the engine's interface ------------------------------------------------------------------
+    def matcher(self, spec, normalize: bool):
+        from .matcher import ShardedMatcher
+
+        return ShardedMatcher(self, spec)
 
     def gradient_pairs(self, perm, requests, count):
-        perm_ref = self._perm_ref(perm)
-        n = len(self.workers)
-        # Enough pairs keep every worker busy; otherwise split each pair's batches data-parallel.
-        splits = 1 if len(requests) >= n else max(1, min(count, -(-n // len(requests))))
-        chunks = [[int(i) for i in c] for c in np.array_split(np.arange(count), splits) if len(c)]
-        refs = []
-        for r in requests:
-            points = self.publisher.points(r.t)
-            for chunk in chunks:
-                worker = self.workers[len(refs) % n]
-                refs.append(worker.gradient_sums.remote(perm_ref, r.step, r.t, chunk, count, points))
-        results = ray.get(refs)
-        pairs = []
-        for i in range(len(requests)):
-            parts = results[i * len(chunks):(i + 1) * len(chunks)]
-            target, source = parts[0]
-            for t_part, s_part in parts[1:]:  # fixed order: the same sums whichever worker ran them
-                target = {k: v + t_part[k] for k, v in target.items()}
-                source = {k: v + s_part[k] for k, v in source.items()}
-            pairs.append(finish_sums(target, source, count))
-        return pairs
+        raise NotImplementedError("the Ray backend keeps gradients on its workers; the engine uses its matcher")
 
     def solve_laps(self, costs):
+        """LAPs of cost matrices held by the caller, spread over the workers (for ``match``)."""
         if len(costs) < 2:
             return solve_laps_serial(costs)
-        refs = [self.workers[i % len(self.workers)].solve_lap.remote(c) for i, c in enumerate(costs)]
-        return ray.get(refs)
+        return ray.get([self.workers[i % self.n].solve_lap.remote(c) for i, c in enumerate(costs)])
+
+    def _submit_eval(self, perm, t, split, step):
+        worker = self.workers[next(self._next)]
+        points = self.publisher.points(t)
+        ref = self._perm_ref(perm)
+        self.meter.sent(ref, t, split, step, points)
+        return worker.evaluate.remote(ref, t, split, step, points)
 
     def evaluate(self, perm, t, split="val", step=None):
-        worker = self.workers[next(self._next)]
-        return _RefHandle(worker.evaluate.remote(self._perm_ref(perm), t, split, step, self.publisher.points(t)))
+        return _EvalHandle(self, (perm, t, split, step))
 
     def materialize(self, perm, t, step=None):
-        return ray.get(self.workers[0].materialize.remote(perm, t, step, self.publisher.points(t)))
+        for _ in range(self.max_recoveries + 1):
+            try:
+                return ray.get(self.workers[0].materialize.remote(perm, t, step, self.publisher.points(t)))
+            except Exception as e:  # noqa: BLE001
+                if not is_worker_loss(e):
+                    raise
+                self.recover()
+        raise RuntimeError("workers kept failing while saving the transferred model")
+
+    def end_step(self) -> None:
+        """Close a step's books: driver bytes, bytes among workers, busy seconds per worker."""
+        stats = ray.get([w.stats.remote() for w in self.workers])
+        exchanged = 0
+        for i, st in enumerate(stats):
+            prev = self._stats[i]
+            # A rebuilt worker counts from zero again.
+            d_busy = st["busy_s"] - prev["busy_s"] if st["busy_s"] >= prev["busy_s"] else st["busy_s"]
+            d_ex = st["exchanged"] - prev["exchanged"] if st["exchanged"] >= prev["exchanged"] else st["exchanged"]
+            self.traffic["busy_s"][i] += d_busy
+            exchanged += d_ex
+            self._stats[i] = st
+        self.meter.sent()  # the stats call
+        self.meter.got(stats)
+        self.traffic["driver_bytes"].append(self.meter.total)
+        self.traffic["worker_bytes"].append(exchanged)
+        self.meter.total = 0
+
+    def utilisation(self) -> float | None:
+        """Mean share of wall time the workers spent computing since they started."""
+        wall = time.perf_counter() - self._t_start
+        if not self.traffic["driver_bytes"] or wall <= 0:
+            return None
+        return min(1.0, sum(self.traffic["busy_s"]) / (self.n * wall))
+
+    def report(self) -> dict:
+        return {"traffic": {**self.traffic, "call_bytes": CALL_BYTES}, "placement": self.placement}
 
     def describe(self) -> list[dict]:
         return ray.get([w.describe.remote() for w in self.workers])
 
     def close(self):
-        for w in [*self.workers, *([self._holder] if getattr(self, "_holder", None) else [])]:
-            ray.kill(w)
+        for w in self.workers:
+            try:
+                ray.kill(w)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
         if self.pg is not None:
             remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()
+
+
+def _short(resources: dict) -> dict:
+    return {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
+
+
+def _node_totals() -> list[dict]:
+    return [_short(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
+def _fits(bundle: dict, count: int) -> bool:
+    """Could ``count`` bundles be placed on the live nodes, first fit by node capacity?"""
+    free = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+    for _ in range(count):
+        for node in free:
+            if all(node.get(k, 0) >= v for k, v in bundle.items()):
+                for k, v in bundle.items():
+                    node[k] -= v
+                break
+        else:
+            return False
+    return True
+
+
+def _fixed_cluster() -> bool:
+    """All nodes on this machine: nothing can autoscale, so an unfit request is final."""
+    here = {"127.0.0.1", ray.util.get_node_ip_address()}
+    try:
+        here.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    return all(n["NodeManagerAddress"] in here for n in ray.nodes() if n["Alive"])
+

@@ -20,7 +20,7 @@ matching) before descent and again after it, keeping it only when the objective 
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -186,17 +186,27 @@ class PairBank:
         self.num_pairs += 1
 
     # -- solving ------------------------------------------------------------------------------
+    def cost_terms(self, group: str, perm: Mapping[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """The terms of A_group this bank holds, as (index in the group's term order, n x n matrix);
+        the order is the spec's: static terms, then dynamic ones.
+
+        A bank holding a subset of the tensors (a worker's shard) returns its own terms; summing
+        every shard's terms in index order gives, bit for bit, what one bank holding all gives.
+        """
+        out = []
+        for i, key in enumerate(self._static_terms[group]):
+            if key in self._static:
+                out.append((i, self._static[key]))
+        offset = len(self._static_terms[group])
+        for i, term in enumerate(self._dynamic[group]):
+            if term.name in self.targets:
+                out.append((offset + i, term.refresh(self.targets[term.name].view(), self.sources[term.name].view(),
+                                                     perm)))
+        return out
+
     def cost(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A_group under the current permutations of the other groups."""
-        n = self.spec.sizes[group]
-        a = torch.zeros((n, n), device=self.device, dtype=torch.float64)
-        for key in self._static_terms[group]:
-            if key in self._static:
-                a += self._static[key]
-        for term in self._dynamic[group]:
-            if term.name in self.targets:
-                a += term.refresh(self.targets[term.name].view(), self.sources[term.name].view(), perm)
-        return a
+        return sum_terms(self.spec.sizes[group], [c for _, c in self.cost_terms(group, perm)], self.device)
 
     def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
         """sum over pairs of <target, perm(source)>, read off the cached contractions."""
@@ -246,82 +256,127 @@ class PairBank:
             raise SpecError("no pairs to match; add at least one (target, source) pair")
         if init is not None:
             self.spec.check_perm(init)
-        perm = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
-        perm = _block_start(self, perm)
-        rng = np.random.default_rng(seed)
-        classes = color_groups(self.spec)
-        neighbours = self.spec.conflicts()
-        coupled = self_coupled_groups(self.spec)
+        start = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
+        start = _block_start(self, start)
         # A device solver takes the cost matrices where they are; scipy takes float64 numpy.
         on_device = bool(getattr(solve_laps, "on_device", False))
-        # A group whose neighbours kept their permutations since its last solve has the same
-        # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
-        stale = set(self.spec.sizes)
-        t0 = time.perf_counter()
-        objective = self.objective(perm)
-        cost_s, lap_s = time.perf_counter() - t0, 0.0
-        sweeps, converged, laps = 0, False, 0
-        gains = []
-        while sweeps < max_sweeps:
-            sweeps += 1
-            gain = 0.0  # the sweep's increase of the true objective
-            for cls in sweep_order(classes, rng):
-                todo = [g for g in cls if g in stale]
-                if not todo:
-                    continue
-                t0 = time.perf_counter()
-                mats = [self.cost(g, perm) for g in todo]
-                costs = mats if on_device else [a.double().cpu().numpy() for a in mats]
-                t1 = time.perf_counter()
-                new = solve_laps(costs)
-                lap_s += time.perf_counter() - t1
-                cost_s += t1 - t0
-                laps += len(todo)
-                t0 = time.perf_counter()
-                for g, a, p_new in zip(todo, mats, new):
-                    stale.discard(g)
-                    old = perm[g]
-                    p_new = torch.as_tensor(np.asarray(p_new) if not torch.is_tensor(p_new) else p_new,
-                                            dtype=torch.long, device=self.device)
-                    if torch.equal(old, p_new):
-                        continue
-                    perm[g] = p_new
-                    if g in coupled:
-                        # The group sits on two axes of one tensor, so its cost matrix was taken at its
-                        # own old permutation: the LAP's value is not the objective's. Keep the move only
-                        # if the true objective rises, and solve the group again at its new permutation.
-                        before = self.objective({**perm, g: old})
-                        after = self.objective(perm)
-                        if after < before:
-                            perm[g] = old
-                            continue
-                        gain += after - before
-                        stale.add(g)
-                    else:
-                        # Linear in this group's permutation: the assignment's value change is exact.
-                        a = a.double()
-                        gain += float(a.gather(1, p_new.to(a.device)[:, None]).sum()
-                                      - a.gather(1, old.to(a.device)[:, None]).sum())
-                    stale |= neighbours[g]
-                cost_s += time.perf_counter() - t0
-            objective += gain
-            gains.append(gain)
-            if gain <= max(tol, rtol * abs(objective)):
-                converged = True
-                break
-        perm = {g: p.cpu() for g, p in perm.items()}
-        info = {
-            "objective": self.objective(perm),
-            "sweeps": sweeps,
-            "laps": laps,
-            "converged": converged,
-            "cost_s": cost_s,
-            "lap_s": lap_s,
-            "pairs": self.num_pairs,
-            "gains": gains,
-        }
+
+        def solve_class(todo, perm):
+            t0 = time.perf_counter()
+            mats = [self.cost(g, perm) for g in todo]
+            costs = mats if on_device else [a.double().cpu().numpy() for a in mats]
+            t1 = time.perf_counter()
+            new = solve_laps(costs)
+            lap_s = time.perf_counter() - t1
+            return [assignment_gain(a, perm[g], p) for a, g, p in zip(costs, todo, new)], t1 - t0, lap_s
+
+        perm, info = coordinate_descent(self.spec, solve_class, init=start, max_sweeps=max_sweeps, tol=tol, rtol=rtol,
+                                        seed=seed, device=self.device, objective=self.objective)
+        info["objective"] = self.objective(perm)
+        info["pairs"] = self.num_pairs
         return _block_restart(self, perm, info, max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed,
                               solve_laps=solve_laps)
+
+
+# A colour class's solver: (groups to solve, current perm) -> per group (new assignment, its value,
+# the current assignment's value), and the seconds spent building costs and solving LAPs. The
+# local one builds costs from a PairBank; the Ray backend's builds them on the workers.
+ClassSolver = Callable[[list[str], Mapping[str, torch.Tensor]], tuple[list[tuple[np.ndarray, float, float]], float,
+                                                                       float]]
+
+
+def assignment_gain(a, old: torch.Tensor, new) -> tuple[np.ndarray, float, float]:
+    """(new assignment, its value, the value of ``old``) on cost matrix ``a`` (numpy, or a tensor on any device)."""
+    if torch.is_tensor(a):
+        a = a.double()
+        new_t = torch.as_tensor(new if torch.is_tensor(new) else np.asarray(new), dtype=torch.long, device=a.device)
+        return (new_t.cpu().numpy(), float(a.gather(1, new_t[:, None]).sum()),
+                float(a.gather(1, old.to(a.device)[:, None]).sum()))
+    rows = np.arange(a.shape[0])
+    new = np.asarray(new.cpu() if torch.is_tensor(new) else new)
+    return new, float(a[rows, new].sum()), float(a[rows, old.cpu().numpy()].sum())
+
+
+def sum_terms(n: int, terms: Sequence[torch.Tensor], device=None, dtype=torch.float64) -> torch.Tensor:
+    """The n x n cost matrix: its terms added in order, from zero (the order fixes the rounding).
+    float64: sums over many pairs and many incremental updates accumulate without float32 loss."""
+    a = torch.zeros((n, n), device=device, dtype=dtype)
+    for c in terms:
+        a += c.to(device) if device is not None else c
+    return a
+
+
+def coordinate_descent(spec: PermutationSpec, solve_class: ClassSolver, *,
+                       init: Mapping[str, torch.Tensor] | None = None, max_sweeps: int = 100, tol: float = 1e-7,
+                       rtol: float = 0.0, seed: int = 0, device=None,
+                       objective: Callable[[Mapping[str, torch.Tensor]], float] | None = None,
+                       ) -> tuple[Permutation, dict]:
+    """The sweep loop of :meth:`PairBank.solve`, wherever the cost matrices live.
+
+    Stops after a sweep whose gain is at most ``max(tol, rtol * |objective|)``. ``objective``
+    (the true objective of a permutation) scales ``rtol`` and judges the moves of self-coupled
+    groups, whose LAP value is not the objective's; without it rtol is measured against 0 and
+    those moves are taken at their LAP value.
+    """
+    if init is not None:
+        spec.check_perm(init)
+    perm = {g: p.clone().to(device) for g, p in (init or identity_permutation(spec)).items()}
+    rng = np.random.default_rng(seed)
+    classes = color_groups(spec)
+    neighbours = spec.conflicts()
+    coupled = self_coupled_groups(spec) if objective is not None else set()
+    # A group whose neighbours kept their permutations since its last solve has the same
+    # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
+    stale = set(spec.sizes)
+    t0 = time.perf_counter()
+    value = objective(perm) if objective is not None else 0.0
+    cost_s, lap_s = time.perf_counter() - t0, 0.0
+    sweeps, converged, laps = 0, False, 0
+    gains = []
+    while sweeps < max_sweeps:
+        sweeps += 1
+        gain = 0.0  # the sweep's increase of the true objective
+        for cls in sweep_order(classes, rng):
+            todo = [g for g in cls if g in stale]
+            if not todo:
+                continue
+            results, c_s, l_s = solve_class(todo, perm)
+            cost_s += c_s
+            lap_s += l_s
+            laps += len(todo)
+            t0 = time.perf_counter()
+            for g, (p_new, value_new, value_old) in zip(todo, results):
+                stale.discard(g)
+                old = perm[g]
+                # np.array copies: arrays from Ray's object store are read-only.
+                p_new = torch.as_tensor(np.array(p_new), dtype=torch.long, device=old.device)
+                if torch.equal(old, p_new):
+                    continue
+                perm[g] = p_new
+                if g in coupled:
+                    # The group sits on two axes of one tensor, so its cost matrix was taken at its
+                    # own old permutation: the LAP's value is not the objective's. Keep the move only
+                    # if the true objective rises, and solve the group again at its new permutation.
+                    before = objective({**perm, g: old})
+                    after = objective(perm)
+                    if after < before:
+                        perm[g] = old
+                        continue
+                    gain += after - before
+                    stale.add(g)
+                else:
+                    # Linear in this group's permutation: the assignment's value change is exact.
+                    gain += value_new - value_old
+                stale |= neighbours[g]
+            cost_s += time.perf_counter() - t0
+        value += gain
+        gains.append(gain)
+        if gain <= max(tol, rtol * abs(value)):
+            converged = True
+            break
+    perm = {g: p.cpu() for g, p in perm.items()}
+    return perm, {"sweeps": sweeps, "laps": laps, "converged": converged, "cost_s": cost_s, "lap_s": lap_s,
+                  "gains": gains}
 
 
 def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@
   may overlap evaluation with the next step's gradients.
 * ``materialize``: the transferred state itself, for saving.
 
-``LocalBackend`` does everything in this process. ``raytraj.distributed.RayBackend`` spreads
+A backend may also offer ``matcher(spec, normalize)`` to keep the pair bank itself (see
+``matcher.py``); the engine then never sees gradients. ``LocalBackend`` does everything in this process. ``raytraj.distributed.RayBackend`` spreads
 it over Ray actors and tasks.
 """
 

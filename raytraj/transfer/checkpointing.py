@@ -69,8 +69,9 @@ class RunCheckpointer:
             f["val_acc"] |= {int(k) for k in tail["val_acc"]}
             f["pair_steps"] += len(tail["pair_steps"])
             tail = self._tail(state)
+        # shards: where the Ray backend's workers keep their pair-bank checkpoint (see bank_shard.py)
         info = {"step": state.step, "timing": state.timing, "grad_batches": state.grad_batches,
-                "chunks": self._chunks, "tail": tail}
+                "chunks": self._chunks, "tail": tail, "shards": state.shards}
         save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
 
     def load(self):
@@ -110,6 +111,7 @@ class RunCheckpointer:
             timing=info["timing"],
             solves=records["solves"],
             grad_batches=info["grad_batches"],
+            shards=info.get("shards", {}),
         )
         return state, pairs, cache
 

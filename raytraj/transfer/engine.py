@@ -19,10 +19,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..perm import PairBank, Permutation, PermutationSpec, identity_permutation, lap_solver
+from ..perm import Permutation, PermutationSpec, identity_permutation, lap_solver
 from ..progress import progress_bar
 from .backend import Backend, GradRequest
 from .config import TransferConfig
+from .matcher import LocalMatcher
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TransferState:
     timing: dict[str, float] = field(default_factory=lambda: {"grad_s": 0.0, "solve_s": 0.0, "eval_s": 0.0})
     solves: list[dict] = field(default_factory=list)
     grad_batches: int = 0  # mini-batch gradients computed so far, both models counted
+    shards: dict = field(default_factory=dict)  # where a sharded pair bank keeps its checkpoint (Ray backend)
 
 
 class Checkpointer(Protocol):
@@ -66,14 +68,18 @@ def run_transfer(
         raise ValueError("the oracle method needs the permutation matched on the trained target")
     loaded = checkpointer.load() if checkpointer else None
     state, cached, cache = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [], {})
-    # The pairs stay where the gradients were computed (a GPU when the backend has one); only the
-    # n x n cost matrices move, and only when the LAPs are solved on the CPU.
-    device = getattr(backend, "bank_device", None)
-    solve_laps = lap_solver(cfg.lap, device, backend.solve_laps)
-    bank = PairBank(spec, normalize=cfg.normalize, device=device)
-    for target, source in cached:  # FGMT's pairs from before a restart
-        bank.add(target, source)
-    bank.load_cache_state(cache)
+    # The backend may keep the pair bank elsewhere (the Ray backend shards it over its workers).
+    make_matcher = getattr(backend, "matcher", None)
+    if make_matcher:
+        matcher = make_matcher(spec, cfg.normalize)
+    else:
+        # The pairs stay where the gradients were computed (a GPU when the backend has one); only the
+        # n x n cost matrices move, and only when the LAPs are solved on the CPU.
+        device = getattr(backend, "bank_device", None)
+        matcher = LocalMatcher(backend, spec, cfg.normalize, device=device,
+                               solve_laps=lap_solver(cfg.lap, device, backend.solve_laps))
+    matcher.restore(cached, cache, state.shards)  # FGMT's pairs and caches from before a restart
+    fgmt = cfg.method == "fgmt"
 
     pending: dict[int, object] = {}
 
@@ -99,21 +105,16 @@ def run_transfer(
     bar = progress_bar(num_steps, state.step, f"transfer {cfg.method}", progress)
     for s in range(state.step + 1, num_steps + 1):
         prev = state.perms[s - 1]
-        new_pairs: list[tuple[dict, dict]] = []
         if cfg.method in ("gmt", "fgmt"):
             points = range(s) if cfg.method == "gmt" else [s - 1]
             t0 = time.perf_counter()
-            new_pairs = backend.gradient_pairs(prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches)
-            state.timing["grad_s"] += time.perf_counter() - t0
-            state.grad_batches += 2 * len(new_pairs) * cfg.grad_batches  # both models
-            if cfg.method == "gmt":
-                bank = PairBank(spec, normalize=cfg.normalize, device=device)
-            for target, source in new_pairs:
-                bank.add(target, source)
-            t0 = time.perf_counter()
-            perm, info = bank.solve(init=prev if cfg.warm_start else None, max_sweeps=cfg.max_sweeps, tol=cfg.tol,
-                                    rtol=cfg.rtol, seed=solve_seed(cfg.seed, s), solve_laps=solve_laps)
-            state.timing["solve_s"] += time.perf_counter() - t0
+            perm, info = matcher.step(s, prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches,
+                                      fresh=cfg.method == "gmt", init=prev if cfg.warm_start else None,
+                                      max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol,
+                                      seed=solve_seed(cfg.seed, s))
+            state.timing["grad_s"] += info["grad_s"]
+            state.timing["solve_s"] += time.perf_counter() - t0 - info["grad_s"]
+            state.grad_batches += 2 * len(points) * cfg.grad_batches  # both models
             state.solves.append({k: info[k] for k in ("sweeps", "laps", "converged", "objective", "cost_s", "lap_s",
                                                       "pairs")})
             if not info["converged"]:
@@ -130,14 +131,19 @@ def run_transfer(
         collect(before=s)  # the previous step's evaluation overlapped this step's work
         state.step = s
         if checkpointer:
-            fgmt = cfg.method == "fgmt"
-            checkpointer.save(state, new_pairs if fgmt else [], bank.cache_state() if fgmt else {})
+            new_pairs, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
+            checkpointer.save(state, new_pairs, cache)
         last = max(state.val_acc) if state.val_acc else None
         bar.update(1)
-        if last is not None:
-            bar.set_postfix(val_acc=f"{state.val_acc[last]:.1f}")
+        note = {"val_acc": f"{state.val_acc[last]:.1f}"} if last is not None else {}
+        busy = getattr(backend, "utilisation", None)  # the Ray backend: share of time its workers computed
+        if busy is not None and busy() is not None:
+            note["workers_busy"] = f"{100 * busy():.0f}%"
+        if note:
+            bar.set_postfix(**note)  # LineProgress (logs) takes keywords only
     bar.close()
     collect(before=num_steps + 1)
     if checkpointer:
-        checkpointer.save(state, [], bank.cache_state() if cfg.method == "fgmt" else {})
+        _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
+        checkpointer.save(state, [], cache)
     return state

@@ -93,8 +93,16 @@ def transfer(
     if problem is None:
         problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
                           oracle_target=oracle_target, model=model, data=data, spec=spec, head=head, force=force)
-    _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
-    runner = make_backend(problem, cfg, backend, backend_options)
+    claimed = _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
+    try:
+        options = dict(backend_options or {})
+        if backend == "ray":  # workers keep their bank shards' checkpoint in the run folder
+            options.setdefault("state_dir", fs.absolute(fs.join(out, "state")))
+        runner = make_backend(problem, cfg, backend, options)
+    except BaseException:
+        if claimed:  # a failed start leaves no half-made run folder: the same command can run again
+            fs.remove(fs.join(out, CONFIG))
+        raise
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
         state = run_transfer(cfg, runner, problem.spec, problem.num_steps, oracle_perm=problem.oracle_perm,
@@ -108,6 +116,7 @@ def transfer(
         state.timing["eval_s"] += time.perf_counter() - t0
         models = {"best": (best, runner.materialize(state.perms[best], best, best)),
                   "final": (last, runner.materialize(state.perms[last], last, last))}
+        cluster = runner.report() if hasattr(runner, "report") else {}  # Ray: traffic and placement
     finally:
         runner.close()
     for name, (step, model_state) in models.items():
@@ -136,6 +145,7 @@ def transfer(
         "target": problem.target,
         "data": problem.data_cfg.describe(),
         "backend": backend,
+        **cluster,
     }
     fs.atomic_write_json(fs.join(out, METRICS), metrics)
     return metrics
@@ -183,11 +193,12 @@ def _override_record(model, data, spec, head, problem) -> dict:
     return out
 
 
-def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool, write: bool = True) -> None:
+def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume: bool, write: bool = True) -> bool:
     """Refuse to mix runs in one folder; allow --resume only with the same settings.
 
     A folder whose run stopped before its first step (no progress saved) holds nothing to keep:
-    the same or another command may start there again without --resume.
+    the same or another command may start there again without --resume. Returns True when this
+    call wrote the folder's config (a fresh run).
     """
     config_path = fs.join(out, CONFIG)
     if fs.exists(fs.join(out, "trajectory.json")):
@@ -205,9 +216,11 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
             diff = sorted(k for k in record if recorded.get(k) != record[k])
             raise ConfigError(f"{out} holds a transfer with other settings ({', '.join(diff)}); resume with the same "
                               "arguments")
-        return
-    if write:
-        fs.atomic_write_json(config_path, record)
+        return False
+    if not write:
+        return False
+    fs.atomic_write_json(config_path, record)
+    return True
 
 
 def load_run_config(out: str) -> tuple[dict, TransferConfig]:

@@ -1,0 +1,191 @@
+"""The sharded Ray backend on a real local Ray cluster (one per module): same answer as the local
+backend with 1, 2 and 3 workers on MLP, conv with BatchNorm and ResNet-20, GMT and FGMT; the
+driver sees permutation diffs, not gradients; traffic and placement in metrics.json; placement
+failures; the permutation reference keyed by content."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+import torch
+
+from raytraj.checkpoint import load_checkpoint
+from raytraj.config import ConfigError
+from raytraj.data import Dataset
+from raytraj.transfer import TransferConfig, prepare, transfer
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def conv_sources(tmp_path_factory):
+    """Small conv-with-BatchNorm and ResNet-20 trajectories on digits (8x8)."""
+    from raytraj.train import train_from_args
+
+    root = tmp_path_factory.mktemp("convs")
+    train_from_args("conv", "digits", str(root / "conv_bn"), seed=1, epochs=1, progress=False,
+                    model_args={"width": 0.125, "batch_norm": True, "fc": [32]})
+    train_from_args("resnet20", "digits", str(root / "resnet20"), seed=1, epochs=1, progress=False,
+                    model_args={"width": 0.25})
+    return root
+
+
+def _run(src, out, cfg, workers=None):
+    options = {"workers": workers, "cpus_per_worker": 0.5} if workers else None
+    return transfer(src, str(out), cfg, target_seed=2, backend="ray" if workers else "local",
+                    backend_options=options, progress=False)
+
+
+def _same_run(a, b, ma, mb):
+    assert ma["val_acc"] == mb["val_acc"] and ma["test_acc"] == mb["test_acc"]
+    assert json.loads((a / "perm.json").read_text()) == json.loads((b / "perm.json").read_text())
+    (x, _), (y, _) = load_checkpoint(str(a / "final.safetensors")), load_checkpoint(str(b / "final.safetensors"))
+    assert all(torch.equal(x[k], y[k]) for k in x if "running" not in k)  # every parameter, bit for bit
+    # BatchNorm statistics come from recalibration forward passes, whose reductions follow the
+    # process's torch thread count (1 per worker here): equal to float32 rounding.
+    assert all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-7) for k in x)
+
+
+CASES = [  # (source, method, worker counts): every model and method; 2 workers on GMT are in test_ray_backend
+    ("mlp", "gmt", (1, 3)),
+    ("mlp", "fgmt", (1, 2, 3)),
+    ("conv_bn", "fgmt", (3,)),
+    ("resnet20", "gmt", (3,)),
+]
+
+
+@pytest.mark.parametrize("source,method,counts", CASES, ids=[f"{s}-{m}" for s, m, _ in CASES])
+def test_any_worker_count_gives_the_local_answer_bit_for_bit(cluster, digits_source, conv_sources, tmp_path, source,
+                                                             method, counts):
+    src = str(digits_source / "source") if source == "mlp" else str(conv_sources / source)
+    cfg = TransferConfig(method=method, steps=2, grad_batches=3, seed=11, bn_batches=2)
+    local = _run(src, tmp_path / "local", cfg)
+    for n in counts:
+        remote = _run(src, tmp_path / f"ray{n}", cfg, workers=n)
+        _same_run(tmp_path / "local", tmp_path / f"ray{n}", local, remote)
+        assert len(remote["placement"]) == n
+
+
+def test_the_driver_sees_diffs_not_gradients_and_metrics_say_so(cluster, digits_source, tmp_path):
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="gmt", steps=4, grad_batches=2, seed=3)
+    m = _run(src, tmp_path / "run", cfg, workers=2)
+    traffic = m["traffic"]
+    assert len(traffic["driver_bytes"]) == len(traffic["worker_bytes"]) == 4
+    assert len(traffic["busy_s"]) == 2 and all(b > 0 for b in traffic["busy_s"])
+    assert all(b > 0 for b in traffic["worker_bytes"])  # gradients and cost terms went worker to worker
+    # One gradient pair of both models as today's driver received it (float64 sums):
+    params = load_checkpoint(str(tmp_path / "run" / "final.safetensors"))[0]
+    pair = 2 * 8 * sum(v.numel() for k, v in params.items() if v.is_floating_point())
+    # GMT's step s has s pairs; the driver's share stays flat and far below even one pair.
+    assert max(traffic["driver_bytes"]) < 0.3 * pair
+    assert traffic["driver_bytes"][-1] < 2 * traffic["driver_bytes"][0]
+    placed = m["placement"]
+    assert sorted(p["worker"] for p in placed) == [0, 1]
+    assert all(p["host"] and p["node"] and "gpu_ids" in p for p in placed)
+
+
+def test_workers_load_the_data_themselves(cluster, digits_source):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(method="fgmt", steps=2)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, workers=1)
+    try:
+        shipped = [ray.get(r) for r in backend._shared]
+    finally:
+        backend.close()
+    assert not any(isinstance(x, Dataset) for x in shipped)
+
+
+def test_the_permutation_reference_follows_content_not_identity(cluster, digits_source):
+    # CPython reuses an id once an object is freed; an id-keyed cache then hands out a stale perm.
+    # Mutating one dict in place gives the same id with new content, deterministically.
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(method="fgmt", steps=2)
+    problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
+    backend = RayBackend(problem, cfg, workers=1)
+    try:
+        perm = {g: torch.arange(n) for g, n in problem.spec.sizes.items()}
+        first = ray.get(backend._perm_ref(perm))
+        g = next(iter(perm))
+        perm[g] = perm[g].flip(0)
+        second = ray.get(backend._perm_ref(perm))
+        accs = [backend.evaluate(p, 2).result() for p in (first, second)]
+    finally:
+        backend.close()
+    assert torch.equal(second[g], perm[g]) and not torch.equal(first[g], second[g])
+    assert accs[0] != accs[1]
+
+
+def test_an_infeasible_request_fails_at_once_naming_asked_and_present(cluster, digits_source):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(steps=2)
+    problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"can never place 1 workers of \{'CPU': 64\}.*'CPU': 2\.0"):
+        RayBackend(problem, cfg, workers=1, cpus_per_worker=64)  # default timeout: 600 s
+    assert time.monotonic() - t0 < 60
+    assert ray.available_resources().get("CPU") == 2  # nothing left reserved
+
+
+def test_a_failed_start_leaves_no_run_folder_to_resume(cluster, digits_source, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "raytraj", "transfer", "--source", str(digits_source / "source"), "--target-seed",
+            "2", "--method", "fgmt", "--steps", "2", "--out", str(out), "--backend", "ray", "--address", cluster,
+            "--workers", "1", "--quiet"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    bad = subprocess.run(argv + ["--cpus-per-worker", "64"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("raytraj transfer: error: the Ray cluster can never place")
+    assert "Traceback" not in bad.stderr
+    assert not (out / "config.json").exists()
+    good = subprocess.run(argv + ["--placement-timeout", "120", "--cpus-per-worker", "0.5"], capture_output=True,
+                          text=True, env=env, timeout=300)  # the same command again, without --resume
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["traffic"]["driver_bytes"]
+
+
+def test_placement_timeout_needs_the_ray_backend(digits_source, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "raytraj", "transfer", "--source", str(digits_source / "source"),
+                        "--target-seed", "2", "--method", "fgmt", "--steps", "2", "--out", str(tmp_path / "x"),
+                        "--placement-timeout", "5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--placement-timeout needs --backend ray" in r.stderr
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupted_then_resumed(src, out, cfg, first, then):
+    def stop(step, acc):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        transfer(src, str(out), cfg, target_seed=2, backend="ray", on_eval=stop, progress=False,
+                 backend_options={"workers": first, "cpus_per_worker": 0.5})
+    assert not (out / "metrics.json").exists() and (out / "state" / "shards").exists()
+    return transfer(src, str(out), cfg, target_seed=2, resume=True, progress=False,
+                    backend="ray" if then else "local",
+                    backend_options={"workers": then, "cpus_per_worker": 0.5} if then else None)
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (2, None)], ids=["ray2-then-ray1", "ray2-then-local"])
+def test_a_run_resumes_with_another_worker_count_or_locally(cluster, digits_source, tmp_path, first, then):
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="fgmt", steps=5, grad_batches=2, seed=6)
+    local = _run(src, tmp_path / "local", cfg)
+    resumed = _interrupted_then_resumed(src, tmp_path / "cut", cfg, first, then)
+    _same_run(tmp_path / "local", tmp_path / "cut", local, resumed)
