@@ -47,7 +47,7 @@ def cmd_interpolate(args):
 def cmd_plane(args):
     from .plane import plane
 
-    r = plane(args.a, args.b, args.c, args.out, grid=args.grid, margin=args.margin, data=args.data,
+    r = plane(args.a, args.b, args.c, args.out, grid=args.grid, margin=args.margin, align=args.align, data=args.data,
               labels=args.labels.split(",") if args.labels else None, bn_batches=args.bn_batches, seed=args.seed,
               backend=args.backend, backend_options=_backend_options(args), progress=not args.quiet)
     coords = ", ".join(f"{k} ({x:.2f}, {y:.2f})" for k, (x, y) in r["coords"].items())
@@ -96,6 +96,8 @@ def add_analyze_parser(sub) -> None:
         p.add_argument(name, help="run folder, STORE[:STEP] or .safetensors")
     p.add_argument("--grid", type=int, default=21, help="points per axis")
     p.add_argument("--margin", type=float, default=0.2, help="room around the models, fraction of their span")
+    p.add_argument("--align", default="none", choices=["none", "b", "c", "bc"],
+                   help="weight-match these models to A first (Fig. 7: c, the source)")
     p.add_argument("--labels", help="names of A,B,C in the plot, comma-separated")
     p.add_argument("--data", help="score on this data (default: A's)")
     _common(p)

@@ -21,6 +21,7 @@ import torch
 from .. import fs
 from ..data import load_data
 from ..models import build_model, model_from_dict
+from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
 from .interpolate import check_points
@@ -85,8 +86,8 @@ def grid_axes(basis: PlaneBasis, grid: int, margin: float) -> tuple[list[float],
     return np.linspace(x0 - wx, x1 + wx, grid).tolist(), np.linspace(y0 - wy, y1 + wy, grid).tolist()
 
 
-def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, data: str | None = None,
-          labels: Sequence[str] | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
+def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
+          data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
           backend_options: dict | None = None, progress: bool = True) -> dict:
     """Evaluate val loss and accuracy on a grid over the plane through A, B, C; writes OUT/plane.json, .png.
 
@@ -95,6 +96,8 @@ def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0
         out: output folder.
         grid: points per axis (grid x grid in all).
         margin: extra room around the three models, as a fraction of their span per axis.
+        align: which of B and C to weight-match to A first: ``""`` (none), ``"b"``, ``"c"`` or ``"bc"``.
+            The paper's Fig. 7 has A = Target, B = FGMT+FT, C = Source, and matches C ("Source (Permuted)").
         data: score on this data (default: A's).
         labels: names of the three models in the plot (default: from their paths).
         bn_batches, seed, backend, backend_options, progress: as in :func:`raytraj.analysis.interpolate.interpolate`.
@@ -107,7 +110,15 @@ def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0
     labels = list(labels) if labels else [m.label for m in models]
     if len(labels) != 3:
         raise AnalysisError(f"--labels needs three names, got {len(labels)}")
+    align = "" if align == "none" else align.lower()
+    if not set(align) <= {"b", "c"}:
+        raise AnalysisError(f"--align names the models to weight-match to A: b, c, bc or none; got {align!r}")
     dataset = load_data(data_config(models, data))
+    if align:
+        spec = checked_spec(models[0].model, dataset)
+        for letter, m in zip("bc", models[1:]):
+            if letter in align:
+                m.state = align_weights(m.model, dataset, models[0].state, m.state, seed=seed, spec=spec)[0]
     names = [n for n, _ in build_model(model_from_dict(models[0].model), 0).named_parameters()]
     basis = PlaneBasis.through(*(m.state for m in models), names)
     xs, ys = grid_axes(basis, grid, margin)
@@ -118,7 +129,7 @@ def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0
         [basis.coefficients(x, y) for x, y in cells], backend=backend, backend_options=backend_options,
         progress=progress, desc="plane")
     result = {
-        "models": [m.ref for m in models], "labels": labels, "data": dataset.config.describe(),
+        "models": [m.ref for m in models], "labels": labels, "align": align, "data": dataset.config.describe(),
         "coords": {lab: list(p) for lab, p in zip(labels, basis.points)},
         "distance_ab": basis.ab, "xs": xs, "ys": ys,
         "val_loss": [[rows[j * grid + i]["val_loss"] for i in range(grid)] for j in range(grid)],
@@ -153,6 +164,8 @@ def plot_plane(r: dict, out: str) -> str:
         ax.set_title(what)
         if 0.25 <= span <= 4:
             ax.set_aspect("equal")
-    fig.suptitle(f"plane through three models on {r['data']} (BatchNorm recalibrated per point)", fontsize=10)
+    moved = [lab for letter, lab in zip("bc", r["labels"][1:]) if letter in r["align"]]
+    aligned = f"; {' and '.join(moved)} weight-matched to {r['labels'][0]}" if moved else ""
+    fig.suptitle(f"plane through three models on {r['data']} (BatchNorm recalibrated per point{aligned})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)

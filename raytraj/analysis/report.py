@@ -58,7 +58,8 @@ def report(runs: Sequence[str], out: str, *, target: str | None = None, points: 
         raise AnalysisError("give at least one transfer run folder")
     check_points(points)
     metrics = [_run(r) for r in runs]
-    labels = [f"{m['method']} ({os.path.basename(os.path.normpath(r))})" for r, m in zip(runs, metrics)]
+    names = [os.path.basename(os.path.normpath(r)) for r in runs]
+    labels = [m["method"] if m["method"] == n else f"{m['method']} ({n})" for n, m in zip(names, metrics)]
     rows = []
     for r, m, label in zip(runs, metrics, labels):
         steps = max(1, m["steps"])

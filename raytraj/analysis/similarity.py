@@ -138,7 +138,7 @@ def plot_similarity(r: dict, out: str, title: str | None = None) -> str:
     ax.plot(r["iterations"], r["cos_matched"], "-", lw=2, label=f"π matched on the window (mean {r['mean_matched']:.2f})")
     if r["heldout"]:
         h = r["heldout"]
-        ax.plot(h["iterations"], h["cos"], "o", ms=4, label=f"π fitted on the other half (mean {h['mean']:.2f})")
+        ax.plot(h["iterations"], h["cos"], "o", ms=4, label=f"π fitted on the other steps, held out (mean {h['mean']:.2f})")
     ax.plot(r["iterations"], r["cos_identity"], ":", lw=2, label=f"identity (mean {r['mean_identity']:.2f})")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("training iteration t")
