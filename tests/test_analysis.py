@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from raytraj.analysis import GridEvaluator, PlaneBasis, displacement_similarity, interpolate, similarity
+from raytraj.analysis import (
+    GridEvaluator,
+    PlaneBasis,
+    displacement_similarity,
+    interpolate_models,
+    trajectory_similarity,
+    transfer_report,
+)
 from raytraj.analysis.align import checked_spec
 from raytraj.checkpoint import save_checkpoint
 from raytraj.cli import main
@@ -42,12 +49,12 @@ def permuted_store(src: TrajectoryStore, out, spec, perm, iteration_offset: int 
 
 
 def test_self_permuted_has_zero_barrier_after_alignment_only(setup, tmp_path):
-    src, data, spec, perm = setup
+    src, _, spec, perm = setup
     permuted = apply_permutation(spec, perm, src.read(src.last_step))
     b = str(tmp_path / "perm.safetensors")
     save_checkpoint(b, permuted, {"source": src.location, "step": src.last_step})
-    raw = interpolate(src.location, b, str(tmp_path / "raw"), points=5, align="none", progress=False)
-    aligned = interpolate(src.location, b, str(tmp_path / "aligned"), points=5, align="weights", progress=False)
+    raw = interpolate_models(src.location, b, str(tmp_path / "raw"), points=5, align="none", progress=False)
+    aligned = interpolate_models(src.location, b, str(tmp_path / "aligned"), points=5, align="weights", progress=False)
     assert raw["barrier"] > 0.1 and raw["val_acc"][2] < raw["val_acc"][0] - 10
     assert abs(aligned["barrier"]) < 1e-6 and np.allclose(aligned["val_loss"], aligned["val_loss"][0], atol=1e-6)
     assert raw["train_loss"][0] == pytest.approx(raw["train_loss"][-1], abs=1e-5)  # the same function
@@ -57,7 +64,7 @@ def test_self_permuted_has_zero_barrier_after_alignment_only(setup, tmp_path):
 
 
 def test_similarity_is_one_under_the_true_permutation(setup, tmp_path):
-    src, data, spec, perm = setup
+    src, _, spec, perm = setup
     tgt = permuted_store(src, tmp_path / "planted", spec, perm)
     names = src.param_names
     steps = [src.read(s, names) for s in range(src.num_steps)]
@@ -65,14 +72,14 @@ def test_similarity_is_one_under_the_true_permutation(setup, tmp_path):
     d1 = [{k: b[k] - a[k] for k in names} for a, b in zip(steps, steps[1:])]
     d2 = [{k: b[k] - a[k] for k in names} for a, b in zip(moved, moved[1:])]
     assert np.allclose(displacement_similarity(spec, perm, d1, d2), 1.0, atol=1e-6)
-    r = similarity(src.location, tgt, str(tmp_path / "sim"), window=10_000, every=1, progress=False)
+    r = trajectory_similarity(src.location, tgt, str(tmp_path / "sim"), window=10_000, every=1, progress=False)
     assert len(r["iterations"]) == src.num_steps - 1
     assert min(r["cos_matched"]) > 0.999 and r["mean_identity"] < 0.5
     assert (tmp_path / "sim" / "similarity.png").exists()
 
 
-def test_plane_puts_a_at_origin_and_b_on_the_u_axis(setup, tmp_path, capsys):
-    src, data, spec, perm = setup
+def test_plane_puts_a_at_origin_and_b_on_the_u_axis(setup, tmp_path):
+    src, data, *_ = setup
     names = src.param_names
     a, b, c = (src.read(s) for s in (0, 2, src.last_step))
     basis = PlaneBasis.through(a, b, c, names)
@@ -91,7 +98,6 @@ def test_plane_puts_a_at_origin_and_b_on_the_u_axis(setup, tmp_path, capsys):
 
 
 def test_report_page(digits_source, tmp_path):
-    from raytraj.analysis import report
     from raytraj.transfer import TransferConfig, transfer
 
     src = str(digits_source / "source")
@@ -99,7 +105,7 @@ def test_report_page(digits_source, tmp_path):
     for method in ("naive", "fgmt"):
         runs.append(str(tmp_path / method))
         transfer(src, runs[-1], TransferConfig(method=method, steps=3, seed=0), target_seed=2, progress=False)
-    r = report(runs, str(tmp_path / "report"), target=str(digits_source / "target"), points=3, progress=False)
+    r = transfer_report(runs, str(tmp_path / "report"), target=str(digits_source / "target"), points=3, progress=False)
     naive, fgmt = r["runs"]
     assert fgmt["best_val_acc"] > naive["best_val_acc"] and fgmt["per_step_s"]["solve"] > 0
     # both start at the trained target's loss; the transferred end differs per method
@@ -118,7 +124,7 @@ def narrow_store(tmp_path_factory):
 
 
 def test_bad_inputs_are_one_line_errors(setup, narrow_store, tmp_path, capsys):
-    src, data, spec, perm = setup
+    src, _, spec, perm = setup
 
     def fails(*argv, says):
         assert main(["analyze", *map(str, argv), "--out", str(tmp_path / "o")]) == 2
@@ -153,8 +159,8 @@ def ray_cluster():
 def test_ray_backend_gives_the_local_numbers(setup, ray_cluster, tmp_path):
     src, *_ = setup
     kw = dict(points=4, align="none", progress=False)
-    local = interpolate(f"{src.location}:1", src.location, str(tmp_path / "local"), **kw)
-    remote = interpolate(f"{src.location}:1", src.location, str(tmp_path / "ray"), backend="ray",
+    local = interpolate_models(f"{src.location}:1", src.location, str(tmp_path / "local"), **kw)
+    remote = interpolate_models(f"{src.location}:1", src.location, str(tmp_path / "ray"), backend="ray",
                          backend_options={"workers": 2}, **kw)
     for key in ("train_loss", "val_loss", "val_acc"):
         assert np.allclose(local[key], remote[key], rtol=1e-6), key

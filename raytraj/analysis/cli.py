@@ -34,43 +34,44 @@ def _common(q, grid: bool = True) -> None:
 
 
 def cmd_interpolate(args):
-    from .interpolate import interpolate
+    from .interpolate import interpolate_models
 
-    r = interpolate(args.a, args.b, args.out, points=args.points, align=args.align, data=args.data,
-                    bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
-                    backend_options=_backend_options(args), progress=not args.quiet)
+    r = interpolate_models(args.a, args.b, args.out, points=args.points, align=args.align, data=args.data,
+                           bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
+                           backend_options=_backend_options(args), progress=not args.quiet)
     print(f"barrier {r['barrier']:.4f} (train loss), {r['val_barrier']:.4f} (val loss); val acc "
           f"{r['val_acc'][0]:.1f}% -> min {min(r['val_acc']):.1f}% -> {r['val_acc'][-1]:.1f}%; "
           f"wrote {args.out}/interpolate.json, interpolate.png")
 
 
 def cmd_plane(args):
-    from .plane import plane
+    from .plane import plane_landscape
 
-    r = plane(args.a, args.b, args.c, args.out, grid=args.grid, margin=args.margin, align=args.align, data=args.data,
-              labels=args.labels.split(",") if args.labels else None, bn_batches=args.bn_batches, seed=args.seed,
-              backend=args.backend, backend_options=_backend_options(args), progress=not args.quiet)
+    r = plane_landscape(args.a, args.b, args.c, args.out, grid=args.grid, margin=args.margin, align=args.align,
+                        data=args.data, labels=args.labels.split(",") if args.labels else None,
+                        bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
+                        backend_options=_backend_options(args), progress=not args.quiet)
     coords = ", ".join(f"{k} ({x:.2f}, {y:.2f})" for k, (x, y) in r["coords"].items())
     print(f"plane: {coords}; val loss {min(map(min, r['val_loss'])):.3f}..{max(map(max, r['val_loss'])):.3f}; "
           f"wrote {args.out}/plane.json, plane.png")
 
 
 def cmd_similarity(args):
-    from .similarity import similarity
+    from .similarity import trajectory_similarity
 
-    r = similarity(args.source, args.target, args.out, window=args.window, every=args.every, seed=args.seed,
-                   progress=not args.quiet)
+    r = trajectory_similarity(args.source, args.target, args.out, window=args.window, every=args.every,
+                              seed=args.seed, progress=not args.quiet)
     held = f", held-out pi {r['heldout']['mean']:.3f}" if r["heldout"] else ""
     print(f"mean cosine over {len(r['iterations'])} displacements: matched pi {r['mean_matched']:.3f}{held}, "
           f"identity {r['mean_identity']:.3f}; wrote {args.out}/similarity.json, similarity.png")
 
 
 def cmd_report(args):
-    from .report import report
+    from .report import transfer_report
 
-    r = report(args.runs, args.out, target=args.target, points=args.points, align=args.align,
-               bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
-               backend_options=_backend_options(args), progress=not args.quiet)
+    r = transfer_report(args.runs, args.out, target=args.target, points=args.points, align=args.align,
+                        bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
+                        backend_options=_backend_options(args), progress=not args.quiet)
     for row in r["runs"]:
         b = f", barrier to target {row['barrier']:.3f}" if "barrier" in row else ""
         print(f"{row['label']}: best val {row['best_val_acc']:.1f}%, test {row['test_acc']:.1f}%{b}")

@@ -73,7 +73,9 @@ class GridEvaluator:
             if first.is_floating_point():
                 # float64 accumulation: a point equal to a base state is that state, bit for bit
                 acc = sum(float(c) * b[name].double() for c, b in zip(coeffs, self.bases) if c != 0)
-                out[name] = (acc if torch.is_tensor(acc) else torch.zeros_like(first, dtype=torch.float64)).to(first.dtype)
+                if not torch.is_tensor(acc):  # every coefficient zero
+                    acc = torch.zeros_like(first, dtype=torch.float64)
+                out[name] = acc.to(first.dtype)
             else:
                 out[name] = first.clone()  # counters such as num_batches_tracked
         return out

@@ -31,9 +31,9 @@ def check_points(points: int, flag: str = "--points") -> None:
         raise AnalysisError(f"{flag} must be >= 2 (the two endpoints at least), got {points}")
 
 
-def interpolate(a: str, b: str, out: str, *, points: int = 25, align: str = "none", data: str | None = None,
-                bn_batches: int = 10, seed: int = 0, backend: str = "local", backend_options: dict | None = None,
-                progress: bool = True) -> dict:
+def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str = "none",
+                       data: str | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
+                       backend_options: dict | None = None, progress: bool = True) -> dict:
     """Evaluate the segment between models ``a`` and ``b``; writes OUT/interpolate.json and .png.
 
     Args:

@@ -86,9 +86,10 @@ def grid_axes(basis: PlaneBasis, grid: int, margin: float) -> tuple[list[float],
     return np.linspace(x0 - wx, x1 + wx, grid).tolist(), np.linspace(y0 - wy, y1 + wy, grid).tolist()
 
 
-def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
-          data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
-          backend_options: dict | None = None, progress: bool = True) -> dict:
+def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
+                    data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10,
+                    seed: int = 0, backend: str = "local", backend_options: dict | None = None,
+                    progress: bool = True) -> dict:
     """Evaluate val loss and accuracy on a grid over the plane through A, B, C; writes OUT/plane.json, .png.
 
     Args:
@@ -100,7 +101,8 @@ def plane(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0
             The paper's Fig. 7 has A = Target, B = FGMT+FT, C = Source, and matches C ("Source (Permuted)").
         data: score on this data (default: A's).
         labels: names of the three models in the plot (default: from their paths).
-        bn_batches, seed, backend, backend_options, progress: as in :func:`raytraj.analysis.interpolate.interpolate`.
+        bn_batches, seed, backend, backend_options, progress: as in
+            :func:`raytraj.analysis.interpolate.interpolate_models`.
     """
     check_points(grid, "--grid")
     if margin < 0:

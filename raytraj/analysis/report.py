@@ -40,9 +40,9 @@ def _default_target(runs: Sequence[str]) -> str | None:
     return None
 
 
-def report(runs: Sequence[str], out: str, *, target: str | None = None, points: int = 11, align: str = "none",
-           bn_batches: int = 10, seed: int = 0, backend: str = "local", backend_options: dict | None = None,
-           progress: bool = True) -> dict:
+def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None, points: int = 11,
+                    align: str = "none", bn_batches: int = 10, seed: int = 0, backend: str = "local",
+                    backend_options: dict | None = None, progress: bool = True) -> dict:
     """Summarise transfer ``runs``; writes OUT/report.json and OUT/report.png.
 
     Args:
@@ -52,7 +52,8 @@ def report(runs: Sequence[str], out: str, *, target: str | None = None, points: 
             run's ``--oracle-target`` if one of the runs is an Oracle run; without one, no barriers.
         points: points per interpolation.
         align: ``weights`` weight-matches each run's model to the target first.
-        bn_batches, seed, backend, backend_options, progress: as in :func:`raytraj.analysis.interpolate.interpolate`.
+        bn_batches, seed, backend, backend_options, progress: as in
+            :func:`raytraj.analysis.interpolate.interpolate_models`.
     """
     if not runs:
         raise AnalysisError("give at least one transfer run folder")

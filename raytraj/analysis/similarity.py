@@ -78,8 +78,8 @@ def shared_batches(source: TrajectoryStore, target: TrajectoryStore) -> bool:
             and a["recipe"].get("batch_size") == b["recipe"].get("batch_size"))
 
 
-def similarity(source: str, target: str, out: str, *, window: int = 500, every: int = 10, seed: int = 0,
-               progress: bool = True) -> dict:
+def trajectory_similarity(source: str, target: str, out: str, *, window: int = 500, every: int = 10,
+                          seed: int = 0, progress: bool = True) -> dict:
     """Cosine similarity of the two trajectories' displacements; writes OUT/similarity.json and .png.
 
     Args:
@@ -135,10 +135,12 @@ def similarity(source: str, target: str, out: str, *, window: int = 500, every: 
 def plot_similarity(r: dict, out: str, title: str | None = None) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(r["iterations"], r["cos_matched"], "-", lw=2, label=f"π matched on the window (mean {r['mean_matched']:.2f})")
+    ax.plot(r["iterations"], r["cos_matched"], "-", lw=2,
+            label=f"π matched on the window (mean {r['mean_matched']:.2f})")
     if r["heldout"]:
         h = r["heldout"]
-        ax.plot(h["iterations"], h["cos"], "o", ms=4, label=f"π fitted on the other steps, held out (mean {h['mean']:.2f})")
+        ax.plot(h["iterations"], h["cos"], "o", ms=4,
+                label=f"π fitted on the other steps, held out (mean {h['mean']:.2f})")
     ax.plot(r["iterations"], r["cos_identity"], ":", lw=2, label=f"identity (mean {r['mean_identity']:.2f})")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("training iteration t")
