@@ -140,6 +140,7 @@ def test_bad_inputs_are_one_line_errors(setup, narrow_store, tmp_path, capsys):
     shifted = permuted_store(src, tmp_path / "shifted", spec, perm, iteration_offset=1)
     fails("similarity", "--source", src.location, "--target", shifted, "--every", 1, says="no overlapping steps")
     fails("interpolate", src.location, tmp_path / "nothing", says="not a trajectory store")
+    fails("interpolate", src.location, f"{src.location}:0", "--data", "digits[0-4]", says="predict 10 classes")
     fails("interpolate", src.location, f"{src.location}:0", "--workers", 2, says="--workers needs --backend ray")
 
 

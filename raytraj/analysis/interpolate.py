@@ -17,7 +17,7 @@ from ..data import load_data
 from .align import align_weights
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
-from .models import AnalysisError, check_same_architecture, data_config, load_model
+from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_model
 
 
 def barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
@@ -53,6 +53,7 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
     ma, mb = load_model(a), load_model(b)
     check_same_architecture([ma, mb])
     dataset = load_data(data_config([ma, mb], data))
+    check_data_fits(ma.model, dataset)
     other, match_info = mb.state, None
     if align == "weights":
         other, info = align_weights(ma.model, dataset, ma.state, mb.state, seed=seed)

@@ -80,6 +80,23 @@ def check_same_architecture(models: list[ModelRef]) -> None:
                                 "compare models of one architecture")
 
 
+def check_data_fits(model: dict, dataset) -> None:
+    """The model takes the data's inputs and predicts its classes (a --data override can break either)."""
+    from ..models import build_model, model_from_dict
+
+    net = build_model(model_from_dict(model), 0)
+    try:
+        with torch.no_grad():
+            out = net.eval()(dataset.x["train"][:2])
+    except RuntimeError as e:
+        raise AnalysisError(f"the models do not take the inputs of {dataset.config.describe()} "
+                            f"(shape {tuple(dataset.input_shape)}): {str(e).splitlines()[0]}; score them on the "
+                            "data they were trained on") from e
+    if out.shape[1] != dataset.num_classes:
+        raise AnalysisError(f"the models predict {out.shape[1]} classes but {dataset.config.describe()} has "
+                            f"{dataset.num_classes}; score them on data with their classes")
+
+
 def data_config(models: list[ModelRef], data: str | None = None) -> DataConfig:
     """The data the models are scored on: ``data`` if given, else the first model's."""
     from ..data.config import parse_data

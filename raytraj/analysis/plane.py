@@ -25,7 +25,7 @@ from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
 from .interpolate import check_points
-from .models import AnalysisError, check_same_architecture, data_config, load_model
+from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_model
 
 
 def _dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
@@ -116,6 +116,7 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
     if not set(align) <= {"b", "c"}:
         raise AnalysisError(f"--align names the models to weight-match to A: b, c, bc or none; got {align!r}")
     dataset = load_data(data_config(models, data))
+    check_data_fits(models[0].model, dataset)
     if align:
         spec = checked_spec(models[0].model, dataset)
         for letter, m in zip("bc", models[1:]):
