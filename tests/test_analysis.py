@@ -152,7 +152,7 @@ def test_analysis_does_not_import_ray():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a cluster left running
     yield
     ray.shutdown()
 
