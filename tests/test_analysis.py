@@ -97,6 +97,20 @@ def test_plane_puts_a_at_origin_and_b_on_the_u_axis(setup, tmp_path):
     assert np.array(r["val_loss"]).shape == (3, 3)
 
 
+def test_plane_align_c_weight_matches_the_third_model_to_a(setup, tmp_path):
+    from raytraj.analysis import AnalysisError, plane_landscape
+
+    src, _, spec, perm = setup
+    c = str(tmp_path / "permuted.safetensors")
+    save_checkpoint(c, apply_permutation(spec, perm, src.read(src.last_step)), {"source": src.location})
+    r = plane_landscape(src.location, f"{src.location}:0", c, str(tmp_path / "raw"), grid=2, labels="ABC",
+                        progress=False)
+    assert r["coords"]["C"][1] > 0  # a permuted copy of A lies off the line through A and B
+    with pytest.raises(AnalysisError, match="C lies on the line"):  # matched back onto A, it is A
+        plane_landscape(src.location, f"{src.location}:0", c, str(tmp_path / "aligned"), grid=2, align="c",
+                        progress=False)
+
+
 def test_report_page(digits_source, tmp_path):
     from raytraj.transfer import TransferConfig, transfer
 
