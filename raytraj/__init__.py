@@ -41,3 +41,8 @@ __all__ = [
     "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
     *_RAY,
 ]
+
+# Loss-landscape and alignment analysis (`raytraj analyze`); pure torch, like the rest above.
+from .analysis import barrier, interpolate_models, plane_landscape, trajectory_similarity, transfer_report  # noqa: E402
+
+__all__ += ["barrier", "interpolate_models", "plane_landscape", "trajectory_similarity", "transfer_report"]

@@ -405,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)
+
+    from .analysis.cli import add_analyze_parser
+
+    add_analyze_parser(sub)
     return p
 
 

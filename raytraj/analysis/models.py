@@ -1,0 +1,106 @@
+"""What the analysis commands compare: a model state, its architecture and the data it is scored on.
+
+A model reference is any of
+
+* a transfer run folder (``metrics.json`` + ``best.safetensors``): its best-on-val model;
+* a trajectory store folder (``trajectory.json``): its last step, or ``STORE:STEP``;
+* a ``.safetensors`` file that raytraj wrote (a run's ``best``/``final``), whose record names
+  the trajectory store it came from.
+
+The store supplies the model config and the data config, so user models need nothing more
+than a recorded run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .. import fs
+from ..checkpoint import load_checkpoint
+from ..config import ConfigError, from_dict
+from ..data import DataConfig
+from ..trajectory import TrajectoryStore, read_state
+
+
+class AnalysisError(ConfigError):
+    """Inputs an analysis cannot use (the CLI prints it as one line and exits 2)."""
+
+
+@dataclass
+class ModelRef:
+    ref: str  # what the user wrote
+    label: str  # short name for plots
+    state: dict[str, torch.Tensor]
+    model: dict  # model config as stored ({"name": ..., **fields})
+    data: dict  # data config as stored
+    store: str  # the trajectory store the config comes from
+    step: int | None
+
+
+def _label(path: str, suffix: str = "") -> str:
+    return os.path.basename(os.path.normpath(path)) + suffix
+
+
+def load_model(ref: str) -> ModelRef:
+    """The model ``ref`` names (see the module docstring)."""
+    if ref.endswith(".safetensors"):
+        state, info = load_checkpoint(ref)
+        if "source" not in info:
+            raise AnalysisError(f"{ref} has no raytraj record of the store it came from; pass the run folder or "
+                                "STORE:STEP instead")
+        store = TrajectoryStore(info["source"])
+        return ModelRef(ref, _label(os.path.dirname(ref) or ref, f"/{_label(ref).removesuffix('.safetensors')}"),
+                        state, store.meta["model"], store.meta["data"], store.location, info.get("step"))
+    if fs.exists(fs.join(ref, "metrics.json")) and fs.exists(fs.join(ref, "best.safetensors")):
+        state, info = load_checkpoint(fs.join(ref, "best.safetensors"))
+        store = TrajectoryStore(info["source"])
+        return ModelRef(ref, _label(ref), state, store.meta["model"], store.meta["data"], store.location,
+                        info.get("step"))
+    state, store, step = read_state(ref)
+    label = _label(store.location) + ("" if step == store.last_step else f":{step}")
+    return ModelRef(ref, label, state, store.meta["model"], store.meta["data"], store.location, step)
+
+
+def check_same_architecture(models: list[ModelRef]) -> None:
+    """One model config, and one tensor table, for every model compared."""
+    first = models[0]
+    for other in models[1:]:
+        if other.model != first.model:
+            diff = sorted(k for k in set(first.model) | set(other.model) if first.model.get(k) != other.model.get(k))
+            raise AnalysisError(
+                f"{other.ref} and {first.ref} are models of different architectures (they differ in "
+                + ", ".join(f"{k}: {other.model.get(k)!r} vs {first.model.get(k)!r}" for k in diff)
+                + "); compare models of one architecture")
+        bad = [k for k in first.state if k not in other.state or other.state[k].shape != first.state[k].shape]
+        if bad or set(other.state) - set(first.state):
+            raise AnalysisError(f"{other.ref} and {first.ref} hold different tensors ({(bad or ['extra'])[:3]}); "
+                                "compare models of one architecture")
+
+
+def check_data_fits(model: dict, dataset) -> None:
+    """The model takes the data's inputs and predicts its classes (a --data override can break either)."""
+    from ..models import build_model, model_from_dict
+
+    net = build_model(model_from_dict(model), 0)
+    try:
+        with torch.no_grad():
+            out = net.eval()(dataset.x["train"][:2])
+    except RuntimeError as e:
+        raise AnalysisError(f"the models do not take the inputs of {dataset.config.describe()} "
+                            f"(shape {tuple(dataset.input_shape)}): {str(e).splitlines()[0]}; score them on the "
+                            "data they were trained on") from e
+    if out.shape[1] != dataset.num_classes:
+        raise AnalysisError(f"the models predict {out.shape[1]} classes but {dataset.config.describe()} has "
+                            f"{dataset.num_classes}; score them on data with their classes")
+
+
+def data_config(models: list[ModelRef], data: str | None = None) -> DataConfig:
+    """The data the models are scored on: ``data`` if given, else the first model's."""
+    from ..data.config import parse_data
+
+    if data is not None:
+        return parse_data(data)
+    return from_dict(DataConfig, models[0].data, what=f"data config of {models[0].store}")

@@ -1,0 +1,72 @@
+"""Analysis grid points on Ray: one ``GridEvaluator`` per actor, points handed out as actors free up.
+
+Each point is an independent evaluation, so the driver keeps two points in flight per actor
+and collects results as they finish; the base states and the data go to the object store once.
+Results come back in the order of the points, and each is the same pure function of its
+coefficients that the local backend computes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ConfigError
+from ..runtime import set_torch_threads
+from .cluster import connect
+
+
+@ray.remote
+class GridWorker:
+    def __init__(self, evaluator_args: dict):
+        from ..analysis.grid import GridEvaluator
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        set_torch_threads(max(1, int(cpus)))
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.evaluator = GridEvaluator(**evaluator_args, device=device)
+
+    def evaluate(self, index: int, coeffs) -> tuple[int, dict]:
+        return index, self.evaluator.evaluate(coeffs)
+
+
+def evaluate_points_ray(evaluator_args: dict, points: Sequence[Sequence[float]], *, address: str | None = None,
+                        workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                        progress: bool = True, desc: str = "points") -> list[dict]:
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if cpus_per_worker <= 0 or gpus_per_worker < 0:
+        raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+    owns = connect(address)
+    actors = []
+    try:
+        shared = ray.put(evaluator_args)
+        actors = [GridWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote(shared)
+                  for _ in range(workers)]
+        todo = list(enumerate(points))[::-1]
+        results: list[dict | None] = [None] * len(points)
+        in_flight = {}
+        for actor in actors * 2:
+            if todo:
+                i, c = todo.pop()
+                in_flight[actor.evaluate.remote(i, list(c))] = actor
+        bar = tqdm(total=len(points), desc=desc, disable=None if progress else True, leave=False)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(done[0])
+            i, r = ray.get(done[0])
+            results[i] = r
+            bar.update(1)
+            if todo:
+                j, c = todo.pop()
+                in_flight[actor.evaluate.remote(j, list(c))] = actor
+        bar.close()
+        return results
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if owns:
+            ray.shutdown()
