@@ -191,3 +191,18 @@ def test_a_run_resumes_with_another_worker_count_or_locally(cluster, digits_sour
     local = _run(src, tmp_path / "local", cfg)
     resumed = _interrupted_then_resumed(src, tmp_path / "cut", cfg, first, then)
     _same_run(tmp_path / "local", tmp_path / "cut", local, resumed)
+
+
+def test_transformer_heads_get_the_local_block_start_on_ray(cluster, tmp_path_factory):
+    """Attention heads: the block start (heads scored by their best within-head matching) runs on
+    the shards too. Without it these settings gave other permutations on Ray than locally."""
+    from raytraj.train import train_from_args
+
+    root = tmp_path_factory.mktemp("transformer")
+    src = str(root / "src")
+    train_from_args("transformer", "mnist1d:2000", src, seed=1, epochs=3, progress=False,
+                    model_args={"width": 32, "heads": 4, "depth": 1})
+    cfg = TransferConfig(method="fgmt", steps=3, grad_batches=2, seed=5)
+    local = _run(src, root / "local", cfg)
+    remote = _run(src, root / "ray2", cfg, workers=2)
+    _same_run(root / "local", root / "ray2", local, remote)

@@ -22,6 +22,7 @@ import torch
 
 from ..data import Dataset, load_data
 from ..perm import solve_laps_serial
+from ..perm.matching import block_scores
 from ..runtime import set_torch_threads
 from ..transfer.backend import finish_sums
 from ..transfer.bank_shard import BankShard
@@ -131,6 +132,12 @@ class GradientWorker:
     def objective(self, diff) -> float:
         self.shard.sync(diff)
         return self.shard.objective()
+
+    @_busy
+    def block_parts(self, diff, inners: dict) -> dict:
+        """This shard's part of one head group's block scores (see ``perm.matching.block_start``)."""
+        self.shard.sync(diff)
+        return block_scores(self.shard.bank, self.shard.perm, inners) if self.shard.bank.num_pairs else {}
 
     # -- checkpoint ----------------------------------------------------------------------------
     @_busy

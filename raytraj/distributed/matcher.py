@@ -18,7 +18,8 @@ import time
 
 import ray
 
-from ..perm.matching import coordinate_descent, self_coupled_groups
+from ..perm import identity_permutation
+from ..perm.matching import block_groups, block_start, coordinate_descent, self_coupled_groups
 from ..transfer.bank_shard import shard_record
 from ..transfer.sharding import split_units
 from .backend import is_worker_loss
@@ -31,6 +32,7 @@ class ShardedMatcher:
         self.pair_steps: list[list[int]] = []  # [step, workers that wrote its pair files]
         self.added = 0  # FGMT steps whose pairs the shards hold
         self.fgmt = False
+        self._blocks = bool(block_groups(spec))  # segmented axes (attention heads): block starts
 
     # -- recovery ------------------------------------------------------------------------------
     def restore(self, pairs, cache, shards):
@@ -123,8 +125,8 @@ class ShardedMatcher:
 
         # The objective (a round trip to every worker) scales rtol and judges self-coupled groups' moves.
         needs_objective = rtol > 0 or bool(self_coupled_groups(self.spec))
-        perm, info = coordinate_descent(self.spec, self._solve_class, init=init, max_sweeps=max_sweeps, tol=tol,
-                                        rtol=rtol, seed=seed, objective=self._objective if needs_objective else None)
+        perm, info = self._solve(init if init is not None else identity_permutation(self.spec), max_sweeps=max_sweeps,
+                                 tol=tol, rtol=rtol, seed=seed, objective=self._objective if needs_objective else None)
         info["objective"] = self._objective(perm)
         info["pairs"] = max(pairs)
         info["grad_s"] = grad_s
@@ -133,6 +135,34 @@ class ShardedMatcher:
             self._call_all("persist", lambda i: (b.state_dir, s))
             record = shard_record(b.state_dir, self.pair_steps + [[s, b.n]], s, b.n)
         return perm, info, record
+
+    def _solve(self, init, **solve_args):
+        """PairBank.solve's order of work: a block start (heads), descent, and again from a better block start."""
+        start = self._block_start(init)
+        perm, info = coordinate_descent(self.spec, self._solve_class, init=start, **solve_args)
+        restart = self._block_start(perm)
+        if restart is perm:
+            return perm, info
+        perm, more = self._solve({g: p.cpu() for g, p in restart.items()}, **solve_args)
+        for key in ("sweeps", "laps", "cost_s", "lap_s"):
+            more[key] += info[key]
+        return perm, more
+
+    def _block_start(self, perm):
+        """``block_start`` with the block scores summed over the shards, in worker order."""
+        if not self._blocks:
+            return perm
+
+        def scores_of(outer, inners, start):
+            parts = self._call_all("block_parts", lambda i: (self.b.diff_for(i, start), inners))
+            within = {}
+            for inner in inners:
+                ms = [p[inner] for p in parts if inner in p]
+                if ms:
+                    within[inner] = sum(ms[1:], ms[0].copy())
+            return within
+
+        return block_start(self.spec, perm, scores_of, self._objective)
 
     def _objective(self, perm) -> float:
         """sum over pairs of <target, perm(source)>: the shards' float64 partials, in worker order."""

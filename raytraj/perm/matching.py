@@ -380,6 +380,51 @@ def coordinate_descent(spec: PermutationSpec, solve_class: ClassSolver, *,
 
 
 def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`block_start` on this bank's pairs."""
+    start = {g: p.to(bank.device) for g, p in perm.items()}
+    got = block_start(bank.spec, start, lambda outer, inners, at: block_scores(bank, at, inners), bank.objective)
+    return perm if got is start else got
+
+
+def block_groups(spec: PermutationSpec) -> dict[str, dict[str | None, list[tuple[str, int]]]]:
+    """outer group -> inner group (None: a plain block axis) -> [(tensor, its first plain axis)], in spec order."""
+    pairs: dict[str, dict[str | None, list[tuple[str, int]]]] = {}
+    for name, entry in spec.axes.items():
+        at = 0
+        for e in entry:
+            if isinstance(e, tuple) and e[0] is not None:
+                pairs.setdefault(e[0], {}).setdefault(e[1], []).append((name, at))
+            at += 2 if isinstance(e, tuple) else 1
+    return pairs
+
+
+def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
+                 inners: Mapping[str | None, list[tuple[str, int]]]) -> dict[str | None, np.ndarray]:
+    """This bank's share of one outer group's block scores: per inner group, the (H, d, H, d) float64
+    sum over the tensors it holds of target block a dim j against source block b dim k, the source's
+    other axes under ``perm``. A bank holding a subset of the tensors (a worker's shard) gives its part."""
+    plain = bank._plain
+    out = {}
+    for inner, members in inners.items():
+        m = None
+        for name, at in members:
+            if name not in bank.targets:
+                continue
+            t, s = bank.targets[name].view(), bank.sources[name].view()
+            for axis, g in enumerate(plain.axes[name]):
+                if g is not None and axis not in (at, at + 1):
+                    s = s.index_select(axis + 1, perm[g].to(s.device))
+            others = [d for d in range(t.dim()) if d not in (at + 1, at + 2)]
+            c = torch.tensordot(t, s, dims=(others, others)).double()
+            m = c if m is None else m + c
+        if m is not None:
+            out[inner] = m.cpu().numpy()
+    return out
+
+
+def block_start(spec: PermutationSpec, perm: dict[str, torch.Tensor],
+                scores_of: Callable[[str, dict, dict], dict[str | None, np.ndarray]],
+                objective: Callable[[Mapping[str, torch.Tensor]], float]) -> dict[str, torch.Tensor]:
     """A start for groups that move blocks of segmented axes (heads), chosen before coordinate descent.
 
     Heads and the dims inside them sit on one axis, so each one's cost depends on the other's
@@ -387,33 +432,25 @@ def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, tor
     block a, source block b) pair is scored by its best within-block matching, a d x d LAP, which
     needs no within-block permutation; the blocks are assigned by those scores, then each
     within-block group given the blocks. Plain axes of a block group (none in attention) are not
-    scored. The start is kept only if it raises the objective over ``perm``.
+    scored. The start is kept only if it raises the objective over ``perm``; otherwise ``perm``
+    itself is returned.
+
+    ``scores_of(outer, inners, start)`` gives :func:`block_scores` summed over wherever the pairs
+    live (one bank, or the shards of the Ray backend); the outer groups are assigned in spec
+    order, each under the start as assigned so far.
     """
-    spec, plain = bank.spec, bank._plain
-    pairs: dict[str, dict[str | None, list[tuple[str, int]]]] = {}  # outer -> inner -> [(tensor, plain axis)]
-    for name, entry in spec.axes.items():
-        at = 0
-        for e in entry:
-            if isinstance(e, tuple) and e[0] is not None and name in bank.targets:
-                pairs.setdefault(e[0], {}).setdefault(e[1], []).append((name, at))
-            at += 2 if isinstance(e, tuple) else 1
-    if not pairs:
+    groups = block_groups(spec)
+    if not groups:
         return perm
-    start = {g: p.to(bank.device) for g, p in perm.items()}
-    for outer, inners in pairs.items():
+    start, moved = dict(perm), False
+    for outer, inners in groups.items():
+        within = scores_of(outer, inners, start)
+        if not within:
+            continue
+        moved = True
+        device = start[outer].device
         score = np.zeros((spec.sizes[outer],) * 2)
-        within = {}
-        for inner, members in inners.items():
-            m = 0.0
-            for name, at in members:
-                t, s = bank.targets[name].view(), bank.sources[name].view()
-                for axis, g in enumerate(plain.axes[name]):
-                    if g is not None and axis not in (at, at + 1):
-                        s = s.index_select(axis + 1, start[g].to(s.device))
-                others = [d for d in range(t.dim()) if d not in (at + 1, at + 2)]
-                m = m + torch.tensordot(t, s, dims=(others, others))  # (H, d, H, d): block a dim j vs block b dim k
-            m = m.double().cpu().numpy()
-            within[inner] = m
+        for inner, m in within.items():
             for a in range(score.shape[0]):
                 for b in range(score.shape[1]):
                     block = m[a, :, b, :]
@@ -421,14 +458,16 @@ def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, tor
                     cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else rows
                     score[a, b] += block[rows, cols].sum()
         heads = linear_sum_assignment(score, maximize=True)[1]
-        start[outer] = torch.as_tensor(heads, dtype=torch.long, device=bank.device)
+        start[outer] = torch.as_tensor(heads, dtype=torch.long, device=device)
         for inner, m in within.items():
             if inner is not None:
                 summed = sum(m[a, :, heads[a], :] for a in range(len(heads)))
                 start[inner] = torch.as_tensor(linear_sum_assignment(summed, maximize=True)[1], dtype=torch.long,
-                                               device=bank.device)
-    before = bank.objective(perm)
-    return start if bank.objective(start) > before + 1e-9 * abs(before) else perm
+                                               device=device)
+    if not moved:
+        return perm
+    before = objective(perm)
+    return start if objective(start) > before + 1e-9 * abs(before) else perm
 
 
 def _block_restart(bank: PairBank, perm, info: dict, **solve_args) -> tuple[Permutation, dict]:
