@@ -245,7 +245,8 @@ def main():
         lines.append(f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |")
     lines += [
         "",
-        "Ray and Tune faults, run as tests on a local Ray cluster (`pytest tests/test_tune.py tests/test_ray_backend.py`):",
+        "Ray and Tune faults, run as tests on a local Ray cluster "
+        "(`pytest tests/test_tune.py tests/test_ray_backend.py`):",
         "",
         "| case | outcome | test |",
         "| --- | --- | --- |",
