@@ -87,7 +87,23 @@ def read_bytes(location: str) -> bytes:
 
 @contextlib.contextmanager
 def atomic_output(location: str):
-    """A writable pyarrow stream that appears at ``location`` only if the block completes."""
+    """A writable pyarrow stream that appears at ``location`` only if the block completes.
+
+    OSErrors (a full or read-only disk) name ``location``: pyarrow's own messages do not."""
+    try:
+        with _atomic_output(location) as f:
+            yield f
+    except StorageError:
+        raise
+    except OSError as e:
+        if getattr(e, "filename", None):
+            raise
+        text = " ".join(str(e).split())
+        raise OSError(e.errno, text.split("] ", 1)[1] if text.startswith("[Errno ") else text, location) from e
+
+
+@contextlib.contextmanager
+def _atomic_output(location: str):
     fs, path = resolve(location)
     parent = posixpath.dirname(path) if is_uri(location) else os.path.dirname(path)
     fs.create_dir(parent, recursive=True)
@@ -123,7 +139,7 @@ def read_json(location: str):
     try:
         return json.loads(read_bytes(location))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise ConfigError(f"{location} is damaged ({e}); restore it or delete the folder and start over") from e
+        raise ConfigError(f"{location} is damaged ({e})") from e
 
 
 def listdir(location: str) -> list[str]:

@@ -65,6 +65,7 @@ def test_a_full_disk_while_training(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith("raytraj train: error: ") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert str(out) in done.stderr  # names the file it could not write
     assert not list(out.rglob(".tmp-*"))  # no half-written file left behind
 
 

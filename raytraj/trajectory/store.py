@@ -149,8 +149,8 @@ class TrajectoryStore:
                                   "`raytraj train ... --out DIR`")
         try:
             manifest = fs.read_json(path)
-        except ValueError as e:  # JSON or UTF-8 errors
-            raise TrajectoryError(f"{path} is damaged ({e}); the store cannot be read") from e
+        except ValueError as e:  # JSON or UTF-8 errors, named by fs.read_json
+            raise TrajectoryError(f"{e}; the store cannot be read") from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TrajectoryError(f"{path} is not a raytraj trajectory manifest")
         if manifest.get("schema") != SCHEMA_VERSION:

@@ -1,0 +1,276 @@
+"""Bad inputs and faults, tried for real through the CLI: exit code, the first line of stderr, and
+whether a traceback showed. Writes benchmarks/results/robustness.md.
+
+    python benchmarks/robustness.py [--out /tmp/robustness]
+
+Each case runs ``python -m raytraj ...`` in a subprocess on a small digits source. A tmpfs is
+mounted for the read-only and full-disk cases when this user may mount (root); otherwise those
+two rows are marked skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
+
+PY = [sys.executable, "-m", "raytraj"]
+
+
+def run(argv, timeout=300, env=None):
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([*PY, *argv], capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+        code, err = p.returncode, p.stderr
+    except subprocess.TimeoutExpired as e:
+        code, err = "timeout", (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    return code, err, time.perf_counter() - t0
+
+
+def first_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("raytraj ")]
+    text = lines[-1] if lines else (err.strip().splitlines() or ["(no output)"])[-1]
+    return text if len(text) <= 150 else text[:147] + "..."
+
+
+def plant(store: Path, step: int, edit) -> None:
+    """Rewrite one step file with ``edit(name, values, meta) -> (values, meta)`` applied to its first tensor."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    path = store / "steps" / f"{step:06d}.arrow"
+    table = ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()
+    fields, cols = [], []
+    for i, (field, col) in enumerate(zip(table.schema, table.columns)):
+        values = col.combine_chunks().values.to_numpy(zero_copy_only=False).copy()
+        meta = dict(field.metadata)
+        if i == 0:
+            values, meta = edit(field.name, values, meta)
+        fields.append(field.with_metadata(meta))
+        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(values), col.type.list_size))
+    schema = pa.schema(fields, metadata=table.schema.metadata)
+    with pa.OSFile(str(path), "wb") as f, ipc.new_file(f, schema) as w:
+        w.write_batch(pa.record_batch(cols, schema=schema))
+
+
+def edit_manifest(store: Path, fn) -> None:
+    m = json.loads((store / "trajectory.json").read_text())
+    fn(m)
+    (store / "trajectory.json").write_text(json.dumps(m))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="/tmp/raytraj-robustness")
+    args = ap.parse_args()
+    root = Path(args.out)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    src = root / "src"
+    code, err, _ = run(["train", "--model", "mlp", "--data", "digits", "--epochs", "3", "--seed", "1",
+                        "--model-arg", "hidden=[32]", "--out", str(src), "--quiet"])
+    assert code == 0, err
+
+    def copy_src(name):
+        dst = root / name
+        shutil.copytree(src, dst)
+        return dst
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    y = np.arange(60) % 3
+
+    def npz(name, **arrays):
+        path = root / f"{name}.npz"
+        np.savez(path, **arrays)
+        return f"npz:{path}"
+
+    train = ["train", "--model", "mlp", "--data", "digits", "--epochs", "1", "--model-arg", "hidden=[16]", "--quiet"]
+    xfer = ["transfer", "--target-seed", "5", "--method", "fgmt", "--steps", "3", "--quiet"]
+    rows = []
+
+    def case(name, argv, setup=None, env=None, timeout=300, note=""):
+        if setup:
+            setup()
+        code, err, s = run(argv, timeout=timeout, env=env)
+        rows.append((name, code, first_error(err), "Traceback" in err, s, note))
+        print(rows[-1], flush=True)
+
+    case("`--epochs 0`", ["train", "--model", "mlp", "--data", "digits", "--epochs", "0", "--out", str(root / "e0")])
+    case("`--epochs -3`", ["train", "--model", "mlp", "--data", "digits", "--epochs", "-3", "--out", str(root / "e1")])
+    case("`--batch-size -8`", [*train, "--batch-size", "-8", "--out", str(root / "b")])
+    case("`--lr -1`", [*train, "--lr", "-1", "--out", str(root / "lr")])
+    case("`--momentum 1.5`", [*train, "--momentum", "1.5", "--out", str(root / "mom")])
+    case("`--model-arg hidden=[-5]`", [*train[:-3], "--model-arg", "hidden=[-5]", "--out", str(root / "h")])
+    case("npz: x_train 60 rows, y_train 50", [*train[:4], npz("len", x_train=x, y_train=y[:50]), *train[5:],
+                                              "--out", str(root / "n1")])
+    case("npz: negative labels", [*train[:4], npz("neg", x_train=x, y_train=y - 1), *train[5:],
+                                  "--out", str(root / "n2")])
+    case("npz: fractional labels", [*train[:4], npz("frac", x_train=x, y_train=y + 0.5), *train[5:],
+                                    "--out", str(root / "n3")])
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    case("npz: NaN in x_train", [*train[:4], npz("nan", x_train=bad, y_train=y), *train[5:], "--out", str(root / "n4")])
+    (root / "afile").write_text("x")
+    case("`--out` under a file", [*train, "--out", str(root / "afile" / "run")])
+
+    mnt = root / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                             capture_output=True).returncode == 0
+    if mounted:
+        try:
+            case("disk full (ENOSPC) while training (256 KiB tmpfs)",
+                 [*train[:-3], "--model-arg", "hidden=[256,256]", "--quiet", "--out", str(mnt / "run")])
+            left = sorted(p.name for p in (mnt / "run").rglob("*")) if (mnt / "run").exists() else []
+            rows[-1] = (*rows[-1][:5], f"left: {', '.join(left[:4]) or 'nothing'} (resumable store)")
+            subprocess.run(["rm", "-rf", str(mnt / "run")])
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+            case("read-only `--out` (tmpfs remounted ro)", [*train, "--out", str(mnt / "run")])
+        finally:
+            subprocess.run(["umount", str(mnt)])
+    else:
+        rows.append(("disk full / read-only `--out`", "skipped", "cannot mount a tmpfs here", False, 0.0, ""))
+
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "GOOGLE_APPLICATION_CREDENTIALS": ""}
+    case("`--source s3://` without credentials or network", [*xfer, "--source", "s3://raytraj-nope-x1/src",
+                                                            "--out", str(root / "s3")], env=env, timeout=200)
+    case("`--source gs://` without credentials or network", [*xfer, "--source", "gs://raytraj-nope-x1/src",
+                                                            "--out", str(root / "gs")], env=env, timeout=200)
+
+    s = copy_src("m1")
+    edit_manifest(s, lambda m: m.pop("steps"))
+    case("trajectory.json without `steps`", [*xfer, "--source", str(s), "--out", str(root / "m1o")])
+    s = copy_src("m2")
+    edit_manifest(s, lambda m: m["meta"].pop("model"))
+    case("trajectory.json without `meta.model`", [*xfer, "--source", str(s), "--out", str(root / "m2o")])
+    s = copy_src("m3")
+    (s / "trajectory.json").write_bytes(b'{"format": "raytraj-trajectory", "x": "\xff\xfe"}')
+    case("trajectory.json with invalid UTF-8", [*xfer, "--source", str(s), "--out", str(root / "m3o")])
+    s = copy_src("m4")
+    edit_manifest(s, lambda m: m.update(steps=m["steps"][:2]))
+    case("complete manifest listing 2 of 4 steps", [*xfer, "--source", str(s), "--out", str(root / "m4o")])
+    s = copy_src("f1")
+    data = bytearray((s / "steps" / "000003.arrow").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (s / "steps" / "000003.arrow").write_bytes(bytes(data))
+    case("one byte flipped in the last step file", [*xfer, "--source", str(s), "--out", str(root / "f1o")])
+
+    def nan_edit(name, values, meta):
+        values[0] = np.nan
+        return values, {**meta, b"crc32": str(zlib.crc32(values.tobytes())).encode()}
+
+    def inf_edit(name, values, meta):
+        values[0] = np.inf
+        return values, {**meta, b"crc32": str(zlib.crc32(values.tobytes())).encode()}
+
+    for label, edit, method in (("NaN", nan_edit, "naive"), ("inf", inf_edit, "fgmt")):
+        s = copy_src(f"nf-{label}")
+        plant(s, 3, edit)
+        case(f"{label} in the source's last step (checksum matching), {method}",
+             ["transfer", "--target-seed", "5", "--method", method, "--steps", "3", "--quiet", "--source", str(s),
+              "--out", str(root / f"nf-{label}o")])
+        rows[-1] = (*rows[-1][:5], "no model saved" if not list((root / f"nf-{label}o").glob("*.safetensors"))
+                    else "MODEL SAVED")
+    s = copy_src("md")
+    plant(s, 3, lambda name, values, meta: (values, {**meta, b"shape": b"\xff\xfe"}))
+    case("damaged Arrow field metadata (invalid UTF-8)", [*xfer, "--source", str(s), "--out", str(root / "mdo")])
+
+    case("`--target-seed` = the source's `--seed`", ["transfer", "--target-seed", "1", "--method", "naive",
+                                                    "--steps", "3", "--source", str(src), "--out", str(root / "same")])
+    case("`--target-init SOURCE:0`", ["transfer", "--target-init", f"{src}:0", "--method", "naive", "--steps", "3",
+                                      "--source", str(src), "--out", str(root / "same2")])
+    case("`sweep --target-seed` = the source's seed", ["sweep", "--source", str(src), "--out", str(root / "sw"),
+                                                     "--param", "steps=2,3", "--target-seed", "1"])
+    case("`--schedule actual --steps 7` (3 recorded)", [*xfer[:-3], "--schedule", "actual", "--steps", "7",
+                                                        "--quiet", "--source", str(src), "--out", str(root / "act")])
+    case("`transfer --out` = the source store", [*xfer, "--source", str(src), "--out", str(src)])
+    case("`train --out` = a transfer run folder", [*train, "--out", str(root / "act-ok")],
+         setup=lambda: run([*xfer, "--source", str(src), "--out", str(root / "act-ok")]))
+    case("transfer that failed before its first step (missing `--target-init`) ...",
+         ["transfer", "--target-init", str(root / "missing"), "--method", "naive", "--steps", "3", "--quiet",
+          "--source", str(src), "--out", str(root / "retry")])
+    case("... then the same `--out` with a good target, no `--resume`",
+         ["transfer", "--target-seed", "5", "--method", "naive", "--steps", "3", "--quiet", "--source", str(src),
+          "--out", str(root / "retry")])
+
+    # Ctrl-C mid-transfer, then --resume with the source spelled relatively.
+    long = ["transfer", "--target-seed", "5", "--method", "fgmt", "--steps", "150", "--eval-every", "0", "--quiet"]
+    p = subprocess.Popen([*PY, *long, "--source", str(src), "--out", str(root / "cut")], stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (root / "cut" / "state" / "progress.safetensors").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    rows.append(("Ctrl-C during a 150-step transfer", p.returncode, first_error(err), "Traceback" in err, 0.0, ""))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        case("... `--resume` with the source spelled relatively", [*long, "--source", "src", "--out", "cut",
+                                                                   "--resume"])
+    finally:
+        os.chdir(cwd)
+
+    lines = [
+        "# Robustness: bad inputs and faults, tried through the CLI",
+        "",
+        "Generated by `python benchmarks/robustness.py` (real subprocess runs of `python -m raytraj` on a 3-epoch",
+        "digits MLP source; the disk-full and read-only rows use a tmpfs mounted for the run). Machine: 2-core",
+        "shared box, busy with other jobs: seconds include Python, torch and pyarrow start-up, and are only there",
+        "to show that nothing hangs. Ray/Tune cases (Ctrl-C during `ensemble`, resume with other settings,",
+        "ASHA statuses, `--storage` trust checks) run in `tests/test_tune.py` and are listed below the table.",
+        "",
+        "| case | exit | what the user sees (last line of stderr) | traceback | s | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, code, text, tb, s, note in rows:
+        text = text.replace("|", "\\|").replace("`", "'").replace(str(root), "$T")
+        text = "ok" if code == 0 and text == "(no output)" else text
+        lines.append(f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |")
+    lines += [
+        "",
+        "Ray and Tune faults, run as tests on a local Ray cluster "
+        "(`pytest tests/test_tune.py tests/test_ray_backend.py`):",
+        "",
+        "| case | outcome | test |",
+        "| --- | --- | --- |",
+        "| Ctrl-C (SIGINT) during `raytraj ensemble` | exit 2, one line: `N of 3 ensemble members did not finish "
+        "(interrupted); continue with the same command with --resume`; no ensemble.json | "
+        "`test_ensemble_interrupted_with_ctrl_c_says_how_to_resume_and_refuses_other_settings` |",
+        "| `ensemble --resume` with other `--members`, `--method` or `--steps` | refused before Tune or the run folder "
+        "is touched (every file's mtime unchanged); the same settings then finish | same test |",
+        "| driver SIGKILLed mid-sweep, then `--resume` | finished trials not redone (mtimes unchanged), all 4 finish | "
+        "`test_interrupted_sweep_resumes_without_redoing_finished_trials` |",
+        "| trial process SIGKILLed mid-transfer | Tune retries it from its last step; same val curve as a direct run | "
+        "`test_ensemble_of_three_survives_a_killed_trial` |",
+        "| ASHA with a swept `steps` | each trial `finished` (metrics.json written, all steps) or `stopped early` "
+        "(fewer steps, no metrics.json); the first and a longest trial finish | "
+        "`test_grid_sweep_with_asha_returns_every_trial` |",
+        "| `--resume` from a world-writable `--storage` (or tuner.pkl) | refused before unpickling | "
+        "`test_restore_refuses_storage_others_may_write` |",
+        "| a 0-GPU trial on a node with GPUs | computes on the CPU (`ray.get_gpu_ids()` is empty) | "
+        "`test_tune_trials_default_to_one_gpu_on_a_cluster_with_gpus` |",
+        "| `raytraj transfer --backend ray` | no `actor restart will fail` line in its output | "
+        "`test_a_ray_transfer_logs_no_actor_restart_error` |",
+    ]
+    write_report(str(Path(__file__).resolve().parent / "results" / "robustness.md"), lines)
+
+
+if __name__ == "__main__":
+    main()
