@@ -1,7 +1,7 @@
 """Which convergence rule for the per-step solve: LAPs against the floor, and best val accuracy.
 
     PYTHONPATH=. python benchmarks/bench_convergence.py --work runs/convergence \
-        --out benchmarks/results/convergence.md [--rules paper,1e-3,1e-2] [--pairs 3]
+        --out benchmarks/results/convergence.md [--rules paper,1e-3,3e-3,1e-2] [--pairs 3]
 
 The four MLP 512-512 scenarios of ``benchmarks/reproduce.py`` (digits and MNIST-1D 20k, random
 and pre-trained inits), with its recipes and seed pairs. Every rule runs FGMT on the same
@@ -58,7 +58,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/convergence")
     ap.add_argument("--out", default="benchmarks/results/convergence.md")
-    ap.add_argument("--rules", default="paper,1e-4,1e-3,1e-2")
+    ap.add_argument("--rules", default="paper,1e-3,3e-3,1e-2")
     ap.add_argument("--pairs", type=int, default=3, help="seed pairs per scenario")
     ap.add_argument("--sources-only", action="store_true", help="train the sources and stop")
     args = ap.parse_args()
