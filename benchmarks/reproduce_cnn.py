@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,10 +28,9 @@ from reproduce import mean_std, trained, transferred  # noqa: E402
 
 from raytraj import fs  # noqa: E402
 from raytraj.data import load_data  # noqa: E402
-from raytraj.data.dataset import sample_batches  # noqa: E402
-from raytraj.evaluation import accuracy, recalibrate_bn  # noqa: E402
+from raytraj.analysis import interpolate_models  # noqa: E402
 from raytraj.models import build_model, model_from_dict  # noqa: E402
-from raytraj.perm import apply_permutation, infer_spec, match, random_permutation  # noqa: E402
+from raytraj.perm import apply_permutation, infer_spec, random_permutation  # noqa: E402
 from raytraj.trajectory import TrajectoryStore, TrajectoryWriter  # noqa: E402
 from raytraj.transfer import TransferConfig  # noqa: E402
 
@@ -48,32 +46,26 @@ MODELS = {  # name: (zoo model, options, recipe changes)
 STEPS = 10
 
 
-def midpoint_accuracy(target: TrajectoryStore, source: TrajectoryStore) -> float:
+def midpoint_accuracy(target: TrajectoryStore, source: TrajectoryStore, out: str) -> float:
     """Val accuracy halfway between the trained target and the weight-matched trained source."""
-    data = load_data(_data_name(target))
-    model = build_model(model_from_dict(target.meta["model"]), 0)
-    spec = infer_spec(model, data.x["train"][:8])
-    params = target.param_names
-    a, b = target.read(target.last_step), source.read(source.last_step)
-    perm, _ = match(spec, [({k: a[k] for k in params}, {k: b[k] for k in params})], seed=0)
-    aligned = apply_permutation(spec, perm, {k: b[k] for k in params})
-    mid = {k: (0.5 * a[k] + 0.5 * aligned[k]) if k in params else a[k] for k in a}
-    batches = sample_batches(data.size("train"), 128, 10, np.random.default_rng(0))
-    return accuracy(model, recalibrate_bn(model, mid, data, batches), data, "val")
+    if not fs.exists(fs.join(out, "interpolate.json")):
+        interpolate_models(f"{target.location}:{target.last_step}", f"{source.location}:{source.last_step}", out,
+                           points=3, align="weights", progress=False)
+    return fs.read_json(fs.join(out, "interpolate.json"))["val_acc"][1]
 
 
-def _data_name(store: TrajectoryStore) -> str:
+def _data(store: TrajectoryStore):
     from raytraj.config import from_dict
     from raytraj.data import DataConfig
 
-    return from_dict(DataConfig, store.meta["data"])
+    return load_data(from_dict(DataConfig, store.meta["data"]))
 
 
 def planted_init(source: TrajectoryStore, out: str) -> str:
     """A store whose only step is the source's init under a random permutation."""
     if fs.exists(fs.join(out, "trajectory.json")) and TrajectoryStore(out).complete:
         return out
-    data = load_data(_data_name(source))
+    data = _data(source)
     model = build_model(model_from_dict(source.meta["model"]), 0)
     spec = infer_spec(model, data.x["train"][:8])
     init = apply_permutation(spec, random_permutation(spec, torch.Generator().manual_seed(7)), source.read(0))
@@ -109,7 +101,7 @@ def run_model(work: str, key: str, pretrained: bool) -> list[dict]:
                                       TransferConfig(method="fgmt", steps=STEPS, seed=0), target_init=planted,
                                       new_head=False)
         rows.append({"runs": runs, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
-                     "wm_interp": midpoint_accuracy(tgt, src)})
+                     "wm_interp": midpoint_accuracy(tgt, src, os.path.join(root, "wm-interp"))})
         print(f"{key} {'pre' if pretrained else 'rand'} {a}-{b}: " + ", ".join(
             f"{m} {r['best_val_acc']:.1f}" for m, r in runs.items()), flush=True)
     return rows
