@@ -167,7 +167,10 @@ def test_ensemble_interrupted_with_ctrl_c_says_how_to_resume_and_refuses_other_s
     stdout, stderr = driver.communicate(timeout=120)
     assert driver.returncode in (2, 130), stderr[-3000:]
     ours = [line for line in stderr.splitlines() if line.startswith("raytraj ensemble: ")]
-    assert len(ours) == 1 and "--resume" in ours[0] and "Traceback" not in stderr, stderr[-3000:]
+    # Lines Ray forwards from the trial workers ("(transfer_trial pid=...)") may show the SIGTERM that ends a
+    # trial mid-call; the driver's own output must hold no traceback.
+    driver_lines = [line for line in stderr.splitlines() if "(transfer_trial pid=" not in line]
+    assert len(ours) == 1 and "--resume" in ours[0] and "Traceback" not in "\n".join(driver_lines), stderr[-3000:]
     assert not (out / "ensemble.json").exists()
 
     # other settings are refused before Tune or the run folder is touched
