@@ -31,6 +31,7 @@ from raytraj import fs
 from raytraj.data import load_data
 from raytraj.models import build_model
 from raytraj.perm import PermutationSpec, apply_permutation, check_spec, infer_spec, match
+from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig, problem, transfer
@@ -84,9 +85,7 @@ def trained(path, data, seed, **kw):
 
 
 def transferred(src, out, cfg, **kw):
-    if fs.exists(fs.join(out, "metrics.json")):
-        return fs.read_json(fs.join(out, "metrics.json"))
-    return transfer(src, out, cfg, resume=fs.exists(fs.join(out, "config.json")), progress=False, **kw)
+    return RunFolder(out).load_or_run(lambda resume: transfer(src, out, cfg, resume=resume, progress=False, **kw))
 
 
 def scenario(work, data, pairs, pretrained, steps):
