@@ -125,7 +125,7 @@ def barrier(work, data, pairs, points=11):
         root = os.path.join(work, "random", f"{a}-{b}")
         store_a, store_b = TrajectoryStore(os.path.join(root, "source")), TrajectoryStore(os.path.join(root, "target"))
         theta_a, theta_b = store_a.read(store_a.last_step), store_b.read(store_b.last_step)
-        model = build_model(store_a.meta["model"], 0)
+        model = build_model(store_a.model_config(), 0)
         x, y = dataset.x["test"], dataset.y["test"]
         spec = infer_spec(model, dataset.x["train"][:8])
         check_spec(model, spec, dataset.x["train"][:8])

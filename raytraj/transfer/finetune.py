@@ -13,7 +13,7 @@ from ..data import DataConfig
 from ..models import model_from_dict
 from ..recorded import data_of, model_of
 from ..runfolder import RunFolder
-from ..train import TrainConfig, TrainResult, train
+from ..train import TrainResult, train
 from .problem import open_source
 from .run import load_run_config
 
@@ -25,7 +25,7 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = RunFolder(run).load_model(which)
-    recipe = from_dict(TrainConfig, source.meta.get("recipe") or {})
+    recipe = source.recipe()
     recipe = replace(recipe, epochs=epochs, **({"lr": lr} if lr is not None else {}))
     data = data_of(source, data if data is not None else _recorded_data(record))
     if model is None and (record.get("model") or {}).get("name") not in (None, "module"):

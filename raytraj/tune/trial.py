@@ -19,7 +19,7 @@ from ray import tune
 
 from .. import fs
 from ..config import from_dict
-from ..data import DataConfig, load_data
+from ..data import load_data
 from ..evaluation import predict
 from ..models import build_model
 from ..runfolder import RunFolder
@@ -116,9 +116,9 @@ def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
 
 def save_member_probs(source: str, run_dir: str, finetuned: bool) -> float:
     """Softmax outputs of the member on every split (ensembles average them); returns test accuracy."""
-    meta = open_source(source).meta
-    data = load_data(from_dict(DataConfig, meta["data"]))
-    model = build_model(meta["model"], 0)
+    store = open_source(source)
+    data = load_data(store.data_config())
+    model = build_model(store.model_config(), 0)
     state = member_state(run_dir, finetuned)
     for split in ("train", "val", "test"):
         probs = predict(model, state, data.x[split]).numpy()
