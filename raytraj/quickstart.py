@@ -12,10 +12,11 @@ from .runfolder import RunFolder
 from .train import train_from_args
 from .trajectory import TrajectoryStore
 from .transfer import TransferConfig, transfer
+from .transfer.config import QUICK_STEPS
 
 
 def quickstart(out: str = "runs/quickstart", *, data: str = "digits", model: str = "mlp", epochs: int = 20,
-               steps: int = 20, seed: int = 1, target_seed: int = 2, methods=("naive", "fgmt"),
+               steps: int = QUICK_STEPS, seed: int = 1, target_seed: int = 2, methods=("naive", "fgmt"),
                progress: bool = True) -> list[dict]:
     source = fs.join(out, "source")
     store = TrajectoryStore(source) if fs.exists(fs.join(source, "trajectory.json")) else None
