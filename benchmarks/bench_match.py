@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from raytraj.models import build_model, config_for_data
 from raytraj.perm import PairBank, apply_permutation, identity_permutation, infer_spec, match, random_permutation
+from report import write_report
 
 # key -> (model name, input shape, config overrides, label)
 ZOO = {
@@ -406,7 +407,8 @@ def fmt_ms(s):
     return f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}"
 
 
-def write_markdown(path, rows, meta, args):
+def header_lines(meta, args) -> list[str]:
+    """Title, command, machine and load, and how timings are taken."""
     L = []
     L.append("# Permutation-matching benchmark (raytraj.perm.matching)")
     L.append("")
@@ -428,6 +430,12 @@ def write_markdown(path, rows, meta, args):
         "terms: first layers, biases, BatchNorm). Sweeps, LAPs and objectives are identical across runs (checked)."
     )
     L.append("")
+    return L
+
+
+def weight_lines(rows) -> list[str]:
+    """(a) planted and independent weight matching."""
+    L = []
     L.append("## (a) Weight matching")
     L.append("")
     L.append(
@@ -466,6 +474,12 @@ def write_markdown(path, rows, meta, args):
         + "."
     )
     L.append("")
+    return L
+
+
+def gradient_lines(rows, args) -> list[str]:
+    """(b) gradient matching with P pairs, and planted recovery from gradients."""
+    L = []
     L.append("## (b) Gradient matching: P stacked pairs")
     L.append("")
     L.append(
@@ -501,6 +515,12 @@ def write_markdown(path, rows, meta, args):
         g = r["grad_planted"]
         L.append(f"| {r['label']} | {'yes' if g['live_exact'] else '**NO**'} | {g['dead_units']} | {g['sweeps']} |")
     L.append("")
+    return L
+
+
+def rebasin_lines(rows, meta) -> list[str]:
+    """rebasin on the same weight-matching problems, or why it was skipped."""
+    L = []
     L.append("## rebasin comparison (weight matching, same models, same run)")
     L.append("")
     if meta["rebasin_error"]:
@@ -536,13 +556,21 @@ def write_markdown(path, rows, meta, args):
                     f"| {e['function_max_abs_diff']:.1e} |"
                 )
     L.append("")
+    return L
+
+
+def notes_lines(meta) -> list[str]:
+    L = []
     L.append("## Notes")
     L.append("")
     for note in meta["notes"]:
         L.append(f"- {note}")
-    L.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(L))
+    return L
+
+
+def write_markdown(path, rows, meta, args):
+    write_report(path, header_lines(meta, args) + weight_lines(rows) + gradient_lines(rows, args)
+                 + rebasin_lines(rows, meta) + notes_lines(meta))
 
 
 def main(argv=None):
