@@ -11,6 +11,9 @@ from raytraj.transfer.checkpointing import RunCheckpointer
 
 
 def test_a_finished_run_is_read_through_its_folder(digits_source, tmp_path):
+    import raytraj
+
+    assert raytraj.RunFolder is RunFolder and "RunFolder" in raytraj.__all__
     src, out = str(digits_source / "source"), str(tmp_path / "run")
     cfg = TransferConfig(method="fgmt", steps=4, seed=0)
     folder = RunFolder(out)
