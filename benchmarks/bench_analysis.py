@@ -27,6 +27,7 @@ import torch
 
 from raytraj import fs
 from raytraj.cli import main
+from raytraj.runfolder import RunFolder
 from raytraj.trajectory import TrajectoryStore
 
 SCENARIOS = {
@@ -73,7 +74,7 @@ def scenario(work: str, name: str, s: dict) -> dict:
     for method in ("naive", "fgmt", "oracle"):
         extra = ["--oracle-target", p["tgt"]] if method == "oracle" else []
         run("transfer", "--source", p["src"], "--target-seed", 2, "--method", method, "--steps", s["steps"],
-            "--out", p[method], *extra, done=os.path.join(p[method], "metrics.json"))
+            "--out", p[method], *extra, done=RunFolder(p[method]).metrics_path)
     for method in ("fgmt", "naive"):
         run("finetune", "--from", p[method], "--epochs", s["ft"], "--lr", s["lr"] / 5, "--out", p[f"{method}-ft"],
             done=finished(p[f"{method}-ft"]))

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from userpkg import importable, write_user_package  # noqa: E402
 
 from raytraj.cli import main as cli  # noqa: E402
+from raytraj.runfolder import RunFolder  # noqa: E402
 
 PAIRS = ((1, 5), (2, 6))
 METHODS = ("naive", "fgmt", "oracle")
@@ -61,9 +62,7 @@ def main():
             t0 = time.perf_counter()
             assert cli(argv) == 0
             row[f"{method}_s"] = time.perf_counter() - t0
-            import json
-
-            row[method] = json.load(open(os.path.join(out, "metrics.json")))["test_acc"]
+            row[method] = RunFolder(out).metrics()["test_acc"]
         rows.append(row)
 
     lines = [

@@ -21,8 +21,7 @@ import torch
 
 from raytraj import fs
 from report import write_report
-from raytraj.config import from_dict
-from raytraj.data import DataConfig, load_data
+from raytraj.data import load_data
 from raytraj.evaluation import predict
 from raytraj.models import build_model
 from raytraj.train import train_from_args
@@ -46,7 +45,7 @@ def scratch_ensemble(work, k, data):
     probs = []
     for i in range(k):
         store = trained(os.path.join(work, "scratch", f"m{i}"), 1000 + i)
-        model = build_model(store.meta["model"], 0)
+        model = build_model(store.model_config(), 0)
         probs.append(predict(model, store.read(store.last_step), data.x["test"]).numpy())
     return probs, time.perf_counter() - t0
 
@@ -66,7 +65,7 @@ def main():
     shutil.rmtree(os.path.join(args.work, "scratch"), ignore_errors=True)  # scratch training is timed
     src = trained(os.path.join(args.work, "source"), 1)
     source_s = src.meta["total_s"]
-    data = load_data(from_dict(DataConfig, src.meta["data"]))
+    data = load_data(src.data_config())
     labels = data.y["test"].numpy()
     # The scratch baseline runs first, before Ray's processes share the cores.
     scratch_probs, scratch_s = scratch_ensemble(args.work, 8, data)

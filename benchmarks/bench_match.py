@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from raytraj.models import build_model, config_for_data
 from raytraj.perm import PairBank, apply_permutation, identity_permutation, infer_spec, match, random_permutation
+from report import write_report
 
 # key -> (model name, input shape, config overrides, label)
 ZOO = {
@@ -179,7 +181,36 @@ def run_rebasin(rebasin, model_a, model_b, x, budget_s, max_repeats):
 
 
 # -- main -------------------------------------------------------------------------------------
-def bench_model(key, args, rebasin, log):
+@dataclass
+class Setup:
+    """One zoo model's two inits, its spec, and what the experiments hand on to later ones.
+
+    The experiments draw from ``gen`` in turn (probe inputs, evaluation inputs, gradient batches),
+    so they run in bench_model's order.
+    """
+
+    key: str
+    label: str
+    cfg: object
+    shape: tuple
+    model_a: torch.nn.Module
+    model_b: torch.nn.Module
+    gen: torch.Generator
+    x_probe: torch.Tensor
+    spec: object
+    sa: dict
+    sb: dict
+    params: dict
+    infer_s: float
+    planted: dict | None = None  # the planted permutation
+    sa_planted: dict | None = None  # planted(A), the planted case's target
+    perm_planted: dict | None = None  # what match() returned on the planted case
+    perm_ab: dict | None = None  # what match() returned on the independent case
+    x_eval: torch.Tensor | None = None  # inputs of the function-preservation checks
+
+
+def setup_model(key) -> Setup:
+    """Models A (seed 0) and B (seed 1) of zoo entry ``key`` at init, and their inferred spec."""
     name, shape, overrides, label = ZOO[key]
     cfg = config_for_data(name, shape, NUM_CLASSES, **overrides)
     model_a, model_b = build_model(cfg, seed=0), build_model(cfg, seed=1)
@@ -193,78 +224,88 @@ def bench_model(key, args, rebasin, log):
     model_a.eval(), model_b.eval()  # forward passes below must not move BatchNorm running stats
     sa = {k: v.detach().clone() for k, v in model_a.state_dict().items()}
     sb = {k: v.detach().clone() for k, v in model_b.state_dict().items()}
-    params = dict(model_a.named_parameters())
-    row = {
-        "key": key,
-        "label": label,
-        "params": sum(p.numel() for p in params.values()),
-        "groups": len(spec.sizes),
-        "max_group": max(spec.sizes.values()),
-        "infer_s": infer_s,
-        "unpermuted": list(spec.unpermuted),
-    }
-    log(f"[{key}] {row['params']:,} params, {row['groups']} groups (largest {row['max_group']}), infer {infer_s:.3f}s")
+    return Setup(key, label, cfg, shape, model_a, model_b, gen, x_probe, spec, sa, sb,
+                 dict(model_a.named_parameters()), infer_s)
 
-    # (a) planted: target = planted(A), source = A; match must return the planted permutation.
-    planted = random_permutation(spec, torch.Generator().manual_seed(PLANT_SEED))
-    sa_planted = apply_permutation(spec, planted, sa)
+
+def planted_weights(m: Setup, args, log) -> dict:
+    """(a) planted: target = planted(A), source = A; match must return the planted permutation."""
+    spec, sa = m.spec, m.sa
+    m.planted = planted = random_permutation(spec, torch.Generator().manual_seed(PLANT_SEED))
+    m.sa_planted = sa_planted = apply_permutation(spec, planted, sa)
     perm, res = timed_match(spec, [(sa_planted, sa)], args.seed, args.repeats, args.budget)
+    m.perm_planted = perm
     res["perm_exact"] = all(torch.equal(perm[g], planted[g]) for g in spec.sizes)
     res["weights_exact"] = exact_equal(apply_permutation(spec, perm, sa), sa_planted)
     res["optimum"] = inner(sa, sa)  # <planted(A), planted(A)> = |A|^2
     res["objective_rel_gap"] = abs(res["objective"] - res["optimum"]) / res["optimum"]
     res["flops_sweep"] = naive_flops(spec, sa, 1)
-    row["planted"] = res
     log(f"  planted   : exact={res['perm_exact']} wall={res['wall_s']*1e3:.1f}ms sweeps={res['sweeps']} laps={res['laps']}")
+    return res
 
-    # (a) independent: target = A (seed 0), source = B (seed 1).
+
+def independent_weights(m: Setup, args, log) -> dict:
+    """(a) independent: target = A (seed 0), source = B (seed 1)."""
+    spec, sa, sb = m.spec, m.sa, m.sb
     perm_ab, res = timed_match(spec, [(sa, sb)], args.seed, args.repeats, args.budget)
+    m.perm_ab = perm_ab
     res["identity_objective"] = inner(sa, sb)
     # coordinate descent finds a local optimum that depends on the sweep order: spread over seeds
     res["seed_objectives"] = [match(spec, [(sa, sb)], seed=s)[1]["objective"] for s in range(args.spread_seeds)]
     res["objective_check"] = inner(sa, apply_permutation(spec, perm_ab, sb))
     res["flops_sweep"] = naive_flops(spec, sa, 1)
-    model_b_perm = build_model(cfg, seed=1)
+    model_b_perm = build_model(m.cfg, seed=1)
     model_b_perm.load_state_dict(apply_permutation(spec, perm_ab, sb))
-    model_a.eval(), model_b.eval(), model_b_perm.eval()
-    x_eval = torch.randn(64, *shape, generator=gen)
+    m.model_a.eval(), m.model_b.eval(), model_b_perm.eval()
+    m.x_eval = torch.randn(64, *m.shape, generator=m.gen)
     with torch.no_grad():
-        res["function_max_abs_diff"] = float((model_b(x_eval) - model_b_perm(x_eval)).abs().max())
-    row["independent"] = res
+        res["function_max_abs_diff"] = float((m.model_b(m.x_eval) - model_b_perm(m.x_eval)).abs().max())
     log(
         f"  independent: wall={res['wall_s']*1e3:.1f}ms sweeps={res['sweeps']} laps={res['laps']} "
         f"cost={res['cost_s']*1e3:.1f}ms lap={res['lap_s']*1e3:.1f}ms obj {res['identity_objective']:.3f}->{res['objective']:.3f}"
     )
+    return res
 
-    # (b) gradient matching with P stacked pairs of real CE gradients on random inputs.
+
+def gradient_batches(m: Setup, args) -> tuple[list, list, list, float]:
+    """(gradients of A, of B, of planted(A), seconds): real CE gradients on the same random batches."""
     grads_a, grads_b, grads_plant = [], [], []
     pmax = max(args.pairs)
     # gradients in train mode (batch statistics) on copies, so A and B keep their buffers
-    grad_a, grad_b = copy.deepcopy(model_a), copy.deepcopy(model_b)
-    model_plant = build_model(cfg, seed=0)
-    model_plant.load_state_dict(sa_planted)
+    grad_a, grad_b = copy.deepcopy(m.model_a), copy.deepcopy(m.model_b)
+    model_plant = build_model(m.cfg, seed=0)
+    model_plant.load_state_dict(m.sa_planted)
     t0 = time.perf_counter()
     for i in range(pmax):
-        xb = torch.randn(args.grad_batch, *shape, generator=gen)
-        yb = torch.randint(0, NUM_CLASSES, (args.grad_batch,), generator=gen)
+        xb = torch.randn(args.grad_batch, *m.shape, generator=m.gen)
+        yb = torch.randint(0, NUM_CLASSES, (args.grad_batch,), generator=m.gen)
         grads_a.append(gradients(grad_a, xb, yb))
         grads_b.append(gradients(grad_b, xb, yb))
         if i < args.planted_grad_pairs:
             grads_plant.append(gradients(model_plant, xb, yb))
-    row["grad_compute_s"] = time.perf_counter() - t0
-    row["grad"] = []
+    return grads_a, grads_b, grads_plant, time.perf_counter() - t0
+
+
+def gradient_pairs(m: Setup, args, grads_a, grads_b, log) -> list[dict]:
+    """(b) gradient matching with P stacked pairs of real CE gradients on random inputs: one row per P."""
+    rows = []
     for p in args.pairs:
         pairs = list(zip(grads_a[:p], grads_b[:p]))
-        _, res = timed_match(spec, pairs, args.seed, args.repeats, args.budget)
-        res.update(cold_build(spec, pairs, params))
+        _, res = timed_match(m.spec, pairs, args.seed, args.repeats, args.budget)
+        res.update(cold_build(m.spec, pairs, m.params))
         res["P"] = p
-        row["grad"].append(res)
+        rows.append(res)
         log(
             f"  grad P={p:<3d}: wall={res['wall_s']:.3f}s sweeps={res['sweeps']} laps={res['laps']} "
             f"cost={res['cost_s']:.3f}s lap={res['lap_s']:.3f}s add={res['add_s']:.3f}s "
             f"cold build {res['flops']/1e9:.2f} GFLOP @ {res['gflops_per_s']:.1f} GFLOP/s"
         )
-    # planted recovery from gradients: only units with a nonzero gradient are identifiable
+    return rows
+
+
+def planted_gradients(m: Setup, args, grads_a, grads_plant, log) -> dict:
+    """Planted recovery from gradients: only units with a nonzero gradient are identifiable."""
+    spec, planted = m.spec, m.planted
     pp = args.planted_grad_pairs
     perm_g, info_g = match(spec, list(zip(grads_plant[:pp], grads_a[:pp])), seed=args.seed)
     live_ok, dead = True, 0
@@ -277,63 +318,88 @@ def bench_model(key, args, rebasin, log):
                     alive |= torch.movedim(gp[tname], axis, 0).reshape(spec.sizes[g], -1).abs().sum(1) > 0
         live_ok &= torch.equal(perm_g[g][alive], planted[g][alive])
         dead += int((~alive).sum())
-    row["grad_planted"] = {"P": pp, "live_exact": bool(live_ok), "dead_units": dead, "sweeps": info_g["sweeps"]}
     log(f"  grad planted P={pp}: live units exact={live_ok}, dead units={dead}")
+    return {"P": pp, "live_exact": bool(live_ok), "dead_units": dead, "sweeps": info_g["sweeps"]}
 
-    # rebasin on the same weight-matching problems.
-    if rebasin is not None and key not in args.skip_rebasin:
-        rb = {}
-        for case, mb_state in {"planted": sa_planted, "independent": sb}.items():
-            mb = build_model(cfg, seed=1)
-            mb.load_state_dict(mb_state)
-            mb.eval()  # rebasin traces with a forward pass; keep BatchNorm stats fixed
-            ours = row[case]
-            try:
-                timing, state, permuted = run_rebasin(rebasin, model_a, mb, x_probe, args.rebasin_budget, args.repeats)
-                entry = dict(timing)
-                entry["objective"] = inner(sa, state)
-                entry["ratio_calc"] = timing["calc_s"] / ours["wall_s"]
-                entry["ratio_total"] = timing["total_s"] / ours["wall_s"]
-                if case == "planted":  # raytraj matched A onto planted(A); same optimum |A|^2
-                    ours_obj = inner(sa_planted, apply_permutation(spec, perm, sa))
-                else:
-                    ours_obj = inner(sa, apply_permutation(spec, perm_ab, sb))
-                entry["raytraj_objective"] = ours_obj
-                covered = {tuple(t) for t in entry.pop("covered")}
-                entry["groups_left_fixed"] = [
-                    f"{g} [{spec.sizes[g]}]" for g, members in spec.groups.items()
-                    if not any((n, a) in covered for n, a in members if n in params)
-                ]
-                entry["raytraj_terms"] = sum(1 for m in spec.groups.values() for n, _ in m if n in params)
-                entry["same_objective"] = abs(entry["objective"] - ours_obj) <= 1e-6 * abs(ours_obj)
-                # is rebasin's result a coordinate-wise optimum of the true objective? raytraj from there
-                _, polish = match(spec, [(sa, state)], seed=args.seed)
-                entry["raytraj_from_rebasin"] = polish["objective"]
-                if case == "planted":
-                    # rebasin permutes B (= planted A) back onto A: success means B's weights equal A's
-                    entry["recovered"] = exact_equal(float_state(state), float_state(sa)) or all(
-                        torch.allclose(state[k], sa[k]) for k in float_state(sa)
-                    )
-                with torch.no_grad():
-                    permuted.eval()
-                    ref = build_model(cfg, seed=1)
-                    ref.load_state_dict(mb_state)
-                    ref.eval()
-                    entry["function_max_abs_diff"] = float((ref(x_eval) - permuted(x_eval)).abs().max())
-                entry["error"] = None
-            except Exception as e:
-                entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-            rb[case] = entry
-            if entry.get("error"):
-                log(f"  rebasin {case}: ERROR {entry['error']}")
+
+def rebasin_cases(m: Setup, args, rebasin, row, log) -> dict:
+    """rebasin on the same weight-matching problems (planted and independent), against raytraj's ``row``."""
+    spec, sa, sb, sa_planted, params, cfg = m.spec, m.sa, m.sb, m.sa_planted, m.params, m.cfg
+    rb = {}
+    for case, mb_state in {"planted": sa_planted, "independent": sb}.items():
+        mb = build_model(cfg, seed=1)
+        mb.load_state_dict(mb_state)
+        mb.eval()  # rebasin traces with a forward pass; keep BatchNorm stats fixed
+        ours = row[case]
+        try:
+            timing, state, permuted = run_rebasin(rebasin, m.model_a, mb, m.x_probe, args.rebasin_budget,
+                                                  args.repeats)
+            entry = dict(timing)
+            entry["objective"] = inner(sa, state)
+            entry["ratio_calc"] = timing["calc_s"] / ours["wall_s"]
+            entry["ratio_total"] = timing["total_s"] / ours["wall_s"]
+            if case == "planted":  # raytraj matched A onto planted(A); same optimum |A|^2
+                ours_obj = inner(sa_planted, apply_permutation(spec, m.perm_planted, sa))
             else:
-                log(
-                    f"  rebasin {case}: calc={entry['calc_s']:.3f}s (+init {entry['init_s']:.3f}s) "
-                    f"ratio={entry['ratio_calc']:.1f}x groups={entry['groups']} obj={entry['objective']:.3f} "
-                    f"(raytraj {entry['raytraj_objective']:.3f})"
-                    + (f" recovered={entry['recovered']}" if case == "planted" else "")
+                ours_obj = inner(sa, apply_permutation(spec, m.perm_ab, sb))
+            entry["raytraj_objective"] = ours_obj
+            covered = {tuple(t) for t in entry.pop("covered")}
+            entry["groups_left_fixed"] = [
+                f"{g} [{spec.sizes[g]}]" for g, members in spec.groups.items()
+                if not any((n, a) in covered for n, a in members if n in params)
+            ]
+            entry["raytraj_terms"] = sum(1 for mem in spec.groups.values() for n, _ in mem if n in params)
+            entry["same_objective"] = abs(entry["objective"] - ours_obj) <= 1e-6 * abs(ours_obj)
+            # is rebasin's result a coordinate-wise optimum of the true objective? raytraj from there
+            _, polish = match(spec, [(sa, state)], seed=args.seed)
+            entry["raytraj_from_rebasin"] = polish["objective"]
+            if case == "planted":
+                # rebasin permutes B (= planted A) back onto A: success means B's weights equal A's
+                entry["recovered"] = exact_equal(float_state(state), float_state(sa)) or all(
+                    torch.allclose(state[k], sa[k]) for k in float_state(sa)
                 )
-        row["rebasin"] = rb
+            with torch.no_grad():
+                permuted.eval()
+                ref = build_model(cfg, seed=1)
+                ref.load_state_dict(mb_state)
+                ref.eval()
+                entry["function_max_abs_diff"] = float((ref(m.x_eval) - permuted(m.x_eval)).abs().max())
+            entry["error"] = None
+        except Exception as e:
+            entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        rb[case] = entry
+        if entry.get("error"):
+            log(f"  rebasin {case}: ERROR {entry['error']}")
+        else:
+            log(
+                f"  rebasin {case}: calc={entry['calc_s']:.3f}s (+init {entry['init_s']:.3f}s) "
+                f"ratio={entry['ratio_calc']:.1f}x groups={entry['groups']} obj={entry['objective']:.3f} "
+                f"(raytraj {entry['raytraj_objective']:.3f})"
+                + (f" recovered={entry['recovered']}" if case == "planted" else "")
+            )
+    return rb
+
+
+def bench_model(key, args, rebasin, log):
+    """Every experiment on zoo model ``key``, in the order they draw from the shared generator: one row."""
+    m = setup_model(key)
+    row = {
+        "key": key,
+        "label": m.label,
+        "params": sum(p.numel() for p in m.params.values()),
+        "groups": len(m.spec.sizes),
+        "max_group": max(m.spec.sizes.values()),
+        "infer_s": m.infer_s,
+        "unpermuted": list(m.spec.unpermuted),
+    }
+    log(f"[{key}] {row['params']:,} params, {row['groups']} groups (largest {row['max_group']}), infer {m.infer_s:.3f}s")
+    row["planted"] = planted_weights(m, args, log)
+    row["independent"] = independent_weights(m, args, log)
+    grads_a, grads_b, grads_plant, row["grad_compute_s"] = gradient_batches(m, args)
+    row["grad"] = gradient_pairs(m, args, grads_a, grads_b, log)
+    row["grad_planted"] = planted_gradients(m, args, grads_a, grads_plant, log)
+    if rebasin is not None and key not in args.skip_rebasin:
+        row["rebasin"] = rebasin_cases(m, args, rebasin, row, log)
     return row
 
 
@@ -341,7 +407,8 @@ def fmt_ms(s):
     return f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}"
 
 
-def write_markdown(path, rows, meta, args):
+def header_lines(meta, args) -> list[str]:
+    """Title, command, machine and load, and how timings are taken."""
     L = []
     L.append("# Permutation-matching benchmark (raytraj.perm.matching)")
     L.append("")
@@ -363,6 +430,12 @@ def write_markdown(path, rows, meta, args):
         "terms: first layers, biases, BatchNorm). Sweeps, LAPs and objectives are identical across runs (checked)."
     )
     L.append("")
+    return L
+
+
+def weight_lines(rows) -> list[str]:
+    """(a) planted and independent weight matching."""
+    L = []
     L.append("## (a) Weight matching")
     L.append("")
     L.append(
@@ -401,6 +474,12 @@ def write_markdown(path, rows, meta, args):
         + "."
     )
     L.append("")
+    return L
+
+
+def gradient_lines(rows, args) -> list[str]:
+    """(b) gradient matching with P pairs, and planted recovery from gradients."""
+    L = []
     L.append("## (b) Gradient matching: P stacked pairs")
     L.append("")
     L.append(
@@ -436,6 +515,12 @@ def write_markdown(path, rows, meta, args):
         g = r["grad_planted"]
         L.append(f"| {r['label']} | {'yes' if g['live_exact'] else '**NO**'} | {g['dead_units']} | {g['sweeps']} |")
     L.append("")
+    return L
+
+
+def rebasin_lines(rows, meta) -> list[str]:
+    """rebasin on the same weight-matching problems, or why it was skipped."""
+    L = []
     L.append("## rebasin comparison (weight matching, same models, same run)")
     L.append("")
     if meta["rebasin_error"]:
@@ -471,13 +556,21 @@ def write_markdown(path, rows, meta, args):
                     f"| {e['function_max_abs_diff']:.1e} |"
                 )
     L.append("")
+    return L
+
+
+def notes_lines(meta) -> list[str]:
+    L = []
     L.append("## Notes")
     L.append("")
     for note in meta["notes"]:
         L.append(f"- {note}")
-    L.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(L))
+    return L
+
+
+def write_markdown(path, rows, meta, args):
+    write_report(path, header_lines(meta, args) + weight_lines(rows) + gradient_lines(rows, args)
+                 + rebasin_lines(rows, meta) + notes_lines(meta))
 
 
 def main(argv=None):

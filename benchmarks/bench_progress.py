@@ -12,7 +12,9 @@ import tempfile
 import time
 
 import raytraj
+from raytraj.runfolder import RunFolder
 from raytraj.transfer import TransferConfig, transfer
+from raytraj.transfer.checkpointing import PROGRESS
 
 
 def main(src: str) -> None:
@@ -21,7 +23,7 @@ def main(src: str) -> None:
         t0 = time.perf_counter()
         transfer(src, out, TransferConfig(method="naive", steps=steps, eval_every=0), target_seed=5, progress=False)
         wall = time.perf_counter() - t0
-        size = os.path.getsize(os.path.join(out, "state", "progress.safetensors"))
+        size = os.path.getsize(os.path.join(RunFolder(out).state_dir, PROGRESS))
         print(f"{os.path.dirname(os.path.dirname(raytraj.__file__))} T={steps} wall_s={wall:.1f} "
               f"progress_bytes={size}", flush=True)
 

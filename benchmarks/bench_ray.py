@@ -11,7 +11,6 @@ check that every backend gives the same permutations.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import time
@@ -21,6 +20,7 @@ import torch
 
 from raytraj import fs
 from report import write_report
+from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig, prepare, transfer
@@ -43,7 +43,7 @@ def run(src, work, name, cfg, backend="local", **options):
     t0 = time.perf_counter()
     m = transfer(src, out, cfg, target_seed=2, backend=backend, backend_options=options or None, progress=False)
     m["wall_s"] = time.perf_counter() - t0
-    m["perm"] = json.load(open(os.path.join(out, "perm.json")))["final"]
+    m["perm"] = RunFolder(out).perm()["final"]
     return m
 
 

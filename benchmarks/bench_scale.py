@@ -27,6 +27,7 @@ from ray.cluster_utils import Cluster
 
 from raytraj import fs
 from raytraj.distributed.backend import CALL_BYTES
+from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from report import write_report
@@ -48,7 +49,7 @@ def run(src, work, name, cfg, workers=None):
     m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", backend_options=options,
                  progress=False)
     m["wall_s"] = time.perf_counter() - t0
-    m["perm"] = json.load(open(os.path.join(out, "perm.json")))["final"]
+    m["perm"] = RunFolder(out).perm()["final"]
     return m
 
 

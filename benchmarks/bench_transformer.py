@@ -31,6 +31,7 @@ from raytraj import fs
 from raytraj.data import load_data
 from raytraj.models import build_model
 from raytraj.perm import PermutationSpec, apply_permutation, check_spec, infer_spec, match
+from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig, problem, transfer
@@ -84,9 +85,7 @@ def trained(path, data, seed, **kw):
 
 
 def transferred(src, out, cfg, **kw):
-    if fs.exists(fs.join(out, "metrics.json")):
-        return fs.read_json(fs.join(out, "metrics.json"))
-    return transfer(src, out, cfg, resume=fs.exists(fs.join(out, "config.json")), progress=False, **kw)
+    return RunFolder(out).load_or_run(lambda resume: transfer(src, out, cfg, resume=resume, progress=False, **kw))
 
 
 def scenario(work, data, pairs, pretrained, steps):
@@ -126,7 +125,7 @@ def barrier(work, data, pairs, points=11):
         root = os.path.join(work, "random", f"{a}-{b}")
         store_a, store_b = TrajectoryStore(os.path.join(root, "source")), TrajectoryStore(os.path.join(root, "target"))
         theta_a, theta_b = store_a.read(store_a.last_step), store_b.read(store_b.last_step)
-        model = build_model(store_a.meta["model"], 0)
+        model = build_model(store_a.model_config(), 0)
         x, y = dataset.x["test"], dataset.y["test"]
         spec = infer_spec(model, dataset.x["train"][:8])
         check_spec(model, spec, dataset.x["train"][:8])

@@ -18,7 +18,6 @@ The Ray actors run this same TransferWorker on the GPU they hold, so this covers
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torch
 from raytraj.data import load_data
 from raytraj.models import config_for_data
 from raytraj.perm import random_permutation, solve_laps_auction, solve_laps_serial
+from raytraj.runfolder import RunFolder
 from raytraj.train import TrainConfig, train
 from raytraj.transfer import TransferConfig, prepare, transfer
 from raytraj.transfer.run import local_worker
@@ -68,7 +68,7 @@ def check_case(name, overrides, root, lines) -> bool:
         runs[device] = transfer(src, os.path.join(root, f"{name}-{device}"), cfg, target_seed=2,
                                 backend_options={"device": device}, progress=False)
         runs[device]["wall_s"] = time.perf_counter() - t0
-    perms = {d: json.load(open(os.path.join(root, f"{name}-{d}", "perm.json")))["final"] for d in runs}
+    perms = {d: RunFolder(os.path.join(root, f"{name}-{d}")).perm()["final"] for d in runs}
     same_units = sum(a == b for g in perms["cpu"] for a, b in zip(perms["cpu"][g], perms["cuda"][g]))
     total_units = sum(len(v) for v in perms["cpu"].values())
     acc_gap = max(abs(a - b) for a, b in zip(runs["cpu"]["val_acc"], runs["cuda"]["val_acc"]))

@@ -27,6 +27,7 @@ import torch
 
 from raytraj import fs
 from raytraj.plot import plot_runs
+from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig, transfer
@@ -48,9 +49,7 @@ def trained(path, data, seed, progress=False, model="mlp", model_args=MODEL, **k
 
 
 def transferred(src, out, cfg, **kw):
-    if fs.exists(fs.join(out, "metrics.json")):
-        return fs.read_json(fs.join(out, "metrics.json"))
-    return transfer(src, out, cfg, resume=fs.exists(fs.join(out, "config.json")), progress=False, **kw)
+    return RunFolder(out).load_or_run(lambda resume: transfer(src, out, cfg, resume=resume, progress=False, **kw))
 
 
 def run_scenario(work, name, dataset, pretrained, steps, ft_epochs):
@@ -154,7 +153,7 @@ def cost_table(work):
         src = trained(os.path.join(root, "source"), f"mnist1d:{n}", 1, **RECIPES["mnist1d"])
         m = transferred(src.location, os.path.join(root, "fgmt"), TransferConfig(method="fgmt", steps=30,
                                                                                   eval_every=0), target_seed=2)
-        state = fs.read_json(fs.join(root, "fgmt", "metrics.json"))
+        state = RunFolder(fs.join(root, "fgmt")).metrics()
         solves = _solves(os.path.join(root, "fgmt"))
         naive_flops = sum(2 * 512 * 512 * 512 * s["pairs"] * 2 * s["sweeps"] for s in solves)  # 2 terms/sweep
         laps = state["solver"]["laps"]
@@ -174,8 +173,9 @@ def cost_table(work):
 
 def _solves(run):
     from raytraj.checkpoint import load_checkpoint
+    from raytraj.transfer.checkpointing import PROGRESS
 
-    return load_checkpoint(os.path.join(run, "state", "progress.safetensors"))[1]["solves"]
+    return load_checkpoint(fs.join(RunFolder(run).state_dir, PROGRESS))[1]["solves"]
 
 
 def main():

@@ -29,7 +29,7 @@ from reproduce import mean_std, trained, transferred  # noqa: E402
 from raytraj import fs  # noqa: E402
 from raytraj.data import load_data  # noqa: E402
 from raytraj.analysis import interpolate_models  # noqa: E402
-from raytraj.models import build_model, model_from_dict  # noqa: E402
+from raytraj.models import build_model  # noqa: E402
 from raytraj.perm import apply_permutation, infer_spec, random_permutation  # noqa: E402
 from raytraj.trajectory import TrajectoryStore, TrajectoryWriter  # noqa: E402
 from raytraj.transfer import TransferConfig  # noqa: E402
@@ -55,10 +55,7 @@ def midpoint_accuracy(target: TrajectoryStore, source: TrajectoryStore, out: str
 
 
 def _data(store: TrajectoryStore):
-    from raytraj.config import from_dict
-    from raytraj.data import DataConfig
-
-    return load_data(from_dict(DataConfig, store.meta["data"]))
+    return load_data(store.data_config())
 
 
 def planted_init(source: TrajectoryStore, out: str) -> str:
@@ -66,7 +63,7 @@ def planted_init(source: TrajectoryStore, out: str) -> str:
     if fs.exists(fs.join(out, "trajectory.json")) and TrajectoryStore(out).complete:
         return out
     data = _data(source)
-    model = build_model(model_from_dict(source.meta["model"]), 0)
+    model = build_model(source.model_config(), 0)
     spec = infer_spec(model, data.x["train"][:8])
     init = apply_permutation(spec, random_permutation(spec, torch.Generator().manual_seed(7)), source.read(0))
     writer = TrajectoryWriter.create(out, source.meta, init, source.param_names)

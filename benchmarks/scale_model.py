@@ -17,7 +17,6 @@ The driver's traffic is O(sum of n_g) per LAP and does not grow with W or P.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
@@ -27,8 +26,9 @@ BW = 10e9  # bytes/s per worker link: an assumption (a 100 Gb/s cluster network 
 
 
 def load(work, name):
-    with open(os.path.join(work, name, "metrics.json")) as f:
-        return json.load(f)
+    from raytraj.runfolder import RunFolder
+
+    return RunFolder(os.path.join(work, name)).metrics()
 
 
 def predict(c_g, P, T, B, W, solve_step):

@@ -46,3 +46,7 @@ __all__ = [
 from .analysis import barrier, interpolate_models, plane_landscape, trajectory_similarity, transfer_report  # noqa: E402
 
 __all__ += ["barrier", "interpolate_models", "plane_landscape", "trajectory_similarity", "transfer_report"]
+
+from .runfolder import RunFolder  # noqa: E402  (a transfer run folder's files)
+
+__all__ += ["RunFolder"]

@@ -61,12 +61,24 @@ def _transfer_config(args):
     return TransferConfig(**{k: v for k, v in fields.items() if v is not None or k == "steps"})
 
 
+def _transfer_choices() -> tuple[dict, tuple, tuple]:
+    """TransferConfig's defaults by field, and the methods and schedules it accepts: the one home of both."""
+    import dataclasses
+
+    from .transfer.config import METHODS, SCHEDULES, TransferConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TransferConfig)}
+    return defaults, METHODS, (*SCHEDULES, "actual")
+
+
 def _add_solver_args(q) -> None:
     """The per-step solve's stopping rule, its LAP solver, and the evaluation subset."""
     q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
                    "(default 1e-3; 0: the official absolute rule alone)")
     q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
-    q.add_argument("--lap", choices=["auto", "scipy", "auction"],
+    from .transfer.config import LAP_SOLVERS
+
+    q.add_argument("--lap", choices=LAP_SOLVERS,
                    help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, "
                    "else scipy)")
     q.add_argument("--val-subset", type=int,
@@ -162,8 +174,10 @@ def _tune_options(args) -> dict:
 def _base_transfer(args):
     from .transfer import TransferConfig
 
-    # schedule "actual" follows the recorded steps; the default T=20 is for linear schedules only.
-    steps = args.steps if args.steps is not None else (None if args.schedule == "actual" else 20)
+    from .transfer.config import QUICK_STEPS
+
+    # schedule "actual" follows the recorded steps; the default T is for linear schedules only.
+    steps = args.steps if args.steps is not None else (None if args.schedule == "actual" else QUICK_STEPS)
     return TransferConfig(method=args.method, steps=steps, schedule=args.schedule, grad_batches=args.grad_batches,
                           batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
                           **_solver_fields(args))
@@ -257,6 +271,9 @@ def _runtime_env(args) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
+    from .models import MODELS
+
+    defaults, methods, schedules = _transfer_choices()
 
     def common(q):
         q.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -286,15 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     tgt.add_argument("--target-seed", type=int, help="a new random init with this seed")
     tgt.add_argument("--target-init", help="a pre-trained target: STORE[:STEP]")
     x.add_argument("--new-head", action="store_true", help="with --target-init: re-initialise its head")
-    x.add_argument("--method", required=True, choices=["fgmt", "gmt", "naive", "oracle"])
+    x.add_argument("--method", required=True, choices=methods)
     x.add_argument("--oracle-target", help="oracle: the target init actually trained with the source recipe")
     x.add_argument("--steps", type=int, help="T (linear schedules)")
-    x.add_argument("--schedule", default="cosine", choices=["cosine", "uniform", "actual"])
-    x.add_argument("--grad-batches", type=int, default=1)
-    x.add_argument("--batch-size", type=int, default=128)
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--eval-every", type=int, default=1, help="evaluate every k steps (0: only the last)")
-    x.add_argument("--bn-batches", type=int, default=10, help="batches for BatchNorm recalibration")
+    x.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
+    x.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
+    x.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    x.add_argument("--seed", type=int, default=defaults["seed"])
+    x.add_argument("--eval-every", type=int, default=defaults["eval_every"],
+                   help="evaluate every k steps (0: only the last)")
+    x.add_argument("--bn-batches", type=int, default=defaults["bn_batches"],
+                   help="batches for BatchNorm recalibration")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
     _add_solver_args(x)
@@ -343,14 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quickstart)
 
     def tune_common(q, method_default):
+        from .transfer.config import QUICK_STEPS
+
         q.add_argument("--source", required=True)
-        q.add_argument("--method", default=method_default, choices=["fgmt", "gmt", "naive"])
-        q.add_argument("--steps", type=int, help="T (default 20; with --schedule actual: the recorded steps)")
-        q.add_argument("--schedule", default="cosine", choices=["cosine", "uniform", "actual"])
-        q.add_argument("--grad-batches", type=int, default=1)
-        q.add_argument("--batch-size", type=int, default=128)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--eval-every", type=int, default=1)
+        # Oracle needs a trained target per member, which the Tune commands do not take.
+        q.add_argument("--method", default=method_default, choices=[m for m in methods if m != "oracle"])
+        q.add_argument("--steps", type=int,
+                       help=f"T (default {QUICK_STEPS}; with --schedule actual: the recorded steps)")
+        q.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
+        q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
+        q.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+        q.add_argument("--seed", type=int, default=defaults["seed"])
+        q.add_argument("--eval-every", type=int, default=defaults["eval_every"])
         _add_solver_args(q)
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
@@ -376,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
     di.add_argument("--ensemble", required=True, help="an ensemble output folder")
-    di.add_argument("--student", default="mlp", choices=["mlp", "conv", "resnet20", "conv1d", "transformer"])
+    di.add_argument("--student", default="mlp", choices=list(MODELS))
     di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
     di.add_argument("--epochs", type=int)
     di.add_argument("--lr", type=float)
@@ -401,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=["mlp", "conv", "resnet20", "conv1d", "transformer"])
+    s.add_argument("--model", choices=list(MODELS))
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)

@@ -81,14 +81,14 @@ def evaluate_path(path: str, split: str = "test", which: str = "best", model=Non
 
     ``model`` (a model config) and ``data`` (a data string or DataConfig) replace what the store records.
     """
-    from . import fs
-    from .checkpoint import load_checkpoint
     from .models import build_model
     from .recorded import data_of, model_of
+    from .runfolder import RunFolder
     from .trajectory import TrajectoryStore, read_state
 
-    if fs.exists(fs.join(path, "metrics.json")) and fs.exists(fs.join(path, f"{which}.safetensors")):
-        state, info = load_checkpoint(fs.join(path, f"{which}.safetensors"))
+    run = RunFolder(path)
+    if run.has_model(which):
+        state, info = run.load_model(which)
         store = TrajectoryStore(info["source"])
         what = f"{path} ({which}, step {info['step']})"
     else:

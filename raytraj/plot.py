@@ -7,12 +7,14 @@ import os
 from collections import Counter
 
 from . import fs
+from .runfolder import RunFolder
 
 
 def _series(path: str) -> tuple[str, list[int], list[float], bool]:
     """(label, x, y, is_training) for a transfer run folder or a training store."""
-    if fs.exists(fs.join(path, "metrics.json")):
-        m = fs.read_json(fs.join(path, "metrics.json"))
+    run = RunFolder(path)
+    if run.finished:
+        m = run.metrics()
         steps = [i + 1 for i, v in enumerate(m["val_acc"]) if v is not None]
         return m["method"].upper() if m["method"] in ("gmt", "fgmt") else m["method"].capitalize(), steps, \
             [v for v in m["val_acc"] if v is not None], False

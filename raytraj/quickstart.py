@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from . import fs
 from .plot import plot_runs
+from .runfolder import RunFolder
 from .train import train_from_args
 from .trajectory import TrajectoryStore
 from .transfer import TransferConfig, transfer
+from .transfer.config import QUICK_STEPS
 
 
 def quickstart(out: str = "runs/quickstart", *, data: str = "digits", model: str = "mlp", epochs: int = 20,
-               steps: int = 20, seed: int = 1, target_seed: int = 2, methods=("naive", "fgmt"),
+               steps: int = QUICK_STEPS, seed: int = 1, target_seed: int = 2, methods=("naive", "fgmt"),
                progress: bool = True) -> list[dict]:
     source = fs.join(out, "source")
     store = TrajectoryStore(source) if fs.exists(fs.join(source, "trajectory.json")) else None
@@ -26,12 +28,13 @@ def quickstart(out: str = "runs/quickstart", *, data: str = "digits", model: str
     rows = []
     for method in methods:
         run = fs.join(out, method)
-        if fs.exists(fs.join(run, "metrics.json")):
-            rows.append(fs.read_json(fs.join(run, "metrics.json")))
+        folder = RunFolder(run)
+        if folder.finished:
+            rows.append(folder.metrics())
             continue
         print(f"transferring with {method}: T={steps} (cosine), target seed {target_seed} -> {run}")
         rows.append(transfer(source, run, TransferConfig(method=method, steps=steps, seed=0), target_seed=target_seed,
-                             resume=fs.exists(fs.join(run, "config.json")), progress=progress))
+                             resume=folder.started, progress=progress))
     print()
     print(f"source: {model} on {data}, trained {epochs} epochs in {meta['train_s']:.1f}s "
           f"(optimiser time), val {meta['val_acc'][-1]:.1f}%, test {meta['test_acc']:.1f}%")

@@ -13,21 +13,16 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, from_dict
+from .config import ConfigError
 from .data import DataConfig, Dataset, dataset_from_splits, load_data, parse_data
-from .models import FACTORY, build_model, model_from_dict, model_to_dict
+from .models import FACTORY, build_model, model_to_dict
 
 
 def model_of(store, override=None):
     """The model config to use with ``store``: ``override`` (a config, or a module for the Python API),
     or the one the store records; checked tensor by tensor against the store."""
     if override is None:
-        recorded = store.meta.get("model") or {}
-        if recorded.get("name") in (None, "module"):
-            what = recorded.get("class", "a model")
-            raise ConfigError(f"{store.location} records {what} without a factory to rebuild it; pass --model "
-                              "package.module:function (or record with model_factory=...)")
-        override = model_from_dict(recorded)
+        override = store.model_config()
     check_model_fits(override, store)
     return override
 
@@ -65,11 +60,7 @@ def data_of(store, override=None) -> Dataset:
         return load_data(override)
     if override is not None:
         return dataset_from_splits(override)
-    recorded = store.meta.get("data")
-    if recorded is None:
-        raise ConfigError(f"{store.location} records no data reference; pass --data package.module:function or a "
-                          "bundled name (or record with data=...)")
-    return load_data(from_dict(DataConfig, recorded, what="data config in the store"))
+    return load_data(store.data_config())
 
 
 def data_config(text: str | None, args: dict | None) -> DataConfig | None:

@@ -1,5 +1,6 @@
 """The command line, end to end, as a user runs it."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -63,3 +64,34 @@ def test_entry_point_runs_as_a_module():
 def test_missing_required_target_is_an_argparse_error(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_cli_defaults_and_choices_come_from_the_config_and_registries():
+    import dataclasses
+
+    from raytraj.cli import _base_transfer, _transfer_config, build_parser
+    from raytraj.models import MODELS
+    from raytraj.transfer.config import LAP_SOLVERS, METHODS, QUICK_STEPS, TransferConfig
+    from raytraj.trajectory import SCHEDULES
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def action(cmd, flag):
+        return next(a for a in subs[cmd]._actions if flag in a.option_strings)
+
+    assert tuple(action("transfer", "--method").choices) == METHODS
+    assert tuple(action("ensemble", "--method").choices) == tuple(m for m in METHODS if m != "oracle")
+    for cmd in ("transfer", "ensemble", "sweep"):
+        assert tuple(action(cmd, "--schedule").choices) == (*SCHEDULES, "actual")
+        assert tuple(action(cmd, "--lap").choices) == LAP_SOLVERS
+    assert list(action("distill", "--student").choices) == list(MODELS) == list(action("spec", "--model").choices)
+    # A transfer given only --steps is TransferConfig's defaults, field for field.
+    args = parser.parse_args(["transfer", "--source", "s", "--target-seed", "1", "--method", "gmt", "--steps", "7",
+                              "--out", "o"])
+    assert _transfer_config(args) == TransferConfig(method="gmt", steps=7)
+    defaults = {f.name: f.default for f in dataclasses.fields(TransferConfig)}
+    args = parser.parse_args(["ensemble", "--source", "s", "--members", "2", "--out", "o"])
+    assert _base_transfer(args) == TransferConfig(**{**defaults, "steps": QUICK_STEPS})
+    args = parser.parse_args(["sweep", "--source", "s", "--param", "steps=1,2", "--schedule", "actual", "--out", "o"])
+    assert _base_transfer(args).steps is None

@@ -152,3 +152,29 @@ def test_linear_trajectory_interpolates_floats_and_keeps_counters():
     assert int(mid["bn.num_batches_tracked"]) == int(b["bn.num_batches_tracked"])
     with pytest.raises(TrajectoryError, match="outside"):
         traj.point(5)
+
+
+def test_typed_accessors_read_what_the_store_records(digits_source, tmp_path):
+    from raytraj import TrajectoryRecorder
+    from raytraj.config import ConfigError
+    from raytraj.data import DataConfig
+    from raytraj.models import build_model
+    from raytraj.train import TrainConfig
+
+    store = TrajectoryStore(str(digits_source / "source"))
+    data = store.data_config()
+    assert isinstance(data, DataConfig) and data.source == "digits"
+    recipe = store.recipe()
+    assert isinstance(recipe, TrainConfig) and recipe.epochs == 4
+    state = build_model(store.model_config(), 0).state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == store.shapes
+    # A recorder store given neither a factory nor data names what to pass instead, and trains with defaults.
+    rec = TrajectoryRecorder(str(tmp_path / "rec"), torch.nn.Linear(3, 2))
+    rec.record(torch.nn.Linear(3, 2))
+    rec.close()
+    bare = TrajectoryStore(str(tmp_path / "rec"))
+    with pytest.raises(ConfigError, match="--model"):
+        bare.model_config()
+    with pytest.raises(ConfigError, match="--data"):
+        bare.data_config()
+    assert bare.recipe() == TrainConfig()

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import fs
 from ..checkpoint import load_checkpoint
 from ..config import ConfigError, from_dict
 from ..data import DataConfig
+from ..runfolder import RunFolder
 from ..trajectory import TrajectoryStore, read_state
 
 
@@ -54,8 +54,8 @@ def load_model(ref: str) -> ModelRef:
         store = TrajectoryStore(info["source"])
         return ModelRef(ref, _label(os.path.dirname(ref) or ref, f"/{_label(ref).removesuffix('.safetensors')}"),
                         state, store.meta["model"], store.meta["data"], store.location, info.get("step"))
-    if fs.exists(fs.join(ref, "metrics.json")) and fs.exists(fs.join(ref, "best.safetensors")):
-        state, info = load_checkpoint(fs.join(ref, "best.safetensors"))
+    if RunFolder(ref).has_model("best"):
+        state, info = RunFolder(ref).load_model("best")
         store = TrajectoryStore(info["source"])
         return ModelRef(ref, _label(ref), state, store.meta["model"], store.meta["data"], store.location,
                         info.get("step"))

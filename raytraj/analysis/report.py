@@ -16,6 +16,7 @@ import numpy as np
 from .. import fs
 from ..data import load_data
 from ..plot import _series
+from ..runfolder import RunFolder
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -24,17 +25,18 @@ from .models import AnalysisError, check_same_architecture, data_config, load_mo
 
 
 def _run(path: str) -> dict:
-    if not (fs.exists(fs.join(path, "metrics.json")) and fs.exists(fs.join(path, "best.safetensors"))):
+    run = RunFolder(path)
+    if not run.has_model("best"):
         raise AnalysisError(f"{path} is not a finished transfer run (no metrics.json and best.safetensors); pass "
                             "folders written by `raytraj transfer`")
-    return fs.read_json(fs.join(path, "metrics.json"))
+    return run.metrics()
 
 
 def _default_target(runs: Sequence[str]) -> str | None:
     """The trained target an Oracle run was matched to, if any run names one."""
     for r in runs:
-        if fs.exists(fs.join(r, "config.json")):
-            oracle = fs.read_json(fs.join(r, "config.json")).get("oracle_target")
+        if RunFolder(r).started:
+            oracle = RunFolder(r).config().get("oracle_target")
             if oracle:
                 return oracle
     return None

@@ -29,8 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import fs
-from ..config import from_dict
-from ..data import DataConfig, load_data
+from ..data import load_data
 from ..perm import PermutationSpec, apply_permutation, match, perm_to_lists
 from ..trajectory import TrajectoryStore
 from .align import checked_spec
@@ -108,7 +107,7 @@ def trajectory_similarity(source: str, target: str, out: str, *, window: int = 5
             if prev[side] is not None:
                 disp[side].append({k: cur[k] - prev[side][k] for k in names})
             prev[side] = cur
-    data = load_data(from_dict(DataConfig, src.meta["data"], what=f"data config of {source}"))
+    data = load_data(src.data_config())
     spec = checked_spec(src.meta["model"], data)
     identity = [cosine(s, t) for s, t in zip(*disp)]
     perm, info = match(spec, [(t, s) for s, t in zip(*disp)], seed=seed)

@@ -36,7 +36,7 @@ class _Stack:
     """A growable stack of same-shaped tensors (capacity doubles, so appends are amortised O(1))."""
 
     def __init__(self, shape, device, dtype):
-        self.data = torch.empty((4, *shape), device=device, dtype=dtype)
+        self.data = torch.empty((4, *shape), device=device, dtype=dtype)  # (capacity, *shape)
         self.n = 0
 
     def append(self, t: torch.Tensor):
@@ -48,7 +48,7 @@ class _Stack:
         self.n += 1
 
     def view(self) -> torch.Tensor:
-        return self.data[: self.n]
+        return self.data[: self.n]  # (n, *shape)
 
 
 class _DynamicTerm:
@@ -64,37 +64,40 @@ class _DynamicTerm:
         self.name, self.axis = name, axis
         self.stacked_axes = (None, *spec.axes[name])  # dim 0 stacks the pairs
         self.others = [(i + 1, g) for i, g in enumerate(spec.axes[name]) if i != axis and g is not None]
-        self.value: torch.Tensor | None = None
-        self.at: dict[int, torch.Tensor] = {}
+        self.value: torch.Tensor | None = None  # (n, n), n the size of the group on ``axis``
+        self.at: dict[int, torch.Tensor] = {}  # stacked dim -> (size of its group,) perm the value was taken at
 
     def _permuted_source(self, source: torch.Tensor, at: Mapping[int, torch.Tensor]) -> torch.Tensor:
         for dim, _ in self.others:
-            source = source.index_select(dim, at[dim])
+            source = source.index_select(dim, at[dim])  # (P, *dims), same shape: dim reordered
         return source
 
     def add_pair(self, target: torch.Tensor, source: torch.Tensor) -> None:
         if self.value is not None:
+            # (1, *dims) x (1, *dims) -> (n, n)
             self.value += _contract(target, self._permuted_source(source, self.at), self.axis + 1)
 
     def refresh(self, targets: torch.Tensor, sources: torch.Tensor, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         want = {dim: perm[g] for dim, g in self.others}
         if self.value is None:
             self.at = {dim: p.clone() for dim, p in want.items()}
+            # (P, *dims) x (P, *dims) -> (n, n)
             self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
             return self.value
         for dim, p in want.items():
-            changed = (self.at[dim] != p).nonzero().flatten()
+            changed = (self.at[dim] != p).nonzero().flatten()  # (c,) units of dim whose source unit moved
             if len(changed) == 0:
                 continue
             if 2 * len(changed) > len(p):  # most units moved: a full recompute is cheaper
                 self.at = {d: q.clone() for d, q in want.items()}
                 self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
                 return self.value
+            # (P, *dims) with c in place of dim: the new source slices minus the ones the value holds
             diff = sources.index_select(dim, p[changed]) - sources.index_select(dim, self.at[dim][changed])
             for other, _ in self.others:
                 if other != dim:
                     diff = diff.index_select(other, self.at[other])
-            self.value += _contract(targets.index_select(dim, changed), diff, self.axis + 1)
+            self.value += _contract(targets.index_select(dim, changed), diff, self.axis + 1)  # (n, n)
             self.at[dim] = p.clone()
         return self.value
 
@@ -160,8 +163,8 @@ class PairBank:
                         "damaged. Lower the learning rate of the source run or check the trajectory store."
                     )
         for name in target:
-            t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
-            s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])
+            t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims), segments split
+            s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims)
             if self.normalize:
                 norm = float(t.norm() * s.norm())
                 if norm > 1e-12:
@@ -173,10 +176,12 @@ class PairBank:
             self.sources[name].append(s)
         for name in target:
             if name not in self._objective_terms:
+                # (*dims) * (*dims) -> ()
                 self._constant += float((self.targets[name].view()[-1] * self.sources[name].view()[-1]).sum())
         for g in self.spec.sizes:
             for name, axis in self._static_terms[g]:
                 if name in target:
+                    # the new pair only: (1, *dims) -> (n, n)
                     term = _contract(self.targets[name].view()[-1:], self.sources[name].view()[-1:], axis + 1)
                     key = (name, axis)
                     self._static[key] = self._static[key] + term if key in self._static else term
@@ -219,7 +224,7 @@ class PairBank:
             else:
                 c = self._static[term]
             rows = torch.arange(c.shape[0], device=c.device)
-            total += float(c[rows, perm[group].to(c.device)].double().sum())
+            total += float(c[rows, perm[group].to(c.device)].double().sum())  # (n, n) -> (n,) assigned entries -> ()
         return total
 
     def cache_state(self) -> dict[str, torch.Tensor]:
@@ -290,18 +295,19 @@ def assignment_gain(a, old: torch.Tensor, new) -> tuple[np.ndarray, float, float
     if torch.is_tensor(a):
         a = a.double()
         new_t = torch.as_tensor(new if torch.is_tensor(new) else np.asarray(new), dtype=torch.long, device=a.device)
+        # (n, n) gathered at (n, 1) column indices -> (n, 1): each row's assigned entry
         return (new_t.cpu().numpy(), float(a.gather(1, new_t[:, None]).sum()),
                 float(a.gather(1, old.to(a.device)[:, None]).sum()))
     rows = np.arange(a.shape[0])
     new = np.asarray(new.cpu() if torch.is_tensor(new) else new)
-    return new, float(a[rows, new].sum()), float(a[rows, old.cpu().numpy()].sum())
+    return new, float(a[rows, new].sum()), float(a[rows, old.cpu().numpy()].sum())  # (n, n) -> (n,) -> ()
 
 
 def sum_terms(n: int, terms: Sequence[torch.Tensor], device=None, dtype=torch.float64) -> torch.Tensor:
     """The n x n cost matrix: its terms added in order, from zero (the order fixes the rounding).
     float64: sums over many pairs and many incremental updates accumulate without float32 loss."""
     a = torch.zeros((n, n), device=device, dtype=dtype)
-    for c in terms:
+    for c in terms:  # each (n, n)
         a += c.to(device) if device is not None else c
     return a
 
@@ -410,12 +416,12 @@ def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
         for name, at in members:
             if name not in bank.targets:
                 continue
-            t, s = bank.targets[name].view(), bank.sources[name].view()
+            t, s = bank.targets[name].view(), bank.sources[name].view()  # (P, *dims), dims at+1, at+2 = (H, d)
             for axis, g in enumerate(plain.axes[name]):
                 if g is not None and axis not in (at, at + 1):
-                    s = s.index_select(axis + 1, perm[g].to(s.device))
+                    s = s.index_select(axis + 1, perm[g].to(s.device))  # same shape, axis reordered
             others = [d for d in range(t.dim()) if d not in (at + 1, at + 2)]
-            c = torch.tensordot(t, s, dims=(others, others)).double()
+            c = torch.tensordot(t, s, dims=(others, others)).double()  # (H, d, H, d): target a, j x source b, k
             m = c if m is None else m + c
         if m is not None:
             out[inner] = m.cpu().numpy()
@@ -449,19 +455,19 @@ def block_start(spec: PermutationSpec, perm: dict[str, torch.Tensor],
             continue
         moved = True
         device = start[outer].device
-        score = np.zeros((spec.sizes[outer],) * 2)
+        score = np.zeros((spec.sizes[outer],) * 2)  # (H, H): target block a x source block b
         for inner, m in within.items():
             for a in range(score.shape[0]):
                 for b in range(score.shape[1]):
-                    block = m[a, :, b, :]
+                    block = m[a, :, b, :]  # (d, d)
                     rows = np.arange(len(block))
                     cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else rows
                     score[a, b] += block[rows, cols].sum()
-        heads = linear_sum_assignment(score, maximize=True)[1]
+        heads = linear_sum_assignment(score, maximize=True)[1]  # (H,): target block a takes source block heads[a]
         start[outer] = torch.as_tensor(heads, dtype=torch.long, device=device)
         for inner, m in within.items():
             if inner is not None:
-                summed = sum(m[a, :, heads[a], :] for a in range(len(heads)))
+                summed = sum(m[a, :, heads[a], :] for a in range(len(heads)))  # (d, d), over the assigned blocks
                 start[inner] = torch.as_tensor(linear_sum_assignment(summed, maximize=True)[1], dtype=torch.long,
                                                device=device)
     if not moved:
@@ -495,7 +501,7 @@ def _contract(target: torch.Tensor, source: torch.Tensor, axis: int) -> torch.Te
     """sum over every dim except ``axis``: an (n, n) matrix target_axis @ source_axis^T."""
     others = [d for d in range(target.dim()) if d != axis]
     # Sums over many pairs and many incremental updates accumulate in float64, on any device.
-    return torch.tensordot(target, source, dims=(others, others)).double()
+    return torch.tensordot(target, source, dims=(others, others)).double()  # (P, *dims) x (P, *dims) -> (n, n)
 
 
 def match(

@@ -23,6 +23,7 @@ from ..data import Dataset, epoch_batches
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
+from ..runfolder import RunFolder
 from ..runtime import default_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
 from .recipe import TrainConfig
@@ -191,7 +192,7 @@ def _open_writer(out, meta, start_state, param_names, state_path):
     except TrajectoryError:
         if fs.exists(fs.join(out, "trajectory.json")):
             raise
-        if fs.exists(fs.join(out, "config.json")):
+        if RunFolder(out).started:
             raise ConfigError(f"--out {out} holds a transfer run; a trajectory store needs a folder of its own")
         writer = TrajectoryWriter.create(out, meta, start_state, param_names)
         writer.write(0, start_state, {"epoch": 0.0, "iteration": 0})

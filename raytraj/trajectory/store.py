@@ -200,6 +200,41 @@ class TrajectoryStore:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {t["name"]: tuple(t["shape"]) for t in self.manifest["tensors"]}
 
+    def model_config(self):
+        """The model config this store records, for ``build_model`` (a zoo config or a factory).
+
+        Raises ConfigError when it records a module without a factory to rebuild it (a
+        ``TrajectoryRecorder`` given no ``model_factory``): ``--model`` must name one then.
+        """
+        from ..config import ConfigError
+        from ..models import model_from_dict
+
+        recorded = self.meta.get("model") or {}
+        if recorded.get("name") in (None, "module"):
+            what = recorded.get("class", "a model")
+            raise ConfigError(f"{self.location} records {what} without a factory to rebuild it; pass --model "
+                              "package.module:function (or record with model_factory=...)")
+        return model_from_dict(recorded)
+
+    def data_config(self):
+        """The DataConfig this store records; ConfigError when it records none (a recorder given no ``data``)."""
+        from ..config import ConfigError, from_dict
+        from ..data import DataConfig
+
+        recorded = self.meta.get("data")
+        if recorded is None:
+            raise ConfigError(f"{self.location} records no data reference; pass --data package.module:function or "
+                              "a bundled name (or record with data=...)")
+        return from_dict(DataConfig, recorded, what=f"data config in the store {self.location}")
+
+    def recipe(self):
+        """The TrainConfig this store was trained with; TrainConfig's defaults for a store that records no
+        recipe (one made by a ``TrajectoryRecorder``)."""
+        from ..config import from_dict
+        from ..train.recipe import TrainConfig
+
+        return from_dict(TrainConfig, self.meta.get("recipe") or {})
+
     def step_info(self, step: int) -> dict:
         self._check_step(step)
         return self.manifest["steps"][step]

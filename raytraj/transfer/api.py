@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .. import fs
-from ..checkpoint import load_checkpoint
 from ..config import ConfigError
 from ..models import HEAD
 from ..perm import Permutation, perm_from_lists
+from ..runfolder import RunFolder
 from .config import TransferConfig
 from .problem import open_source, prepare
 from .run import transfer as run_transfer_folder
@@ -78,9 +77,10 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
         metrics = run_transfer_folder(source, folder, cfg, target_seed=target_seed, backend=backend,
                                       backend_options=backend_options, progress=progress, problem=problem,
                                       model=model, data=data, spec=spec)
-        best, _ = load_checkpoint(fs.join(folder, "best.safetensors"))
-        final, _ = load_checkpoint(fs.join(folder, "final.safetensors"))
-        perm = perm_from_lists(fs.read_json(fs.join(folder, "perm.json"))["best"])
+        run = RunFolder(folder)
+        best, _ = run.load_model("best")
+        final, _ = run.load_model("final")
+        perm = perm_from_lists(run.perm()["best"])
     result_model = copy.deepcopy(target).cpu() if target is not None else copy.deepcopy(_template(problem))
     result_model.load_state_dict(best)
     return TransferResult(result_model, metrics, perm, final, out)

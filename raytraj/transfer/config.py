@@ -9,6 +9,9 @@ from ..trajectory import SCHEDULES
 
 METHODS = ("fgmt", "gmt", "naive", "oracle")
 LAP_SOLVERS = ("auto", "scipy", "auction")
+# T of the commands that run many short transfers (the Tune commands' members and trials, the
+# quickstart); a single transfer defaults to the paper's TransferConfig.steps.
+QUICK_STEPS = 20
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ and ``--lr`` override it (the paper uses a smaller initial lr than the source's)
 
 from __future__ import annotations
 
-from .. import fs
-from ..checkpoint import load_checkpoint
 from ..config import from_dict, replace
 from ..config import ConfigError
 from ..data import DataConfig
 from ..models import model_from_dict
 from ..recorded import data_of, model_of
-from ..train import TrainConfig, TrainResult, train
+from ..runfolder import RunFolder
+from ..train import TrainResult, train
 from .problem import open_source
 from .run import load_run_config
 
@@ -25,8 +24,8 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
     recipe; TrainConfig's defaults are used then. ``model``/``data`` replace what the store records."""
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
-    state, info = load_checkpoint(fs.join(run, f"{which}.safetensors"))
-    recipe = from_dict(TrainConfig, source.meta.get("recipe") or {})
+    state, info = RunFolder(run).load_model(which)
+    recipe = source.recipe()
     recipe = replace(recipe, epochs=epochs, **({"lr": lr} if lr is not None else {}))
     data = data_of(source, data if data is not None else _recorded_data(record))
     if model is None and (record.get("model") or {}).get("name") not in (None, "module"):

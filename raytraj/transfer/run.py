@@ -1,12 +1,5 @@
-"""A transfer run, end to end: prepare, pick a backend, run the engine, write the run folder.
-
-    OUT/config.json         the transfer config and where source and target came from
-    OUT/metrics.json        per-step val accuracy, best step, test accuracy, timing
-    OUT/best.safetensors    the best-on-val transferred model (BatchNorm buffers included)
-    OUT/final.safetensors   the model at step T
-    OUT/perm.json           the best and final permutations
-    OUT/state/              resumable progress (see checkpointing.py)
-"""
+"""A transfer run, end to end: prepare, pick a backend, run the engine, write the run folder
+(its files: see raytraj/runfolder.py)."""
 
 from __future__ import annotations
 
@@ -22,14 +15,13 @@ from ..config import ConfigError, from_dict, to_dict
 from ..data import DataConfig
 from ..models import HEAD
 from ..perm import perm_to_lists
+from ..runfolder import RunFolder
 from .backend import Backend, LocalBackend
 from .checkpointing import RunCheckpointer
 from .config import TransferConfig
 from .engine import run_transfer
 from .problem import Problem, prepare
 from .worker import TransferWorker
-
-CONFIG, METRICS = "config.json", "metrics.json"
 
 
 def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> TransferWorker:
@@ -88,7 +80,8 @@ def transfer(
         "new_head": new_head, "oracle_target": oracle_target,
         **_override_record(model, data, spec, head, problem),
     }
-    checkpointer = RunCheckpointer(fs.join(out, "state"))
+    folder = RunFolder(out)
+    checkpointer = RunCheckpointer(folder.state_dir)
     _claim_output(out, record, checkpointer, resume, write=False)
     if problem is None:
         problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
@@ -97,11 +90,11 @@ def transfer(
     try:
         options = dict(backend_options or {})
         if backend == "ray":  # workers keep their bank shards' checkpoint in the run folder
-            options.setdefault("state_dir", fs.absolute(fs.join(out, "state")))
+            options.setdefault("state_dir", fs.absolute(folder.state_dir))
         runner = make_backend(problem, cfg, backend, options)
     except BaseException:
         if claimed:  # a failed start leaves no half-made run folder: the same command can run again
-            fs.remove(fs.join(out, CONFIG))
+            fs.remove(folder.config_path)
         raise
     setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
     try:
@@ -122,9 +115,9 @@ def transfer(
     for name, (step, model_state) in models.items():
         _check_finite(model_state, f"the {name} transferred model (step {step})", source)
     for name, (step, model_state) in models.items():
-        save_checkpoint(fs.join(out, f"{name}.safetensors"), model_state,
+        save_checkpoint(folder.model_path(name), model_state,
                         {"step": step, "method": cfg.method, "source": source})
-    fs.atomic_write_json(fs.join(out, "perm.json"), {
+    fs.atomic_write_json(folder.perm_path, {
         "best_step": best, "best": perm_to_lists(state.perms[best]), "final": perm_to_lists(state.perms[last]),
         "group_sizes": problem.spec.sizes,
     })
@@ -147,7 +140,7 @@ def transfer(
         "backend": backend,
         **cluster,
     }
-    fs.atomic_write_json(fs.join(out, METRICS), metrics)
+    fs.atomic_write_json(folder.metrics_path, metrics)
     return metrics
 
 
@@ -200,10 +193,11 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
     the same or another command may start there again without --resume. Returns True when this
     call wrote the folder's config (a fresh run).
     """
-    config_path = fs.join(out, CONFIG)
+    folder = RunFolder(out)
+    config_path = folder.config_path
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a transfer run needs a folder of its own")
-    if fs.exists(fs.join(out, METRICS)):
+    if folder.finished:
         raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")
     if fs.exists(config_path) and not checkpointer.exists():
         pass  # stopped before its first step: start over
@@ -224,5 +218,5 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
 
 
 def load_run_config(out: str) -> tuple[dict, TransferConfig]:
-    record = fs.read_json(fs.join(out, CONFIG))
+    record = RunFolder(out).config()
     return record, from_dict(TransferConfig, record["transfer"])

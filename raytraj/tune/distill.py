@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from .. import fs
-from ..config import ConfigError, from_dict, replace
-from ..data import DataConfig, load_data
+from ..config import ConfigError, replace
+from ..data import load_data
 from ..models import config_for_data
-from ..train import TrainConfig, train
+from ..train import train
 from ..transfer.problem import open_source
 from .ensemble import RESULT
 from .trial import load_probs
@@ -22,10 +22,10 @@ def distill(ensemble: str, out: str, *, student: str = "mlp", student_args: dict
         raise ConfigError(f"{ensemble} holds no finished ensemble ({RESULT} is missing); run `raytraj ensemble` first")
     record = fs.read_json(fs.join(ensemble, RESULT))
     source = open_source(record["source"])
-    data = load_data(from_dict(DataConfig, source.meta["data"]))
+    data = load_data(source.data_config())
     teacher = np.mean([load_probs(m["run"], "train") for m in record["members"]], axis=0)
     teacher_test = np.mean([load_probs(m["run"], "test") for m in record["members"]], axis=0)
-    recipe = from_dict(TrainConfig, source.meta["recipe"])
+    recipe = source.recipe()
     recipe = replace(recipe, **{k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None})
     model_cfg = config_for_data(student, data.input_shape, data.num_classes, **(student_args or {}))
     soft = train(model_cfg, data, recipe, seed, fs.join(out, "soft"), soft_targets=torch.from_numpy(teacher).float(),

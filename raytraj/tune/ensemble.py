@@ -19,8 +19,8 @@ import numpy as np
 from ray import tune
 
 from .. import fs
-from ..config import ConfigError, from_dict, to_dict
-from ..data import DataConfig, load_data
+from ..config import ConfigError, to_dict
+from ..data import load_data
 from ..recorded import model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
@@ -74,7 +74,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
     rows = result_rows(grid)
     refuse_unfinished(rows, "ensemble members", members)
     rows.sort(key=lambda r: r["config"]["member"])
-    data = load_data(from_dict(DataConfig, store.meta["data"]))
+    data = load_data(store.data_config())
     labels = data.y["test"].numpy()
     dirs = [fs.join(out, "members", f"member-{r['config']['member']:03d}") for r in rows]
     probs = [load_probs(d, "test") for d in dirs]

@@ -18,11 +18,11 @@ import torch
 from ray import tune
 
 from .. import fs
-from ..checkpoint import load_checkpoint
 from ..config import from_dict
-from ..data import DataConfig, load_data
+from ..data import load_data
 from ..evaluation import predict
 from ..models import build_model
+from ..runfolder import RunFolder
 from ..runtime import set_torch_threads
 from ..trajectory import TrajectoryStore
 from ..transfer import TransferConfig, transfer
@@ -87,12 +87,10 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
         _report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]},
                 checkpoint=best["reports"] % CHECKPOINT_EVERY == 0)
 
-    if fs.exists(fs.join(run_dir, "metrics.json")):
-        metrics = fs.read_json(fs.join(run_dir, "metrics.json"))  # finished before a restart
-    else:
-        metrics = transfer(config["source"], run_dir, cfg, on_eval=on_eval, progress=False,
-                           resume=fs.exists(fs.join(run_dir, "config.json")), backend_options={"device": device},
-                           **target)
+    # a trial restarted after it finished reads its metrics; one cut short resumes
+    metrics = RunFolder(run_dir).load_or_run(
+        lambda resume: transfer(config["source"], run_dir, cfg, on_eval=on_eval, progress=False, resume=resume,
+                                backend_options={"device": device}, **target))
     final = {"step": metrics["steps"], TIME_ATTR: 1.0, "val_acc": metrics["final_val_acc"],
              "best_val_acc": metrics["best_val_acc"], "best_step": metrics["best_step"],
              "test_acc": metrics["test_acc"], "transfer_s": metrics["timing"]["total_s"], FINISHED: True}
@@ -113,14 +111,14 @@ def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
     if finetuned:
         store = TrajectoryStore(fs.join(run_dir, "finetune"))
         return store.read(store.last_step)
-    return load_checkpoint(fs.join(run_dir, "best.safetensors"))[0]
+    return RunFolder(run_dir).load_model("best")[0]
 
 
 def save_member_probs(source: str, run_dir: str, finetuned: bool) -> float:
     """Softmax outputs of the member on every split (ensembles average them); returns test accuracy."""
-    meta = open_source(source).meta
-    data = load_data(from_dict(DataConfig, meta["data"]))
-    model = build_model(meta["model"], 0)
+    store = open_source(source)
+    data = load_data(store.data_config())
+    model = build_model(store.model_config(), 0)
     state = member_state(run_dir, finetuned)
     for split in ("train", "val", "test"):
         probs = predict(model, state, data.x[split]).numpy()

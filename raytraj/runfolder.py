@@ -1,0 +1,88 @@
+"""A transfer run folder: the one place that knows its file names.
+
+    config.json         the transfer config and where source and target came from
+    metrics.json        per-step val accuracy, best step, test accuracy, timing (written last: the run finished)
+    best.safetensors    the best-on-val transferred model (BatchNorm buffers included)
+    final.safetensors   the model at step T
+    perm.json           the best and final permutations
+    state/              resumable progress (see transfer/checkpointing.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import fs
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+PERM = "perm.json"
+STATE = "state"
+MODELS = ("best", "final")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and readers for the files of one transfer run at ``location`` (a local path or URI)."""
+
+    location: str
+
+    @property
+    def config_path(self) -> str:
+        return fs.join(self.location, CONFIG)
+
+    @property
+    def metrics_path(self) -> str:
+        return fs.join(self.location, METRICS)
+
+    @property
+    def perm_path(self) -> str:
+        return fs.join(self.location, PERM)
+
+    @property
+    def state_dir(self) -> str:
+        return fs.join(self.location, STATE)
+
+    def model_path(self, which: str = "best") -> str:
+        """Path of the ``which`` ("best" or "final") model's safetensors file."""
+        return fs.join(self.location, f"{which}.safetensors")
+
+    @property
+    def started(self) -> bool:
+        """A run wrote its config here: a rerun continues it (resume) rather than starting afresh."""
+        return fs.exists(self.config_path)
+
+    @property
+    def finished(self) -> bool:
+        return fs.exists(self.metrics_path)
+
+    def has_model(self, which: str = "best") -> bool:
+        """A finished run whose ``which`` model is on disk."""
+        return self.finished and fs.exists(self.model_path(which))
+
+    def config(self) -> dict:
+        return fs.read_json(self.config_path)
+
+    def metrics(self) -> dict:
+        return fs.read_json(self.metrics_path)
+
+    def perm(self) -> dict:
+        return fs.read_json(self.perm_path)
+
+    def load_model(self, which: str = "best") -> tuple[dict, dict]:
+        """(state dict, the checkpoint's info: step, method, source) of the ``which`` model."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(self.model_path(which))
+
+    def load_or_run(self, run: Callable[..., dict]) -> dict:
+        """The metrics of a finished run here, else ``run(resume=...)``'s, resuming a started one.
+
+        Args:
+            run: starts (or, with ``resume=True``, continues) the transfer into this folder and
+                returns its metrics, e.g. ``lambda resume: transfer(src, folder.location, cfg, resume=resume)``.
+        """
+        if self.finished:
+            return self.metrics()
+        return run(resume=self.started)
