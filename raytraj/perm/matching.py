@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..finite import nonfinite_names
 from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
 from .lap import LapSolver, solve_laps_serial
@@ -156,12 +157,12 @@ class PairBank:
         if self.device is None:
             self.device = next(iter(target.values())).device
         for side, tensors in (("target", target), ("source", source)):
-            for name, t in tensors.items():
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise FloatingPointError(
-                        f"{side} tensor {name} holds NaN or inf values; a gradient blew up or a checkpoint is "
-                        "damaged. Lower the learning rate of the source run or check the trajectory store."
-                    )
+            bad = nonfinite_names(tensors)
+            if bad:
+                raise FloatingPointError(
+                    f"{side} tensor {bad[0]} holds NaN or inf values; a gradient blew up or a checkpoint is "
+                    "damaged. Lower the learning rate of the source run or check the trajectory store."
+                )
         for name in target:
             t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims), segments split
             s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims)

@@ -24,6 +24,7 @@ import pyarrow.ipc as ipc
 import torch
 
 from .. import fs
+from ..finite import is_finite
 
 SCHEMA_VERSION = 1
 FORMAT = "raytraj-trajectory"
@@ -103,7 +104,7 @@ class TrajectoryWriter:
             if list(t.shape) != spec["shape"] or str(t.dtype).removeprefix("torch.") != spec["dtype"]:
                 raise TrajectoryError(f"{spec['name']}: got {tuple(t.shape)} {t.dtype}, the store holds "
                                       f"{tuple(spec['shape'])} {spec['dtype']}")
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not is_finite(t):
                 raise FloatingPointError(f"{spec['name']} holds NaN or inf values at step {step}; not recording it "
                                          f"in {self.location}. Lower --lr")
             flat = t.reshape(-1)
@@ -340,7 +341,7 @@ def _decode(field: pa.Field, col: pa.FixedSizeListArray, location: str) -> torch
     t = t.reshape(shape).to(dtype)
     # Every point read is checked: a NaN or inf in a source step would otherwise flow into the
     # transferred model, or be blamed on the target where it surfaces.
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not is_finite(t):
         raise TrajectoryError(f"{location}: tensor {field.name} holds NaN or inf values; that recorded step of the "
                               "store diverged or is damaged. Re-record the run (e.g. with a lower --lr)")
     return t

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import torch
 import torch.nn as nn
 
 from .. import fs
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, from_dict, to_dict
 from ..data import DataConfig
+from ..finite import nonfinite_names
 from ..models import HEAD
 from ..perm import perm_to_lists
 from ..runfolder import RunFolder
@@ -112,7 +112,7 @@ def transfer(
         cluster = runner.report() if hasattr(runner, "report") else {}  # Ray: traffic and placement
     finally:
         runner.close()
-    for name, (step, model_state) in models.items():
+    for name, (step, model_state) in models.items():  # check both before saving either
         _check_finite(model_state, f"the {name} transferred model (step {step})", source)
     for name, (step, model_state) in models.items():
         save_checkpoint(folder.model_path(name), model_state,
@@ -145,7 +145,7 @@ def transfer(
 
 
 def _check_finite(state: dict, what: str, source: str) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = nonfinite_names(state)
     if bad:
         raise FloatingPointError(f"{what} holds NaN or inf values in {bad[:3]}; not saving it. The source {source} "
                                  "or the transfer diverged")
