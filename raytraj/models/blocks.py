@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..config import ConfigError
+
 INITS = ("kaiming", "torch")
 
 
@@ -27,8 +29,6 @@ def init_weights(model: nn.Module, scheme: str) -> None:
     recipe. The classifier head keeps PyTorch's default either way.
     """
     if scheme not in INITS:
-        from ..config import ConfigError
-
         raise ConfigError(f"unknown init {scheme!r}; choose one of {INITS}")
     if scheme == "torch":
         return
