@@ -112,3 +112,14 @@ def test_chance_level_source_warns_in_train_and_is_refused_by_transfer(tmp_path,
     assert err.startswith("raytraj transfer: error:") and "--force" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "t" / "metrics.json").exists()
     assert main([*argv, "--out", str(tmp_path / "t"), "--force"]) == 0
+
+
+def test_ensemble_refuses_a_chance_level_source_before_starting_ray(tmp_path, capsys):
+    src = tmp_path / "src"
+    train_from_args("conv", "digits", str(src), seed=1, model_args={"width": 0.125, "init": "torch"},
+                    epochs=1, progress=False)
+    assert main(["ensemble", "--source", str(src), "--members", "2", "--steps", "2", "--out",
+                 str(tmp_path / "ens")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raytraj ensemble: error:") and "chance level" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ens").exists()

@@ -192,9 +192,11 @@ def refuse_source_init(source: str, store: TrajectoryStore, init: dict, target: 
 
 
 def check_targets(source: str, targets: list[dict], seed: int = 0) -> None:
-    """Before starting Tune trials: each target (``target_seed``, or ``target_init`` with ``new_head``)
-    must differ from the source's init."""
+    """Before starting Tune trials: the source must have learned something (its trials would each refuse it
+    otherwise), and each target (``target_seed``, or ``target_init`` with ``new_head``) must differ from the
+    source's init."""
     store = open_source(source)
+    refuse_untrained_source(source, store.meta, data_of(store))
     model_cfg = model_of(store)
     for t in targets:
         if t.get("target_seed") is not None:
