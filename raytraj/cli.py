@@ -76,6 +76,8 @@ def _add_solver_args(q) -> None:
     q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
                    "(default 1e-3; 0: the official absolute rule alone)")
     q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
+    q.add_argument("--step-sweeps", type=int, help="at most N sweeps in each step but the last, which goes on from "
+                   "there (default 3; 0: no cap)")
     from .transfer.config import LAP_SOLVERS
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
@@ -86,7 +88,7 @@ def _add_solver_args(q) -> None:
 
 
 def _solver_fields(args) -> dict:
-    return {k: getattr(args, k) for k in ("rtol", "tol", "lap", "val_subset") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
 
 
 def _backend_options(args) -> dict:
@@ -186,6 +188,8 @@ def _base_transfer(args):
 def cmd_ensemble(args):
     from .tune import run_ensemble
 
+    if args.recipe:
+        _apply_recipe(args)
     r = run_ensemble(args.source, args.out, members=args.members, cfg=_base_transfer(args), targets=args.targets,
                      new_head=args.new_head, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                      **_tune_options(args))
@@ -193,6 +197,31 @@ def cmd_ensemble(args):
     print("ensemble test accuracy by size k: " + ", ".join(f"{a:.2f}" for a in r["ensemble_acc_by_size"]))
     print(f"ensemble of {len(r['members'])}: {r['ensemble_test_acc']:.2f}% (mean member {r['mean_member_test_acc']:.2f}%, "
           f"source {r['source_test_acc']:.2f}%) in {r['timing']['wall_s']:.1f}s; wrote {args.out}/ensemble.json")
+
+
+def _apply_recipe(args) -> None:
+    """The preset's values, except for the options given on the command line."""
+    from .tune.recipes import ensemble_recipe
+
+    given = _given_options(args.argv)
+    for dest, value in ensemble_recipe(args.recipe).options().items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
+def _given_options(argv: list[str]) -> set[str]:
+    """The destinations of the options on the command line, as opposed to defaults: argv parsed
+    again by a parser without defaults."""
+    parser = build_parser()
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        p._defaults.clear()  # set_defaults(func=...)
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                todo += list(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
 
 
 def cmd_distill(args):
@@ -211,7 +240,8 @@ def cmd_sweep(args):
     target = {"target_seed": args.target_seed} if args.target_init is None else \
         {"target_init": args.target_init, "new_head": args.new_head}
     rows = run_sweep(args.source, args.out, params, base=_base_transfer(args), target=target, samples=args.samples,
-                     search=args.search, scheduler=args.scheduler, **_tune_options(args))
+                     search=args.search, scheduler=args.scheduler, finetune_epochs=args.finetune_epochs,
+                     finetune_lr=args.finetune_lr, **_tune_options(args))
     print(format_results(rows, list(params)))
     print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
 
@@ -387,14 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue an interrupted run (Tuner.restore, which unpickles Tune's state: --storage "
                             "must be trusted, and a local one is checked to be yours and not world-writable)")
         add_runtime_env_args(q)
+        q.add_argument("--finetune-epochs", type=int, default=0, help="train each transfer on for E epochs")
+        q.add_argument("--finetune-lr", type=float, help="its initial lr (default: the source's recipe lr)")
 
     en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
     tune_common(en, "fgmt")
     en.add_argument("--members", type=int, required=True)
     en.add_argument("--targets", default="random", help="random (seeded inits) or STORE,STORE,... pre-trained inits")
     en.add_argument("--new-head", action="store_true", help="with pre-trained --targets: re-initialise their heads")
-    en.add_argument("--finetune-epochs", type=int, default=0, help="train each member on for E epochs")
-    en.add_argument("--finetune-lr", type=float)
+    from .tune.recipes import ENSEMBLE_RECIPES
+
+    en.add_argument("--recipe", choices=list(ENSEMBLE_RECIPES),
+                    help="a measured preset of the members' transfer and subsequent training (fast: "
+                         + ", ".join(f"{k} {v}" for k, v in ENSEMBLE_RECIPES["fast"].options().items())
+                         + "); options given here override it")
     en.set_defaults(func=cmd_ensemble)
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
@@ -437,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args.func(args)
     except USER_ERRORS as e:

@@ -28,7 +28,9 @@ def test_metrics_report_every_steps_solve_against_the_lap_floor(digits_source, t
     assert solver["laps"] == sum(per["laps"]) and solver["sweeps"] == sum(per["sweeps"])
     assert solver["lap_floor"] == 2 * 5  # MLP 64-64: two groups, one LAP each per step
     assert solver["laps_per_floor"] == pytest.approx(solver["laps"] / 10) and solver["laps_per_floor"] >= 1
-    assert all(per["converged"]) and solver["unconverged_steps"] == []
+    # each step converged, or was cut by step_sweeps (default 3) and went on in the next one
+    assert all(c or cap for c, cap in zip(per["converged"], per["capped"])) and solver["unconverged_steps"] == []
+    assert per["converged"][-1] and not per["capped"][-1]
 
 
 def test_a_step_that_hits_max_sweeps_warns_and_is_recorded(digits_source, tmp_path):
@@ -38,6 +40,24 @@ def test_a_step_that_hits_max_sweeps_warns_and_is_recorded(digits_source, tmp_pa
     solver = read_metrics(tmp_path / "run")["solver"]
     assert 1 in solver["unconverged_steps"]  # a cold first step needs more than one sweep
     assert solver["per_step"]["converged"][0] is False
+
+
+def test_step_sweeps_caps_every_step_but_the_last_without_a_warning(digits_source, tmp_path):
+    runs = {}
+    for cap in (0, 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a capped step is not "unconverged"
+            runs[cap] = transfer(str(digits_source / "source"), str(tmp_path / f"cap{cap}"),
+                                 TransferConfig(steps=6, eval_every=0, step_sweeps=cap), target_seed=2,
+                                 progress=False)["solver"]
+    capped, free = runs[1], runs[0]
+    assert capped["per_step"]["sweeps"][:-1] == [1] * 5
+    assert capped["per_step"]["converged"][-1] is True  # the last step runs to the rule
+    assert capped["unconverged_steps"] == [] and capped["capped_steps"] >= 1
+    assert max(free["per_step"]["sweeps"][:-1]) > 1  # a cap that did not bind would test nothing
+    assert capped["laps"] < free["laps"]
+    with pytest.raises(ConfigError, match="step_sweeps must be >= 0"):
+        TransferConfig(step_sweeps=-1)
 
 
 def test_relative_rule_solves_fewer_laps_than_the_official_rule(digits_source, tmp_path):

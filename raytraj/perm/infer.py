@@ -36,7 +36,6 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .spec import PermutationSpec
 
@@ -122,6 +121,40 @@ class _UnionFind:
 
     def is_frozen(self, v) -> bool:
         return self.find(v) in self.frozen
+
+
+class _TensorShape:
+    """The shape of a tensor flowing out of a node (aggregates hold one per tensor)."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+class _ShapeRecorder(torch.fx.Interpreter):
+    """Runs the graph once and records every node's output shapes in ``node.meta["tensor_meta"]``,
+    as fx's ShapeProp does, without its metadata (which imports sympy: half a second of every
+    transfer's start-up)."""
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        found = []
+
+        def meta(v):
+            if isinstance(v, torch.Tensor):
+                found.append(v)
+                return _TensorShape(v.shape)
+            if isinstance(v, (tuple, list)):
+                return type(v)(meta(x) for x in v) if not hasattr(v, "_fields") else tuple(meta(x) for x in v)
+            if isinstance(v, dict):
+                return {k: meta(x) for k, x in v.items()}
+            return v
+
+        m = meta(out)
+        if found:
+            n.meta["tensor_meta"] = m
+        return out
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -236,7 +269,7 @@ class _Tracer:
             ) from e
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            _ShapeRecorder(gm).run(*inputs)
         self.modules = dict(gm.named_modules())
         self.node_module = {}
         for node in gm.graph.nodes:

@@ -40,6 +40,7 @@ class TrainResult:
     train_s: float  # optimiser steps only: forward, backward, update
     total_s: float
     chance_val_acc: float = 0.0  # what predicting the most frequent class scores on val
+    cpu_s: float = 0.0  # CPU seconds of this process (all its threads) over the whole run, resumes summed
 
     @property
     def at_chance_level(self) -> bool:
@@ -132,7 +133,9 @@ def train(
                               f"({n}, {data.num_classes})")
         soft_targets = soft_targets.to(device)
     elapsed0 = (resume or {}).get("elapsed_s", 0.0)
-    t_start = time.perf_counter()
+    # CPU seconds besides wall seconds: on a shared machine only they compare training with transfer.
+    cpu0 = (resume or {}).get("cpu_s", 0.0)
+    t_start, c_start = time.perf_counter(), time.process_time()
     bar = progress_bar(total, iteration, f"train {out}", progress)
 
     def checkpoint():
@@ -146,7 +149,7 @@ def train(
                     for p, name in zip(model.parameters(), param_names) if "momentum_buffer" in opt.state[p]}
         save_checkpoint(state_path, momentum, {
             "step": step, "iteration": iteration, "train_s": train_s, "val_acc": val_accs,
-            "elapsed_s": elapsed0 + time.perf_counter() - t_start})
+            "elapsed_s": elapsed0 + time.perf_counter() - t_start, "cpu_s": cpu0 + time.process_time() - c_start})
         bar.set_postfix(val_acc=f"{val:.1f}")
         model.train()
 
@@ -181,8 +184,10 @@ def train(
     model.eval()
     test = accuracy(model, model.state_dict(), data, "test", device=device)
     total_s = elapsed0 + time.perf_counter() - t_start
-    writer.finish(test_acc=test, train_s=train_s, total_s=total_s, val_acc=val_accs)
-    return TrainResult(out, len(writer.steps) - 1, val_accs, test, train_s, total_s, chance_accuracy(data, "val"))
+    cpu_s = cpu0 + time.process_time() - c_start
+    writer.finish(test_acc=test, train_s=train_s, total_s=total_s, cpu_s=cpu_s, val_acc=val_accs)
+    return TrainResult(out, len(writer.steps) - 1, val_accs, test, train_s, total_s, chance_accuracy(data, "val"),
+                       cpu_s)
 
 
 def _open_writer(out, meta, start_state, param_names, state_path):

@@ -31,6 +31,11 @@ class TransferConfig:
     # ... or less than rtol x the objective, whichever is larger (0: the official rule alone).
     # The first sweep of a step holds nearly all of its gain; see benchmarks/results/convergence.md.
     rtol: float = 1e-3
+    # Sweeps allowed in each step but the last (0: no cap). With warm starts a step's unfinished
+    # descent goes on in the next step, whose bank holds the same pairs and one more; the last
+    # step always runs to the rule above. 3 cuts the LAPs from 1.61x to 1.40x the floor of one
+    # per group per step, mostly in the cold first steps (benchmarks/results/convergence.md).
+    step_sweeps: int = 3
     lap: str = "auto"  # auto: the torch auction when the cost matrices live on a GPU, else scipy
     eval_every: int = 1  # evaluate every k steps on val (0: only the last step)
     val_subset: int = 0  # evaluate on this many val samples, drawn once from the seed (0: all of val)
@@ -52,7 +57,7 @@ class TransferConfig:
         for name in ("tol", "rtol"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("eval_every", "bn_batches", "val_subset"):
+        for name in ("eval_every", "bn_batches", "val_subset", "step_sweeps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:

@@ -107,17 +107,18 @@ def run_transfer(
         prev = state.perms[s - 1]
         if cfg.method in ("gmt", "fgmt"):
             points = range(s) if cfg.method == "gmt" else [s - 1]
+            capped = bool(cfg.step_sweeps) and cfg.warm_start and s < num_steps and cfg.step_sweeps < cfg.max_sweeps
             t0 = time.perf_counter()
             perm, info = matcher.step(s, prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches,
                                       fresh=cfg.method == "gmt", init=prev if cfg.warm_start else None,
-                                      max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol,
-                                      seed=solve_seed(cfg.seed, s))
+                                      max_sweeps=cfg.step_sweeps if capped else cfg.max_sweeps, tol=cfg.tol,
+                                      rtol=cfg.rtol, seed=solve_seed(cfg.seed, s))
             state.timing["grad_s"] += info["grad_s"]
             state.timing["solve_s"] += time.perf_counter() - t0 - info["grad_s"]
             state.grad_batches += 2 * len(points) * cfg.grad_batches  # both models
-            state.solves.append({k: info[k] for k in ("sweeps", "laps", "converged", "objective", "cost_s", "lap_s",
-                                                      "pairs")})
-            if not info["converged"]:
+            state.solves.append({**{k: info[k] for k in ("sweeps", "laps", "converged", "objective", "cost_s",
+                                                         "lap_s", "pairs")}, "capped": capped})
+            if not info["converged"] and not capped:
                 warnings.warn(f"step {s}: the matching stopped at max_sweeps={cfg.max_sweeps} before converging "
                               f"(last sweep gained {info['gains'][-1]:.3g}); raise max_sweeps or rtol",
                               RuntimeWarning, stacklevel=2)

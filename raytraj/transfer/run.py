@@ -71,7 +71,7 @@ def transfer(
     ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
     ``problem`` is an already prepared one (the Python API's), used instead of preparing.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     # Resolved paths: a resume that spells the source relatively or absolutely is the same run.
     source, target_init, oracle_target = (p if p is None else fs.absolute(p) for p in (source, target_init,
                                                                                         oracle_target))
@@ -132,7 +132,9 @@ def transfer(
         "test_acc": test_best,
         "final_test_acc": test_final,
         "grad_batches": state.grad_batches,
-        "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start},
+        # cpu_s: this call's CPU seconds in this process (all threads; a Ray backend's workers not included)
+        "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start,
+                   "cpu_s": time.process_time() - c_start},
         "solver": solver_summary(state.solves, len(problem.spec.sizes)),
         "source": source,
         "target": problem.target,
@@ -160,9 +162,13 @@ def solver_summary(solves: list[dict], groups: int) -> dict:
         "sweeps": sum(sweeps), "mean_sweeps": sum(sweeps) / len(sweeps) if sweeps else 0.0,
         "laps": laps, "lap_floor": floor, "laps_per_floor": laps / floor if floor else 0.0,
         "lap_s": sum(s["lap_s"] for s in solves), "cost_s": sum(s["cost_s"] for s in solves),
-        "unconverged_steps": [i + 1 for i, s in enumerate(solves) if not s.get("converged", True)],
+        # steps that stopped at max_sweeps; those cut by step_sweeps are "capped" (they go on in the next step)
+        "unconverged_steps": [i + 1 for i, s in enumerate(solves)
+                              if not s.get("converged", True) and not s.get("capped")],
+        "capped_steps": sum(1 for s in solves if s.get("capped") and not s.get("converged", True)),
         "per_step": {"sweeps": sweeps, "laps": [s["laps"] for s in solves],
-                     "converged": [s.get("converged") for s in solves]},
+                     "converged": [s.get("converged") for s in solves],
+                     "capped": [bool(s.get("capped")) for s in solves]},
     }
 
 

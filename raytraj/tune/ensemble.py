@@ -86,6 +86,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
             "member": r["config"]["member"], "target": target_list[r["config"]["member"]], "run": d,
             "test_acc": m["member_test_acc"], "best_step": m["best_step"], "best_val_acc": m["best_val_acc"],
             "transfer_test_acc": m["test_acc"], "seconds": m["transfer_s"] + m.get("finetune_s", 0.0),
+            "cpu_s": m.get("cpu_s"),
             **({"finetune_test_acc": m["finetune_test_acc"]} if "finetune_test_acc" in m else {}),
         })
     trial_s = sum(r["seconds"] for r in member_rows)
@@ -101,6 +102,8 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "timing": {
             "wall_s": wall_s,
             "trial_s_sum": trial_s,
+            # CPU seconds of the members' trials (transfer, subsequent training, scoring), all threads
+            "trial_cpu_s_sum": sum(r["cpu_s"] or 0.0 for r in member_rows),
             # What K trainings from scratch would cost with the source's recipe, read off its record.
             "scratch_s_estimate": members * store.meta["total_s"],
             "source_train_s": store.meta["total_s"],

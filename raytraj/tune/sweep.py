@@ -28,14 +28,19 @@ from ..transfer.problem import check_targets, open_source
 from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
+# Searched besides TransferConfig's fields: the subsequent training of each trial's transfer.
+FINETUNE_FIELDS = {"finetune_epochs": int, "finetune_lr": float}
 SWEEPABLE = ("steps", "schedule", "method", "grad_batches", "batch_size", "warm_start", "normalize", "bn_batches",
-             "max_sweeps", "seed")
+             "max_sweeps", "step_sweeps", "rtol", "eval_every", "val_subset", "seed", *FINETUNE_FIELDS)
 METRIC = "best_val_acc"
+# Ranks the trials: the val accuracy of what a trial hands over, its subsequent training's where
+# it trains on (finetune_val_acc), else the transfer's best along the trajectory.
+RANK = "member_val_acc"
 
 
 def parse_params(items: list[str]) -> dict[str, list]:
     """``["steps=10,20", "method=gmt,fgmt"]`` -> {"steps": [10, 20], "method": ["gmt", "fgmt"]}, typed."""
-    hints = typing.get_type_hints(TransferConfig)
+    hints = {**typing.get_type_hints(TransferConfig), **FINETUNE_FIELDS}
     params: dict[str, list] = {}
     for item in items:
         name, sep, values = item.partition("=")
@@ -51,10 +56,20 @@ def parse_params(items: list[str]) -> dict[str, list]:
             raise ConfigError(f"--param {name} has an empty grid; give at least one value")
         params[name] = [_typed(name, v, hints[name]) for v in raw]
         for v in params[name]:
-            dataclasses.replace(TransferConfig(), **{name: v})  # each value alone must make a valid config
+            if name in FINETUNE_FIELDS:
+                check_finetune(**{name: v})
+            else:
+                dataclasses.replace(TransferConfig(), **{name: v})  # each value alone must make a valid config
     if not params:
         raise ConfigError("a sweep needs at least one --param NAME=V1,V2,...")
     return params
+
+
+def check_finetune(finetune_epochs: int = 0, finetune_lr: float | None = None) -> None:
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0 (0: no subsequent training), got {finetune_epochs}")
+    if finetune_lr is not None and not (math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr}")
 
 
 def _typed(name: str, text: str, hint):
@@ -73,10 +88,15 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
               max_failures: int = 2, resume: bool = False, address: str | None = None,
-              runtime_env: dict | None = None) -> list[dict]:
+              runtime_env: dict | None = None, finetune_epochs: int = 0,
+              finetune_lr: float | None = None) -> list[dict]:
     """Tune the TransferConfig fields in ``params`` (see the module docstring); one row per trial.
 
     Args:
+        params: searched values of TransferConfig fields, and of ``finetune_epochs`` and
+            ``finetune_lr`` (the subsequent training, as ``raytraj ensemble`` does it).
+        finetune_epochs, finetune_lr: the subsequent training of every trial, where not searched.
+            With subsequent training the trials are ranked by its val accuracy.
         target: ``{"target_seed": S}`` or ``{"target_init": STORE[:STEP], "new_head": bool}``;
             it must differ from the source's own init.
         scheduler: None, or "asha": early stopping along the fraction of the trajectory done.
@@ -94,7 +114,9 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         raise ConfigError(f"--samples must be >= 1, got {samples}")
     if search not in ("grid", "random"):
         raise ConfigError(f"--search must be grid or random, got {search!r}")
+    check_finetune(finetune_epochs, finetune_lr)
     space = {k: (tune.grid_search(v) if search == "grid" else tune.choice(v)) for k, v in params.items()}
+    finetuned = finetune_epochs > 0 or any(v > 0 for v in params.get("finetune_epochs", []))
     sched = None
     if scheduler == "asha":
         # The time axis is the fraction of the trajectory done, so that a swept ``steps`` does not cut
@@ -104,12 +126,18 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
                               stop_last_trials=False)
     elif scheduler is not None:
         raise ConfigError(f"--scheduler must be asha, got {scheduler!r}")
+    if sched is not None and finetuned:
+        raise ConfigError("--scheduler asha stops trials on the transfer's val accuracy, before any subsequent "
+                          "training: drop it, or sweep without finetune_epochs")
     # The base without the searched fields: their base values are never used.
     fixed = {k: v for k, v in to_dict(base).items() if k not in params}
     settings = {"source": source, "out": out, "target": target, "transfer": fixed,
+                "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
                 "params": params, "samples": samples, "search": search, "scheduler": scheduler}
+    searched = {"transfer": {k: v for k, v in space.items() if k not in FINETUNE_FIELDS},
+                **{k: v for k, v in space.items() if k in FINETUNE_FIELDS}}
     grid = run_experiment(
-        "sweep", {"transfer": space}, settings=settings,
+        "sweep", searched, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
@@ -124,15 +152,19 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         m = r["metrics"]
         rows.append({
             "trial_id": m.get("trial_id") or r["path"].rsplit("/", 1)[-1],
-            **{k: r["config"]["transfer"][k] for k in params},
+            **{k: (r["config"] if k in FINETUNE_FIELDS else r["config"]["transfer"])[k] for k in params},
             METRIC: m.get(METRIC),
             "final_val_acc": m.get("val_acc") if m.get(FINISHED) else None,
             "test_acc": m.get("test_acc"),
+            **({"finetune_val_acc": m.get("finetune_val_acc"), "finetune_test_acc": m.get("finetune_test_acc")}
+               if finetuned else {}),
+            RANK: m.get("finetune_val_acc", m.get(METRIC)),
             "steps_run": m.get("step"),
             "status": r["status"],
             "seconds": m.get("time_total_s"),
+            "cpu_s": m.get("cpu_s"),
         })
-    rows.sort(key=lambda row: -(row[METRIC] if row[METRIC] is not None else float("-inf")))
+    rows.sort(key=lambda row: -(row[RANK] if row[RANK] is not None else float("-inf")))
     write_results(out, rows, list(params))
     return rows
 
@@ -147,11 +179,14 @@ def write_results(out: str, rows: list[dict], params: list[str]) -> None:
     fs.atomic_write_bytes(fs.join(out, "results.csv"), sink.getvalue().to_pybytes())
     best = rows[0]
     fs.atomic_write_json(fs.join(out, "best.json"), {"config": {k: best[k] for k in params}, METRIC: best[METRIC],
+                                                     RANK: best[RANK],
                                                      "trial_id": best["trial_id"]})
 
 
 def format_results(rows: list[dict], params: list[str]) -> str:
-    cols = ["trial_id", *params, METRIC, "final_val_acc", "steps_run", "status"]
+    cols = ["trial_id", *params, METRIC, "final_val_acc",
+            *(["finetune_val_acc"] if any("finetune_val_acc" in r for r in rows) else []), "cpu_s", "steps_run",
+            "status"]
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -71,6 +72,7 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
     searched values) together hold: source, out, transfer (TransferConfig fields, ``config``'s
     override ``settings``'), member + targets (ensembles) or target (sweeps), finetune_epochs,
     finetune_lr, save_probs."""
+    cpu_start = time.process_time()  # CPU seconds of this trial, reported with its final result
     settings = settings or {}
     config = {**settings, **config, "transfer": {**settings.get("transfer", {}), **config.get("transfer", {})}}
     resources = tune.get_context().get_trial_resources().required_resources
@@ -104,6 +106,9 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
                      finetune_s=meta["total_s"])
     if config.get("save_probs"):
         final["member_test_acc"] = save_member_probs(config["source"], run_dir, bool(config.get("finetune_epochs")))
+    # The trial's process, all threads: transfer, subsequent training and scoring. A trial restarted
+    # after a failure counts only what its last attempt did.
+    final["cpu_s"] = time.process_time() - cpu_start
     _report(final)
 
 
