@@ -105,7 +105,7 @@ def transfer(
         last = problem.num_steps
         t0 = time.perf_counter()
         test_best = runner.evaluate(state.perms[best], best, "test", best).result()
-        test_final = runner.evaluate(state.perms[last], last, "test", last).result()
+        test_final = test_best if best == last else runner.evaluate(state.perms[last], last, "test", last).result()
         state.timing["eval_s"] += time.perf_counter() - t0
         models = {"best": (best, runner.materialize(state.perms[best], best, best)),
                   "final": (last, runner.materialize(state.perms[last], last, last))}

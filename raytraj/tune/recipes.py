@@ -19,14 +19,19 @@ class EnsembleRecipe:
 
     def options(self) -> dict:
         """The preset as CLI option destinations (``steps``, ``finetune_epochs``, ...)."""
-        return {**self.transfer, "finetune_epochs": self.finetune_epochs, "finetune_lr": self.finetune_lr}
+        lr = {} if self.finetune_lr is None else {"finetune_lr": self.finetune_lr}
+        return {**self.transfer, "finetune_epochs": self.finetune_epochs, **lr}
 
 
 ENSEMBLE_RECIPES: dict[str, EnsembleRecipe] = {
+    # A 24-trial grid (steps 10/30, grad_batches 1/4, finetune_epochs 1/2/3, finetune_lr 0.02 or the
+    # source's 0.1) on MNIST-1D 200k, MLP 512-512: the best val among the trials that cost at most an
+    # eighth of the source's training, so that 8 members and the source stay within 25% of 8 trainings.
+    # The source's own lr beat 0.02 in every pairing; steps and grad_batches moved val by < 0.2 point.
     "fast": EnsembleRecipe(
-        transfer={"steps": 10, "grad_batches": 1, "eval_every": 1, "val_subset": 1000},
-        finetune_epochs=2, finetune_lr=0.02,
-        why="TO BE SET FROM THE SWEEP",
+        transfer={"steps": 10, "grad_batches": 4, "eval_every": 1, "val_subset": 1000},
+        finetune_epochs=2, finetune_lr=None,
+        why="transfer T=10 then 2 epochs at the source's lr: 98.46% val for 13.2 CPU s against 122 s to train",
     ),
 }
 
