@@ -53,8 +53,9 @@ def _same_run(a, b, ma, mb):
     (x, _), (y, _) = load_checkpoint(str(a / "final.safetensors")), load_checkpoint(str(b / "final.safetensors"))
     assert all(torch.equal(x[k], y[k]) for k in x if "running" not in k)  # every parameter, bit for bit
     # BatchNorm statistics come from recalibration forward passes, whose reductions follow the
-    # process's torch thread count (1 per worker here): equal to float32 rounding.
-    assert all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-7) for k in x)
+    # process's torch thread count (1 per worker here): equal to float32 rounding of sums of
+    # O(1) terms (1.8e-7 was seen on a running mean near zero).
+    assert all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
 
 
 CASES = [  # (source, method, worker counts): every model and method; 2 workers on GMT are in test_ray_backend
