@@ -57,6 +57,14 @@ class RunFolder:
     def finished(self) -> bool:
         return fs.exists(self.metrics_path)
 
+    @property
+    def progressed(self) -> bool:
+        """Finished, or saved at least one step: work a rerun must resume rather than redo. A folder
+        holding only its config stopped before its first step and holds nothing to keep."""
+        from .transfer.checkpointing import RunCheckpointer
+
+        return self.finished or RunCheckpointer(self.state_dir).exists()
+
     def has_model(self, which: str = "best") -> bool:
         """A finished run whose ``which`` model is on disk."""
         return self.finished and fs.exists(self.model_path(which))

@@ -214,3 +214,41 @@ def test_restore_refuses_storage_others_may_write(tmp_path):
     exp.parent.chmod(0o777)
     with pytest.raises(ConfigError, match="world-writable"):
         check_trusted_storage(str(exp))
+
+
+def test_a_start_that_failed_inside_ray_does_not_block_the_retry(cluster, tmp_path):
+    from userpkg import NAME, write_user_package
+
+    root = write_user_package(tmp_path / "outside")
+    # The driver imports the user's model through PYTHONPATH; the cluster's workers cannot, as when a
+    # user forgets --py-modules: the check before Tune passes, and every trial fails inside Ray.
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    src = tmp_path / "src"
+    subprocess.run([sys.executable, "-c", f"from {NAME}.train import main; main({str(src)!r}, seed=1, epochs=2)"],
+                   env=env, check=True, cwd=tmp_path)
+    argv = [sys.executable, "-m", "raytraj", "ensemble", "--source", str(src), "--members", "1", "--steps", "2",
+            "--out", str(tmp_path / "ens"), "--address", cluster]
+    first = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 2, first.stderr[-3000:]
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("raytraj ensemble: error: 1 of 1 ensemble members did not finish (failed: "), last
+    assert NAME in last and "no --resume needed" in last, last
+    # The same command, corrected, starts afresh: no --resume demanded, none refused.
+    second = subprocess.run([*argv, "--py-modules", str(root / NAME)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["members"][0]["test_acc"] > 0
+
+
+def test_a_trial_no_node_can_hold_is_refused_at_once(cluster, digits_source, tmp_path, capsys):
+    from raytraj.cli import main
+
+    out = tmp_path / "ens"
+    gpus = ray.cluster_resources().get("GPU", 0) + 1
+    argv = ["ensemble", "--source", str(digits_source / "source"), "--members", "1", "--steps", "2", "--out", str(out),
+            "--address", cluster]
+    assert main([*argv, "--gpus-per-trial", f"{gpus:g}"]) == 2  # Tune would wait for it forever
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no node of this Ray cluster can hold a trial" in err[0], err
+    assert not (out / "tune").exists() and not (out / "ensemble-settings.json").exists()
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]

@@ -11,8 +11,10 @@ from ray import tune
 
 from .. import fs
 from ..config import ConfigError
-from ..distributed.cluster import connect
-from .trial import FINISHED, transfer_trial
+from ..distributed.cluster import connect, fits, fixed_cluster, node_totals
+from ..ray_errors import describe
+from ..runfolder import RunFolder
+from .trial import FINISHED, MEMBERS, TRIALS, transfer_trial
 
 
 def storage_root(out: str, storage: str | None) -> str:
@@ -29,6 +31,33 @@ def settings_path(out: str, name: str) -> str:
 def default_gpus_per_trial() -> float:
     """One GPU per trial when the (connected) cluster has GPUs, none otherwise."""
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def trials_progressed(out: str) -> bool:
+    """Has any trial of the experiment in ``out`` saved a transfer step (or finished)?"""
+    return any(RunFolder(fs.join(out, parent, name)).progressed
+               for parent in (MEMBERS, TRIALS) for name in fs.listdir(fs.join(out, parent)))
+
+
+def discard_failed_start(out: str, path: str, record: str) -> bool:
+    """A start that failed before any trial saved a step (an unreachable --address, a trial that
+    cannot import the model, Ctrl-C while trials start) left Tune's state but no work: remove it,
+    so that the same command, or a corrected one, starts afresh without --resume. Returns True
+    when there was such a start."""
+    if not tune.Tuner.can_restore(path) or trials_progressed(out):
+        return False
+    for leftover in (path, record, fs.join(out, MEMBERS), fs.join(out, TRIALS)):
+        fs.remove(leftover)
+    return True
+
+
+def check_trial_fits(cpus: float, gpus: float) -> None:
+    """Tune waits forever (warning each minute) for a trial no node can hold; on a fixed local
+    cluster, where no node will join, say so at once."""
+    if fixed_cluster() and not fits({k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v}, 1):
+        raise ConfigError(f"no node of this Ray cluster can hold a trial of {cpus:g} CPUs and {gpus:g} GPUs (it is a "
+                          f"fixed local cluster; its nodes have {node_totals()}); lower --cpus-per-trial or "
+                          "--gpus-per-trial")
 
 
 def check_trusted_storage(path: str) -> None:
@@ -70,6 +99,8 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     path = fs.join(root, name)
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a {name} needs a folder of its own")
+    if discard_failed_start(out, path, record):
+        resume = False  # nothing to continue: start afresh, with whatever settings are given now
     if resume and fs.exists(record):
         recorded = fs.read_json(record)
         diff = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
@@ -79,6 +110,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     connect(address, runtime_env=runtime_env)
     if gpus_per_trial is None:
         gpus_per_trial = default_gpus_per_trial()
+    check_trial_fits(cpus_per_trial, gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if resume:
@@ -122,7 +154,7 @@ def result_rows(grid: tune.ResultGrid) -> list[dict]:
         else:
             status = "interrupted"
         rows.append({"config": result.config or {}, "metrics": metrics, "path": result.path, "status": status,
-                     "error": str(result.error) if result.error else None})
+                     "error": describe(result.error) if result.error else None})
     return rows
 
 
@@ -133,6 +165,8 @@ def refuse_unfinished(rows: list[dict], what: str, expected: int,
     stopped = [r for r in rows if r["status"] in ("interrupted", "error")]
     missing = max(0, expected - len(rows))
     if stopped or missing:
-        errors = [r["error"].splitlines()[0] for r in stopped if r["error"]]
+        errors = [r["error"] for r in stopped if r["error"]]
+        if errors and not any("step" in r["metrics"] for r in rows):  # failed before any trial reported: nothing to keep
+            command_hint = "the same command once the cause is fixed (no --resume needed)"
         raise ConfigError(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish "
                           f"({'failed: ' + errors[0] if errors else 'interrupted'}); continue with {command_hint}")

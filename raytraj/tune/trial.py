@@ -37,6 +37,8 @@ FINISHED = "transfer_finished"
 TIME_ATTR = "trajectory_fraction"
 
 
+# Where run_dir_and_target puts the trials' run folders, under OUT.
+MEMBERS, TRIALS = "members", "trials"
 CHECKPOINT_EVERY = 5  # evaluated steps between Tune checkpoints (the run folder holds the real state)
 
 
@@ -54,8 +56,8 @@ def run_dir_and_target(config: dict) -> tuple[str, dict]:
     """Ensemble members live at OUT/members/member-K; sweep trials at OUT/trials/TRIAL_ID."""
     if "member" in config:
         k = config["member"]
-        return fs.join(config["out"], "members", f"member-{k:03d}"), config["targets"][k]
-    return fs.join(config["out"], "trials", tune.get_context().get_trial_id()), config["target"]
+        return fs.join(config["out"], MEMBERS, f"member-{k:03d}"), config["targets"][k]
+    return fs.join(config["out"], TRIALS, tune.get_context().get_trial_id()), config["target"]
 
 
 def trial_device() -> str:
