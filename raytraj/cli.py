@@ -9,6 +9,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .perm import SpecError
+from .ray_errors import root_cause
 from .trajectory import TrajectoryError
 
 USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
@@ -438,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
+            cause = root_cause(e)
+            if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
+                raise  # a bug: keep the worker's traceback
+            raise cause from None
     except USER_ERRORS as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
