@@ -452,10 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
         print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"raytraj {args.command}: interrupted; what was done is saved: run the same command{hint} to continue",
-              file=sys.stderr)
+        print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
+              f"command{hint} to continue"), file=sys.stderr)
         return 130
     return 0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import stat
 
@@ -131,11 +133,77 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
                 name=name,
                 storage_path=root,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=1,
+                # Tune's own tables (a status table every few seconds, each trial's result dump) give way
+                # to one line per trial event; Tuner.restore keeps the callback it was started with.
+                verbose=0,
+                callbacks=[TrialLines(name)],
             ),
         )
-    return tuner.fit()
+    with quiet_tune():
+        return tuner.fit()
+
+
+class TrialLines(tune.Callback):
+    """One line per trial start, finish, early stop and failure, in a terminal and in logs alike."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _say(self, trial, what: str) -> None:
+        searched = " ".join(f"{k}={v}" for k, v in _flat(trial.config or {}).items())
+        print(f"{self.name}: trial {trial.trial_id} ({searched}) {what}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(trial, "started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        best = f"best val {r['best_val_acc']:.2f}%" if r.get("best_val_acc") is not None else "no evaluation"
+        if r.get(FINISHED):
+            self._say(trial, f"finished: {best} (step {r.get('best_step')})")
+        else:
+            self._say(trial, f"stopped early by the scheduler at step {r.get('step')}: {best}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._say(trial, "failed; Tune starts it again, from its last saved step")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._say(trial, "failed")
+
+
+def _flat(config: dict) -> dict:
+    """A trial's searched values by their own names ({"transfer": {"steps": 4}} -> {"steps": 4})."""
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v) if isinstance(v, dict) else {k: v})
+    return out
+
+
+@contextlib.contextmanager
+def quiet_tune():
+    """Tune's own output off while it runs; TrialLines speaks instead.
+
+    * Tune's newer reporter prints its experiment table whatever the verbosity; its older one
+      (RAY_AIR_NEW_OUTPUT=0) honours ``verbose=0``.
+    * Its driver-side warnings on Ctrl-C advise its Python API ("Resume experiment with:
+      Tuner.restore(...)") and complain about the trials that never started; the CLI says itself
+      how to continue (--resume). Errors still show.
+    """
+    loggers = [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    levels = [lg.level for lg in loggers]
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def result_rows(grid: tune.ResultGrid) -> list[dict]:
@@ -158,15 +226,27 @@ def result_rows(grid: tune.ResultGrid) -> list[dict]:
     return rows
 
 
+class Interrupted(KeyboardInterrupt):
+    """Tune stopped on Ctrl-C (it catches SIGINT and returns what it has); the CLI says how to resume."""
+
+
 def refuse_unfinished(rows: list[dict], what: str, expected: int,
                       command_hint: str = "the same command with --resume") -> None:
     """Interrupted (Ctrl-C, a killed driver) or failed trials, or fewer trials than ``expected``
-    (an interrupted experiment lists only the trials it had created): say how to continue."""
+    (an interrupted experiment lists only the trials it had created): say how to continue.
+
+    Raises:
+        Interrupted: no trial failed (a KeyboardInterrupt: the CLI exits 130 with how to resume).
+        ConfigError: a trial failed; the message holds the first failure's root cause.
+    """
     stopped = [r for r in rows if r["status"] in ("interrupted", "error")]
     missing = max(0, expected - len(rows))
     if stopped or missing:
         errors = [r["error"] for r in stopped if r["error"]]
-        if errors and not any("step" in r["metrics"] for r in rows):  # failed before any trial reported: nothing to keep
+        if not errors:  # no trial failed, yet some never ended: Tune caught a Ctrl-C and returned
+            raise Interrupted(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish; "
+                              f"continue with {command_hint}")
+        if not any("step" in r["metrics"] for r in rows):  # failed before any trial reported: nothing to keep
             command_hint = "the same command once the cause is fixed (no --resume needed)"
         raise ConfigError(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish "
-                          f"({'failed: ' + errors[0] if errors else 'interrupted'}); continue with {command_hint}")
+                          f"(failed: {errors[0]}); continue with {command_hint}")

@@ -2,16 +2,13 @@
 
 The trial's run folder (``config["run_dir"]``, local or object storage) holds the transfer's own
 resumable state, so a trial restarted by ``FailureConfig`` or ``Tuner.restore`` continues from its
-last step instead of starting over, and a finished trial is never recomputed. Each report also
-carries a small Tune checkpoint recording that progress.
+last step instead of starting over, and a finished trial is never recomputed. Reports therefore
+carry no Tune checkpoint: nothing would read it, and Ray logs a line for every one.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 
 import numpy as np
 import torch
@@ -39,17 +36,6 @@ TIME_ATTR = "trajectory_fraction"
 
 # Where run_dir_and_target puts the trials' run folders, under OUT.
 MEMBERS, TRIALS = "members", "trials"
-CHECKPOINT_EVERY = 5  # evaluated steps between Tune checkpoints (the run folder holds the real state)
-
-
-def _report(metrics: dict, checkpoint: bool = True) -> None:
-    if not checkpoint:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump(metrics, f)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def run_dir_and_target(config: dict) -> tuple[str, dict]:
@@ -80,14 +66,12 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
     device = trial_device()
     cfg = from_dict(TransferConfig, config["transfer"])
     run_dir, target = run_dir_and_target(config)
-    best = {"acc": float("-inf"), "reports": 0}
+    best = {"acc": float("-inf")}
     length = cfg.steps if cfg.schedule != "actual" else TrajectoryStore(config["source"]).last_step
 
     def on_eval(step: int, acc: float) -> None:
         best["acc"] = max(best["acc"], acc)
-        best["reports"] += 1
-        _report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]},
-                checkpoint=best["reports"] % CHECKPOINT_EVERY == 0)
+        tune.report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
 
     # a trial restarted after it finished reads its metrics; one cut short resumes
     metrics = RunFolder(run_dir).load_or_run(
@@ -106,7 +90,7 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
                      finetune_s=meta["total_s"])
     if config.get("save_probs"):
         final["member_test_acc"] = save_member_probs(config["source"], run_dir, bool(config.get("finetune_epochs")))
-    _report(final)
+    tune.report(final)
 
 
 def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
