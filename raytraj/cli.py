@@ -58,8 +58,9 @@ def _transfer_config(args):
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
               **_solver_fields(args)}
     if args.schedule == "actual" and args.steps is None:
-        fields["steps"] = None
-    return TransferConfig(**{k: v for k, v in fields.items() if v is not None or k == "steps"})
+        fields["steps"] = None  # follow the recorded steps; a linear schedule takes TransferConfig's T
+    return TransferConfig(**{k: v for k, v in fields.items()
+                             if v is not None or (k == "steps" and args.schedule == "actual")})
 
 
 def _transfer_choices() -> tuple[dict, tuple, tuple]:
@@ -72,18 +73,43 @@ def _transfer_choices() -> tuple[dict, tuple, tuple]:
     return defaults, METHODS, (*SCHEDULES, "actual")
 
 
+def _train_defaults() -> dict:
+    """TrainConfig's defaults by field: the one home of the training recipe's defaults."""
+    import dataclasses
+
+    from .train import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def _add_solver_args(q) -> None:
     """The per-step solve's stopping rule, its LAP solver, and the evaluation subset."""
+    defaults = _transfer_choices()[0]
     q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
-                   "(default 1e-3; 0: the official absolute rule alone)")
-    q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
+                   f"(default {defaults['rtol']:g}; 0: the official absolute rule alone)")
+    q.add_argument("--tol", type=float,
+                   help=f"... or at most TOL in absolute terms (default {defaults['tol']:g}, the official code's)")
     from .transfer.config import LAP_SOLVERS
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
-                   help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, "
-                   "else scipy)")
-    q.add_argument("--val-subset", type=int,
-                   help="evaluate each step on N val samples drawn from the seed (default: all)")
+                   help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
+                   "GPU, else scipy)")
+    q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed "
+                   f"(default {defaults['val_subset']}: all of val)")
+
+
+def _add_schedule_args(q, defaults: dict, schedules) -> None:
+    """The transfer options every transfer command shares, with TransferConfig's defaults."""
+    q.add_argument("--schedule", default=defaults["schedule"], choices=schedules,
+                   help=f"how the T steps sample the trajectory (default {defaults['schedule']})")
+    q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"],
+                   help=f"mini-batches averaged per gradient (default {defaults['grad_batches']})")
+    q.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help=f"gradient mini-batch size (default {defaults['batch_size']})")
+    q.add_argument("--seed", type=int, default=defaults["seed"],
+                   help=f"seeds the batches and the solver's order (default {defaults['seed']})")
+    q.add_argument("--eval-every", type=int, default=defaults["eval_every"],
+                   help=f"evaluate every k steps (0: only the last; default {defaults['eval_every']})")
 
 
 def _solver_fields(args) -> dict:
@@ -291,9 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="trajectory store: a folder, s3://... or gs://...")
     t.add_argument("--init", help="start from STORE[:STEP] (fine-tuning a pre-trained model)")
     t.add_argument("--new-head", action="store_true", help="re-initialise the classifier head (seeded)")
-    for flag, typ in (("--lr", float), ("--batch-size", int), ("--save-every", int), ("--weight-decay", float),
-                      ("--momentum", float), ("--warmup-epochs", float)):
-        t.add_argument(flag, type=typ)
+    recipe = _train_defaults()
+    for flag, typ, what in (("--lr", float, "initial learning rate"), ("--batch-size", int, "mini-batch size"),
+                            ("--save-every", int, "record every N iterations, 0: every epoch"),
+                            ("--weight-decay", float, "SGD weight decay"), ("--momentum", float, "SGD momentum"),
+                            ("--warmup-epochs", float, "linear warm-up epochs")):
+        name = flag[2:].replace("-", "_")
+        t.add_argument(flag, type=typ, default=recipe[name], help=f"{what} (default {recipe[name]:g})")
     t.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,256]")
     common(t)
     t.set_defaults(func=cmd_train)
@@ -306,15 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--new-head", action="store_true", help="with --target-init: re-initialise its head")
     x.add_argument("--method", required=True, choices=methods)
     x.add_argument("--oracle-target", help="oracle: the target init actually trained with the source recipe")
-    x.add_argument("--steps", type=int, help="T (linear schedules)")
-    x.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
-    x.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
-    x.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    x.add_argument("--seed", type=int, default=defaults["seed"])
-    x.add_argument("--eval-every", type=int, default=defaults["eval_every"],
-                   help="evaluate every k steps (0: only the last)")
+    x.add_argument("--steps", type=int,
+                   help=f"T (default {defaults['steps']}; with --schedule actual: the recorded steps)")
+    _add_schedule_args(x, defaults, schedules)
     x.add_argument("--bn-batches", type=int, default=defaults["bn_batches"],
-                   help="batches for BatchNorm recalibration")
+                   help=f"batches for BatchNorm recalibration (default {defaults['bn_batches']})")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
     _add_solver_args(x)
@@ -367,14 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
 
         q.add_argument("--source", required=True)
         # Oracle needs a trained target per member, which the Tune commands do not take.
-        q.add_argument("--method", default=method_default, choices=[m for m in methods if m != "oracle"])
+        q.add_argument("--method", default=method_default, choices=[m for m in methods if m != "oracle"],
+                       help=f"transfer method (default {method_default})")
         q.add_argument("--steps", type=int,
                        help=f"T (default {QUICK_STEPS}; with --schedule actual: the recorded steps)")
-        q.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
-        q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
-        q.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-        q.add_argument("--seed", type=int, default=defaults["seed"])
-        q.add_argument("--eval-every", type=int, default=defaults["eval_every"])
+        _add_schedule_args(q, defaults, schedules)
         _add_solver_args(q)
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
@@ -390,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_runtime_env_args(q)
 
     en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
-    tune_common(en, "fgmt")
+    tune_common(en, defaults["method"])
     en.add_argument("--members", type=int, required=True)
     en.add_argument("--targets", default="random", help="random (seeded inits) or STORE,STORE,... pre-trained inits")
     en.add_argument("--new-head", action="store_true", help="with pre-trained --targets: re-initialise their heads")
@@ -410,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(func=cmd_distill)
 
     sw = sub.add_parser("sweep", help="tune transfer hyperparameters with Ray Tune")
-    tune_common(sw, "fgmt")
+    tune_common(sw, defaults["method"])
     sw.add_argument("--param", action="append", required=True, metavar="NAME=V1,V2",
                     help="a searched TransferConfig field, e.g. steps=10,20,40 (repeat for more)")
     sw.add_argument("--samples", type=int, default=1, help="repeats of the grid, or random samples")
