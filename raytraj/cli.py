@@ -141,7 +141,9 @@ def cmd_transfer(args):
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
                  head=args.head_module)
     print(format_table([m]))
-    print(f"wrote {args.out}/metrics.json")
+    from .runfolder import RunFolder
+
+    print(f"wrote {RunFolder(args.out).metrics_path}")
 
 
 def cmd_finetune(args):

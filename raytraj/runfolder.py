@@ -22,6 +22,11 @@ STATE = "state"
 MODELS = ("best", "final")
 
 
+def model_file(which: str = "best") -> str:
+    """The file name of the ``which`` ("best" or "final") model in a run folder."""
+    return f"{which}.safetensors"
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and readers for the files of one transfer run at ``location`` (a local path or URI)."""
@@ -46,7 +51,7 @@ class RunFolder:
 
     def model_path(self, which: str = "best") -> str:
         """Path of the ``which`` ("best" or "final") model's safetensors file."""
-        return fs.join(self.location, f"{which}.safetensors")
+        return fs.join(self.location, model_file(which))
 
     @property
     def started(self) -> bool:
