@@ -266,3 +266,19 @@ def test_tune_output_is_one_line_per_trial_event(cluster, digits_source, tmp_pat
     finished = [line for line in lines if " finished: best val " in line]
     assert len(finished) == 2 and all(line.startswith("ensemble: trial ") for line in finished), run.stdout
     assert len(lines) <= 8, run.stdout  # 2 started, 2 finished, the summary's 3 lines
+
+
+def test_an_unreachable_address_fails_at_once_and_leaves_nothing(digits_source, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ens"
+    argv = [sys.executable, "-m", "raytraj", "ensemble", "--source", str(digits_source / "source"), "--members", "1",
+            "--out", str(out), "--address", f"127.0.0.1:{port}"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)  # Ray alone retried for many minutes
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(f"raytraj ensemble: error: cannot reach a Ray cluster at "
+                                                          f"127.0.0.1:{port}"), run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and not out.exists()

@@ -9,6 +9,8 @@ import warnings
 
 import ray
 
+from ..config import ConfigError
+
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             runtime_env: dict | None = None) -> bool:
@@ -27,11 +29,25 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return False
     env = {"runtime_env": runtime_env} if runtime_env else {}
     if address or os.environ.get("RAY_ADDRESS"):
+        check_reachable(address or os.environ["RAY_ADDRESS"])
         ray.init(address=address, log_to_driver=True, **env)
     else:
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
                  **env)
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries a HOST:PORT nothing listens on for many minutes, silently: fail at once instead.
+    ``auto`` and other forms without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one there "
+                          "(`ray start --head`) or correct --address (or RAY_ADDRESS)") from None
 
 
 def short_resources(resources: dict) -> dict:
