@@ -42,8 +42,8 @@ def trials_progressed(out: str) -> bool:
 
 
 def discard_failed_start(out: str, path: str, record: str) -> bool:
-    """A start that failed before any trial saved a step (an unreachable --address, a trial that
-    cannot import the model, Ctrl-C while trials start) left Tune's state but no work: remove it,
+    """A start that failed before any trial saved a step (trials that cannot import the model, a
+    placement that failed, Ctrl-C while trials start) left Tune's state but no work: remove it,
     so that the same command, or a corrected one, starts afresh without --resume. Returns True
     when there was such a start."""
     if not tune.Tuner.can_restore(path) or trials_progressed(out):
