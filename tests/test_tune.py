@@ -25,9 +25,15 @@ def cluster():
     ray.shutdown()
 
 
-def reported_pid(experiment, member):
-    """The process running a member's trial, as Tune records it with every result."""
-    for path in experiment.glob(f"*member={member}_*/result.json"):
+def reported_pid(experiment, member, since):
+    """The process running a member's trial, as Tune records it with every result: in the driver's
+    staging folder at once (the experiment folder gets a copy only when Tune syncs it)."""
+    from pathlib import Path
+
+    staging = Path(ray._private.worker._global_node.get_session_dir_path()) / "artifacts"
+    paths = [*staging.glob(f"*/{experiment.name}/driver_artifacts/*member={member}_*/result.json"),
+             *experiment.glob(f"*member={member}_*/result.json")]
+    for path in [p for p in paths if p.stat().st_mtime >= since]:  # not an earlier test's trial
         lines = path.read_text().strip().splitlines()
         if lines:
             return json.loads(lines[-1])["pid"]
@@ -39,13 +45,14 @@ def test_ensemble_of_three_survives_a_killed_trial(cluster, digits_source, tmp_p
     out = tmp_path / "ens"
     cfg = TransferConfig(method="fgmt", steps=12)  # a wide window to kill member 0 in
     killed = []
+    started = time.time()
 
     def kill_member_zero_mid_transfer():
         progress = out / "members" / "member-000" / "state" / "progress.safetensors"
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             try:
-                pid = reported_pid(out / "tune" / "ensemble", 0)
+                pid = reported_pid(out / "tune" / "ensemble", 0, started)
                 if pid and load_checkpoint(str(progress))[1]["step"] >= 2:
                     os.kill(pid, signal.SIGKILL)  # the trial's process crashes; FailureConfig retries it
                     killed.append(pid)
