@@ -186,6 +186,21 @@ def main():
               "--out", str(root / f"nf-{label}o")])
         rows[-1] = (*rows[-1][:5], "no model saved" if not list((root / f"nf-{label}o").glob("*.safetensors"))
                     else "MODEL SAVED")
+    def huge(pixels):
+        def edit(name, values, meta):  # finite, but large enough to overflow float32 downstream
+            values[pixels] = 3e38
+            return values, {**meta, b"crc32": str(zlib.crc32(values.tobytes())).encode()}
+        return edit
+
+    for label, pixels in (("many huge first-layer weights (activations overflow)", [19, 20, 21, 22, 26, 27, 28, 29,
+                                                                                    35, 36, 37]),
+                          ("one huge first-layer weight (cost matrix overflows)", [27])):
+        s = copy_src(f"ov{len(pixels)}")
+        for step in (1, 2, 3):
+            plant(s, step, huge(pixels))
+        case(f"{label}, finite weights, fgmt", [*xfer, "--source", str(s), "--out", str(root / f"ov{len(pixels)}o")])
+        rows[-1] = (*rows[-1][:5], "no model saved" if not list((root / f"ov{len(pixels)}o").glob("*.safetensors"))
+                    else "MODEL SAVED")
     s = copy_src("md")
     plant(s, 3, lambda name, values, meta: (values, {**meta, b"shape": b"\xff\xfe"}))
     case("damaged Arrow field metadata (invalid UTF-8)", [*xfer, "--source", str(s), "--out", str(root / "mdo")])
@@ -207,6 +222,22 @@ def main():
     case("... then the same `--out` with a good target, no `--resume`",
          ["transfer", "--target-seed", "5", "--method", "naive", "--steps", "3", "--quiet", "--source", str(src),
           "--out", str(root / "retry")])
+
+    case("`transfer` without `--steps` (TransferConfig's T=30)",
+         ["transfer", "--target-seed", "5", "--method", "naive", "--quiet", "--source", str(src),
+          "--out", str(root / "nosteps")])
+    with __import__("socket").socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    case("`ensemble --address` nothing listens on", ["ensemble", "--source", str(src), "--members", "1",
+                                                     "--out", str(root / "addr"), "--address", f"127.0.0.1:{port}"],
+         timeout=120)
+    rows[-1] = (*rows[-1][:5], "nothing written" if not (root / "addr").exists() else "FOLDER LEFT")
+    case("`ensemble --gpus-per-trial 64` (a local cluster)", ["ensemble", "--source", str(src), "--members", "1",
+                                                              "--out", str(root / "gpus"), "--gpus-per-trial", "64"],
+         timeout=120)
+    case("... then the same command without it, no `--resume`", ["ensemble", "--source", str(src), "--members", "1",
+                                                                  "--steps", "3", "--out", str(root / "gpus")])
 
     # Ctrl-C mid-transfer, then --resume with the source spelled relatively.
     long = ["transfer", "--target-seed", "5", "--method", "fgmt", "--steps", "150", "--eval-every", "0", "--quiet"]
@@ -241,7 +272,7 @@ def main():
     ]
     for name, code, text, tb, s, note in rows:
         text = text.replace("|", "\\|").replace("`", "'").replace(str(root), "$T")
-        text = "ok" if code == 0 and text == "(no output)" else text
+        text = "ok" if code == 0 and not text.startswith("raytraj ") else text  # a success's last line is Ray's
         lines.append(f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |")
     lines += [
         "",
@@ -250,8 +281,9 @@ def main():
         "",
         "| case | outcome | test |",
         "| --- | --- | --- |",
-        "| Ctrl-C (SIGINT) during `raytraj ensemble` | exit 2, one line: `N of 3 ensemble members did not finish "
-        "(interrupted); continue with the same command with --resume`; no ensemble.json | "
+        "| Ctrl-C (SIGINT) during `raytraj ensemble` | exit 130, one line: `raytraj ensemble: interrupted; N of 3 "
+        "ensemble members did not finish; continue with the same command with --resume`; no traceback (driver's or "
+        "forwarded from a trial), no `Tuner.restore` advice; no ensemble.json | "
         "`test_ensemble_interrupted_with_ctrl_c_says_how_to_resume_and_refuses_other_settings` |",
         "| `ensemble --resume` with other `--members`, `--method` or `--steps` | refused before Tune or the run folder "
         "is touched (every file's mtime unchanged); the same settings then finish | same test |",
@@ -268,6 +300,21 @@ def main():
         "`test_tune_trials_default_to_one_gpu_on_a_cluster_with_gpus` |",
         "| `raytraj transfer --backend ray` | no `actor restart will fail` line in its output | "
         "`test_a_ray_transfer_logs_no_actor_restart_error` |",
+        "| `ensemble` whose trials all fail inside Ray before a step (user model, no `--py-modules`) | exit 2, one "
+        "line naming the root cause (`cannot import byo_userpkg.nets ... --py-modules`), not Ray's wrapper; the "
+        "corrected command then runs without `--resume` (the failed start's Tune state is discarded) | "
+        "`test_a_start_that_failed_inside_ray_does_not_block_the_retry` |",
+        "| a trial no node of a local cluster can hold (`--gpus-per-trial` > the cluster's GPUs) | exit 2 at once "
+        "(Tune waited forever before), nothing written; the same command without it then runs | "
+        "`test_a_trial_no_node_can_hold_is_refused_at_once` |",
+        "| `--address` nothing listens on | exit 2 in seconds (ray.init retried silently for 10+ minutes before), "
+        "nothing written | `test_an_unreachable_address_fails_at_once_and_leaves_nothing` |",
+        "| an OSError inside a Ray worker (a file where its shard folder goes) | exit 2, one line: the path, "
+        "`File exists`, `choose another --out` (Ray's multi-line traceback text before) | "
+        "`test_an_os_error_inside_a_ray_worker_is_one_line` |",
+        "| Tune's output for a 2-member ensemble | one line per trial start and finish; no status tables, result "
+        "dumps, or `Checkpoint successfully created` lines (trials report no Tune checkpoints: the run folder "
+        "holds their state) | `test_tune_output_is_one_line_per_trial_event` |",
     ]
     write_report(str(Path(__file__).resolve().parent / "results" / "robustness.md"), lines)
 

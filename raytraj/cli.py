@@ -9,6 +9,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .perm import SpecError
+from .ray_errors import root_cause
 from .trajectory import TrajectoryError
 
 USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
@@ -57,8 +58,9 @@ def _transfer_config(args):
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
               **_solver_fields(args)}
     if args.schedule == "actual" and args.steps is None:
-        fields["steps"] = None
-    return TransferConfig(**{k: v for k, v in fields.items() if v is not None or k == "steps"})
+        fields["steps"] = None  # follow the recorded steps; a linear schedule takes TransferConfig's T
+    return TransferConfig(**{k: v for k, v in fields.items()
+                             if v is not None or (k == "steps" and args.schedule == "actual")})
 
 
 def _transfer_choices() -> tuple[dict, tuple, tuple]:
@@ -71,20 +73,45 @@ def _transfer_choices() -> tuple[dict, tuple, tuple]:
     return defaults, METHODS, (*SCHEDULES, "actual")
 
 
+def _train_defaults() -> dict:
+    """TrainConfig's defaults by field: the one home of the training recipe's defaults."""
+    import dataclasses
+
+    from .train import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def _add_solver_args(q) -> None:
     """The per-step solve's stopping rule, its LAP solver, and the evaluation subset."""
+    defaults = _transfer_choices()[0]
     q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
-                   "(default 1e-3; 0: the official absolute rule alone)")
-    q.add_argument("--tol", type=float, help="... or at most TOL in absolute terms (default 1e-7, the official code's)")
+                   f"(default {defaults['rtol']:g}; 0: the official absolute rule alone)")
+    q.add_argument("--tol", type=float,
+                   help=f"... or at most TOL in absolute terms (default {defaults['tol']:g}, the official code's)")
     q.add_argument("--step-sweeps", type=int, help="at most N sweeps in each step but the last, which goes on from "
-                   "there (default 3; 0: no cap)")
+                   f"there (default {defaults['step_sweeps']}; 0: no cap)")
     from .transfer.config import LAP_SOLVERS
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
-                   help="LAP solver (default auto: the torch auction when the cost matrices are on a GPU, "
-                   "else scipy)")
-    q.add_argument("--val-subset", type=int,
-                   help="evaluate each step on N val samples drawn from the seed (default: all)")
+                   help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
+                   "GPU, else scipy)")
+    q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed "
+                   f"(default {defaults['val_subset']}: all of val)")
+
+
+def _add_schedule_args(q, defaults: dict, schedules) -> None:
+    """The transfer options every transfer command shares, with TransferConfig's defaults."""
+    q.add_argument("--schedule", default=defaults["schedule"], choices=schedules,
+                   help=f"how the T steps sample the trajectory (default {defaults['schedule']})")
+    q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"],
+                   help=f"mini-batches averaged per gradient (default {defaults['grad_batches']})")
+    q.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help=f"gradient mini-batch size (default {defaults['batch_size']})")
+    q.add_argument("--seed", type=int, default=defaults["seed"],
+                   help=f"seeds the batches and the solver's order (default {defaults['seed']})")
+    q.add_argument("--eval-every", type=int, default=defaults["eval_every"],
+                   help=f"evaluate every k steps (0: only the last; default {defaults['eval_every']})")
 
 
 def _solver_fields(args) -> dict:
@@ -116,7 +143,9 @@ def cmd_transfer(args):
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
                  head=args.head_module)
     print(format_table([m]))
-    print(f"wrote {args.out}/metrics.json")
+    from .runfolder import RunFolder
+
+    print(f"wrote {RunFolder(args.out).metrics_path}")
 
 
 def cmd_finetune(args):
@@ -320,9 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="trajectory store: a folder, s3://... or gs://...")
     t.add_argument("--init", help="start from STORE[:STEP] (fine-tuning a pre-trained model)")
     t.add_argument("--new-head", action="store_true", help="re-initialise the classifier head (seeded)")
-    for flag, typ in (("--lr", float), ("--batch-size", int), ("--save-every", int), ("--weight-decay", float),
-                      ("--momentum", float), ("--warmup-epochs", float)):
-        t.add_argument(flag, type=typ)
+    recipe = _train_defaults()
+    for flag, typ, what in (("--lr", float, "initial learning rate"), ("--batch-size", int, "mini-batch size"),
+                            ("--save-every", int, "record every N iterations, 0: every epoch"),
+                            ("--weight-decay", float, "SGD weight decay"), ("--momentum", float, "SGD momentum"),
+                            ("--warmup-epochs", float, "linear warm-up epochs")):
+        name = flag[2:].replace("-", "_")
+        t.add_argument(flag, type=typ, default=recipe[name], help=f"{what} (default {recipe[name]:g})")
     t.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,256]")
     common(t)
     t.set_defaults(func=cmd_train)
@@ -335,15 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--new-head", action="store_true", help="with --target-init: re-initialise its head")
     x.add_argument("--method", required=True, choices=methods)
     x.add_argument("--oracle-target", help="oracle: the target init actually trained with the source recipe")
-    x.add_argument("--steps", type=int, help="T (linear schedules)")
-    x.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
-    x.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
-    x.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    x.add_argument("--seed", type=int, default=defaults["seed"])
-    x.add_argument("--eval-every", type=int, default=defaults["eval_every"],
-                   help="evaluate every k steps (0: only the last)")
+    x.add_argument("--steps", type=int,
+                   help=f"T (default {defaults['steps']}; with --schedule actual: the recorded steps)")
+    _add_schedule_args(x, defaults, schedules)
     x.add_argument("--bn-batches", type=int, default=defaults["bn_batches"],
-                   help="batches for BatchNorm recalibration")
+                   help=f"batches for BatchNorm recalibration (default {defaults['bn_batches']})")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
     _add_solver_args(x)
@@ -396,14 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
 
         q.add_argument("--source", required=True)
         # Oracle needs a trained target per member, which the Tune commands do not take.
-        q.add_argument("--method", default=method_default, choices=[m for m in methods if m != "oracle"])
+        q.add_argument("--method", default=method_default, choices=[m for m in methods if m != "oracle"],
+                       help=f"transfer method (default {method_default})")
         q.add_argument("--steps", type=int,
                        help=f"T (default {QUICK_STEPS}; with --schedule actual: the recorded steps)")
-        q.add_argument("--schedule", default=defaults["schedule"], choices=schedules)
-        q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"])
-        q.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-        q.add_argument("--seed", type=int, default=defaults["seed"])
-        q.add_argument("--eval-every", type=int, default=defaults["eval_every"])
+        _add_schedule_args(q, defaults, schedules)
         _add_solver_args(q)
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")
@@ -421,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--finetune-lr", type=float, help="its initial lr (default: the source's recipe lr)")
 
     en = sub.add_parser("ensemble", help="K transfers from K inits as parallel Tune trials, then their ensemble")
-    tune_common(en, "fgmt")
+    tune_common(en, defaults["method"])
     en.add_argument("--members", type=int, required=True)
     en.add_argument("--targets", default="random", help="random (seeded inits) or STORE,STORE,... pre-trained inits")
     en.add_argument("--new-head", action="store_true", help="with pre-trained --targets: re-initialise their heads")
@@ -445,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(func=cmd_distill)
 
     sw = sub.add_parser("sweep", help="tune transfer hyperparameters with Ray Tune")
-    tune_common(sw, "fgmt")
+    tune_common(sw, defaults["method"])
     sw.add_argument("--param", action="append", required=True, metavar="NAME=V1,V2",
                     help="a searched TransferConfig field, e.g. steps=10,20,40 (repeat for more)")
     sw.add_argument("--samples", type=int, default=1, help="repeats of the grid, or random samples")
@@ -475,17 +501,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
+            cause = root_cause(e)
+            if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
+                raise  # a bug: keep the worker's traceback
+            raise cause from None
     except USER_ERRORS as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
         print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"raytraj {args.command}: interrupted; what was done is saved: run the same command{hint} to continue",
-              file=sys.stderr)
+        print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
+              f"command{hint} to continue"), file=sys.stderr)
         return 130
     return 0
 

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 
 from . import fs
-from .runfolder import RunFolder
+from .runfolder import METRICS, RunFolder
 
 
 def _series(path: str) -> tuple[str, list[int], list[float], bool]:
@@ -23,7 +23,7 @@ def _series(path: str) -> tuple[str, list[int], list[float], bool]:
         points = [(s["step"], s["val_acc"]) for s in t["steps"] if "val_acc" in s]
         return f"training {os.path.basename(os.path.normpath(path))} (per checkpoint)", [p[0] for p in points], \
             [p[1] for p in points], True
-    raise FileNotFoundError(f"{path} is neither a transfer run (metrics.json) nor a trajectory store")
+    raise FileNotFoundError(f"{path} is neither a transfer run ({METRICS}) nor a trajectory store")
 
 
 def plot_runs(runs: list[str], out: str, title: str | None = None) -> str:

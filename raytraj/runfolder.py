@@ -22,6 +22,11 @@ STATE = "state"
 MODELS = ("best", "final")
 
 
+def model_file(which: str = "best") -> str:
+    """The file name of the ``which`` ("best" or "final") model in a run folder."""
+    return f"{which}.safetensors"
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and readers for the files of one transfer run at ``location`` (a local path or URI)."""
@@ -46,7 +51,7 @@ class RunFolder:
 
     def model_path(self, which: str = "best") -> str:
         """Path of the ``which`` ("best" or "final") model's safetensors file."""
-        return fs.join(self.location, f"{which}.safetensors")
+        return fs.join(self.location, model_file(which))
 
     @property
     def started(self) -> bool:
@@ -56,6 +61,14 @@ class RunFolder:
     @property
     def finished(self) -> bool:
         return fs.exists(self.metrics_path)
+
+    @property
+    def progressed(self) -> bool:
+        """Finished, or saved at least one step: work a rerun must resume rather than redo. A folder
+        holding only its config stopped before its first step and holds nothing to keep."""
+        from .transfer.checkpointing import RunCheckpointer
+
+        return self.finished or RunCheckpointer(self.state_dir).exists()
 
     def has_model(self, which: str = "best") -> bool:
         """A finished run whose ``which`` model is on disk."""

@@ -166,3 +166,19 @@ def test_tune_trials_default_to_one_gpu_on_a_cluster_with_gpus(cluster):
 
     # Ray 2.60 no longer hides GPUs from tasks that asked for none: the trial must still use the CPU.
     assert ray.get(device_without_gpu.remote()) == ("cpu", [])
+
+
+def test_an_os_error_inside_a_ray_worker_is_one_line(cluster, digits_source, tmp_path, capsys):
+    from raytraj.cli import main
+
+    out = tmp_path / "run"
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "shards").write_text("")  # a file where the workers keep their shards: only they see it
+    code = main(["transfer", "--source", str(digits_source / "source"), "--target-seed", "5", "--method", "fgmt",
+                 "--steps", "2", "--out", str(out), "--backend", "ray", "--workers", "1", "--address", cluster,
+                 "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("raytraj transfer:")]
+    assert code == 2 and len(err) == 1, err
+    # the worker's OSError as the driver's own would read: the path and the cause, not Ray's traceback
+    assert f"{out}/state/shards" in err[0] and "File exists" in err[0] and "choose another --out" in err[0], err
+    assert "ray::" not in err[0] and "File \"" not in err[0], err

@@ -87,9 +87,9 @@ def test_store_refuses_to_record_non_finite_values(tmp_path):
         writer.write(1, {"w": torch.tensor([1.0, float("inf")])})
 
 
-def _plant_non_finite(store_dir, step, value, name="w"):
-    """Rewrite one step file with a non-finite value and a matching checksum (as a diverged run
-    recorded by an older writer would look)."""
+def _plant_non_finite(store_dir, step, value, name="w", index=0):
+    """Rewrite one step file with a non-finite (or any) value and a matching checksum (as a diverged
+    run recorded by an older writer would look)."""
     import zlib
 
     path = store_dir / "steps" / f"{step:06d}.arrow"
@@ -98,7 +98,7 @@ def _plant_non_finite(store_dir, step, value, name="w"):
     for field, col in zip(table.schema, table.columns):
         values = col.combine_chunks().values.to_numpy(zero_copy_only=False).copy()
         if field.name == name:
-            values[0] = value
+            values[index] = value
             meta = {**{k.decode(): v.decode() for k, v in field.metadata.items()},
                     "crc32": str(zlib.crc32(values.tobytes()))}
             field = field.with_metadata(meta)
@@ -131,6 +131,36 @@ def test_transfer_of_a_diverged_source_saves_nothing_and_blames_the_source(digit
     with pytest.raises(TrajectoryError, match=f"{store.last_step:06d}.arrow: tensor {name} holds NaN"):
         transfer(str(src), str(tmp_path / "run"), TransferConfig(method=method, steps=3), target_seed=5,
                  progress=False)
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("pixels, message", [
+    # many huge weights: the hidden activations overflow float32, so the loss and the gradients do
+    ([19, 20, 21, 22, 26, 27, 28, 29, 35, 36, 37], "the gradient of the transferred model at trajectory point "),
+    # one: the gradients stay finite but their products in the cost matrices overflow
+    ([27], "the cost matrix of permutation group "),
+])
+def test_an_overflow_at_finite_weights_says_where_it_first_appears(digits_source, tmp_path, capsys, pixels,
+                                                                    message):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(digits_source / "source", src)
+    store = TrajectoryStore(str(src))
+    # Huge but finite first-layer weights of the first hidden unit, on pixels that vary (the middle of the
+    # 8x8 digits): every recorded point stays finite.
+    for step in range(1, store.last_step + 1):
+        for pixel in pixels:
+            _plant_non_finite(src, step, 3e38, "layers.0.weight", index=pixel)
+    assert all(torch.isfinite(store.read(s)["layers.0.weight"]).all() for s in range(store.last_step + 1))
+    code = main(["transfer", "--source", str(src), "--target-seed", "5", "--method", "fgmt", "--steps", "3",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert message in err[0] and "NaN or inf" in err[0] and "lower --lr" in err[0], err
+    assert "target tensor" not in err[0], err
+    if "gradient" in message:
+        assert "in layers." in err[0] and "though its weights are finite" in err[0], err
     assert not list((tmp_path / "run").glob("*.safetensors"))
 
 

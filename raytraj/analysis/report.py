@@ -16,7 +16,7 @@ import numpy as np
 from .. import fs
 from ..data import load_data
 from ..plot import _series
-from ..runfolder import RunFolder
+from ..runfolder import METRICS, RunFolder, model_file
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -27,7 +27,7 @@ from .models import AnalysisError, check_same_architecture, data_config, load_mo
 def _run(path: str) -> dict:
     run = RunFolder(path)
     if not run.has_model("best"):
-        raise AnalysisError(f"{path} is not a finished transfer run (no metrics.json and best.safetensors); pass "
+        raise AnalysisError(f"{path} is not a finished transfer run (no {METRICS} and {model_file('best')}); pass "
                             "folders written by `raytraj transfer`")
     return run.metrics()
 

@@ -22,7 +22,6 @@ Data flow of a GMT/FGMT step (see ``matcher.py``):
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 import uuid
 
@@ -36,7 +35,7 @@ from ..config import ConfigError
 from ..perm import solve_laps_serial
 from ..transfer.sharding import plan_shards
 from .actor import GradientWorker, nbytes
-from .cluster import connect
+from .cluster import connect, fits, fixed_cluster, node_totals, short_resources
 from .trajectory import PointPublisher
 
 CALL_BYTES = 300  # a remote call's own envelope (ids, function descriptor), counted with its payload
@@ -122,16 +121,16 @@ class RayBackend:
             if ready:
                 return
             present = ray.cluster_resources()
-            if _fixed_cluster() and not _fits(self.bundle, self.n):
+            if fixed_cluster() and not fits(self.bundle, self.n):
                 raise ConfigError(
                     f"the Ray cluster can never place {self.n} workers of {self.bundle}: it is a fixed local cluster "
-                    f"with {_node_totals()} (in all {_short(present)}); use fewer --workers or smaller "
+                    f"with {node_totals()} (in all {short_resources(present)}); use fewer --workers or smaller "
                     "--cpus-per-worker/--gpus-per-worker")
             if time.monotonic() >= deadline:
                 raise ConfigError(
                     f"the Ray cluster cannot place {self.n} workers of {self.bundle} within "
-                    f"{self.placement_timeout_s:.0f}s (it has {_short(present)}); use fewer --workers, smaller "
-                    "--cpus-per-worker/--gpus-per-worker, or a longer --placement-timeout while nodes start")
+                    f"{self.placement_timeout_s:.0f}s (it has {short_resources(present)}); use fewer --workers, "
+                    "smaller --cpus-per-worker/--gpus-per-worker, or a longer --placement-timeout while nodes start")
 
     def _start_workers(self, problem, cfg, cpus_per_worker, gpus_per_worker):
         self.publisher = PointPublisher(problem.trajectory)
@@ -284,36 +283,3 @@ class RayBackend:
             remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()
-
-
-def _short(resources: dict) -> dict:
-    return {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
-
-
-def _node_totals() -> list[dict]:
-    return [_short(n["Resources"]) for n in ray.nodes() if n["Alive"]]
-
-
-def _fits(bundle: dict, count: int) -> bool:
-    """Could ``count`` bundles be placed on the live nodes, first fit by node capacity?"""
-    free = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
-    for _ in range(count):
-        for node in free:
-            if all(node.get(k, 0) >= v for k, v in bundle.items()):
-                for k, v in bundle.items():
-                    node[k] -= v
-                break
-        else:
-            return False
-    return True
-
-
-def _fixed_cluster() -> bool:
-    """All nodes on this machine: nothing can autoscale, so an unfit request is final."""
-    here = {"127.0.0.1", ray.util.get_node_ip_address()}
-    try:
-        here.add(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
-    return all(n["NodeManagerAddress"] in here for n in ray.nodes() if n["Alive"])
-

@@ -4,9 +4,12 @@ new local one."""
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 
 import ray
+
+from ..config import ConfigError
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -26,8 +29,54 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return False
     env = {"runtime_env": runtime_env} if runtime_env else {}
     if address or os.environ.get("RAY_ADDRESS"):
+        check_reachable(address or os.environ["RAY_ADDRESS"])
         ray.init(address=address, log_to_driver=True, **env)
     else:
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
                  **env)
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries a HOST:PORT nothing listens on for many minutes, silently: fail at once instead.
+    ``auto`` and other forms without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one there "
+                          "(`ray start --head`) or correct --address (or RAY_ADDRESS)") from None
+
+
+def short_resources(resources: dict) -> dict:
+    return {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
+
+
+def node_totals() -> list[dict]:
+    return [short_resources(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
+def fits(bundle: dict, count: int) -> bool:
+    """Could ``count`` bundles be placed on the live nodes, first fit by node capacity?"""
+    free = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+    for _ in range(count):
+        for node in free:
+            if all(node.get(k, 0) >= v for k, v in bundle.items()):
+                for k, v in bundle.items():
+                    node[k] -= v
+                break
+        else:
+            return False
+    return True
+
+
+def fixed_cluster() -> bool:
+    """All nodes on this machine: nothing can autoscale, so an unfit request is final."""
+    here = {"127.0.0.1", ray.util.get_node_ip_address()}
+    try:
+        here.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    return all(n["NodeManagerAddress"] in here for n in ray.nodes() if n["Alive"])

@@ -26,6 +26,8 @@ LapSolver = Callable[[Sequence], list]
 
 def solve_laps_serial(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Maximum-weight assignment of each square matrix; row i goes to column result[i]."""
+    if not all(np.isfinite(a).all() for a in costs):  # scipy's own error names no cause
+        raise FloatingPointError("a LAP cost matrix holds NaN or inf values")
     return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
 
 

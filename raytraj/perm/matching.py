@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..finite import nonfinite_names
+from ..finite import is_finite, nonfinite_names
 from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
 from .lap import LapSolver, solve_laps_serial
@@ -159,9 +159,11 @@ class PairBank:
         for side, tensors in (("target", target), ("source", source)):
             bad = nonfinite_names(tensors)
             if bad:
+                # Transfers check their gradients first (transfer/worker.py names the point and the side);
+                # this guards every other caller, e.g. weight matching.
                 raise FloatingPointError(
-                    f"{side} tensor {bad[0]} holds NaN or inf values; a gradient blew up or a checkpoint is "
-                    "damaged. Lower the learning rate of the source run or check the trajectory store."
+                    f"the {side} side of a matching pair holds NaN or inf values in {bad[0]}; check what was "
+                    "passed to the matching (a gradient that overflowed, or damaged weights)"
                 )
         for name in target:
             t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims), segments split
@@ -270,6 +272,12 @@ class PairBank:
         def solve_class(todo, perm):
             t0 = time.perf_counter()
             mats = [self.cost(g, perm) for g in todo]
+            for g, a in zip(todo, mats):
+                if not is_finite(a):
+                    raise FloatingPointError(
+                        f"the cost matrix of permutation group {g} holds NaN or inf: products of the matched "
+                        "tensors overflow, so their values are too large. Check the source's weights and the "
+                        "training data for extreme values, or record the source with a lower --lr")
             costs = mats if on_device else [a.double().cpu().numpy() for a in mats]
             t1 = time.perf_counter()
             new = solve_laps(costs)

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from ..data import Dataset, sample_batches
 from ..evaluation import accuracy, has_batchnorm, recalibrate_bn
+from ..finite import nonfinite_names
 from ..models import build_model
 from ..perm import PermutationSpec
 from ..perm.apply import permute_tensor
@@ -113,6 +114,8 @@ class TransferWorker:
                 for n, g in self._gradient(state, batches[i], (self.seed, step, t, i)).items():
                     acc[n] += g
             sums.append(acc)
+        for side, state, acc in (("transferred model", target_state, sums[0]), ("source", source_state, sums[1])):
+            check_gradient(acc, state, side, t, step)
         return sums[0], sums[1]
 
     def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:
@@ -135,3 +138,23 @@ class TransferWorker:
     def evaluate(self, perm, t: int, split: str = "val", step: int | None = None) -> float:
         state = self.materialize(perm, t, step)
         return accuracy(self.model, state, self._eval_data, split, self.eval_batch_size, self.device)
+
+
+def check_gradient(grad: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], side: str, t: int,
+                   step: int) -> None:
+    """A gradient pair must be finite before it enters the matching; name what overflowed and why.
+
+    Args:
+        grad: the summed gradient of ``side`` ("transferred model" or "source") at trajectory point ``t``.
+        state: the weights it was taken at (the trajectory's points are checked when read).
+    """
+    bad = nonfinite_names(grad)
+    if not bad:
+        return
+    weights = nonfinite_names({n: state[n] for n in grad})
+    where = (f"its weights hold NaN or inf too ({weights[0]})" if weights else
+             "though its weights are finite: the loss overflowed on these training batches")
+    raise FloatingPointError(
+        f"the gradient of the {side} at trajectory point {t} (transfer step {step}) holds NaN or inf in "
+        f"{bad[0]}, {where}. Check the training data for extreme values, or record the source with a lower --lr "
+        "(its weights grew too large); another --seed draws other batches")

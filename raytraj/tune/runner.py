@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import stat
 
@@ -11,8 +13,10 @@ from ray import tune
 
 from .. import fs
 from ..config import ConfigError
-from ..distributed.cluster import connect
-from .trial import FINISHED, transfer_trial
+from ..distributed.cluster import connect, fits, fixed_cluster, node_totals
+from ..ray_errors import describe
+from ..runfolder import RunFolder
+from .trial import FINISHED, MEMBERS, TRIALS, transfer_trial
 
 
 def storage_root(out: str, storage: str | None) -> str:
@@ -29,6 +33,33 @@ def settings_path(out: str, name: str) -> str:
 def default_gpus_per_trial() -> float:
     """One GPU per trial when the (connected) cluster has GPUs, none otherwise."""
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def trials_progressed(out: str) -> bool:
+    """Has any trial of the experiment in ``out`` saved a transfer step (or finished)?"""
+    return any(RunFolder(fs.join(out, parent, name)).progressed
+               for parent in (MEMBERS, TRIALS) for name in fs.listdir(fs.join(out, parent)))
+
+
+def discard_failed_start(out: str, path: str, record: str) -> bool:
+    """A start that failed before any trial saved a step (trials that cannot import the model, a
+    placement that failed, Ctrl-C while trials start) left Tune's state but no work: remove it,
+    so that the same command, or a corrected one, starts afresh without --resume. Returns True
+    when there was such a start."""
+    if not tune.Tuner.can_restore(path) or trials_progressed(out):
+        return False
+    for leftover in (path, record, fs.join(out, MEMBERS), fs.join(out, TRIALS)):
+        fs.remove(leftover)
+    return True
+
+
+def check_trial_fits(cpus: float, gpus: float) -> None:
+    """Tune waits forever (warning each minute) for a trial no node can hold; on a fixed local
+    cluster, where no node will join, say so at once."""
+    if fixed_cluster() and not fits({k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v}, 1):
+        raise ConfigError(f"no node of this Ray cluster can hold a trial of {cpus:g} CPUs and {gpus:g} GPUs (it is a "
+                          f"fixed local cluster; its nodes have {node_totals()}); lower --cpus-per-trial or "
+                          "--gpus-per-trial")
 
 
 def check_trusted_storage(path: str) -> None:
@@ -70,6 +101,8 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     path = fs.join(root, name)
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a {name} needs a folder of its own")
+    if discard_failed_start(out, path, record):
+        resume = False  # nothing to continue: start afresh, with whatever settings are given now
     if resume and fs.exists(record):
         recorded = fs.read_json(record)
         diff = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
@@ -79,6 +112,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     connect(address, runtime_env=runtime_env)
     if gpus_per_trial is None:
         gpus_per_trial = default_gpus_per_trial()
+    check_trial_fits(cpus_per_trial, gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if resume:
@@ -99,11 +133,77 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
                 name=name,
                 storage_path=root,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=1,
+                # Tune's own tables (a status table every few seconds, each trial's result dump) give way
+                # to one line per trial event; Tuner.restore keeps the callback it was started with.
+                verbose=0,
+                callbacks=[TrialLines(name)],
             ),
         )
-    return tuner.fit()
+    with quiet_tune():
+        return tuner.fit()
+
+
+class TrialLines(tune.Callback):
+    """One line per trial start, finish, early stop and failure, in a terminal and in logs alike."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _say(self, trial, what: str) -> None:
+        searched = " ".join(f"{k}={v}" for k, v in _flat(trial.config or {}).items())
+        print(f"{self.name}: trial {trial.trial_id} ({searched}) {what}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(trial, "started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        best = f"best val {r['best_val_acc']:.2f}%" if r.get("best_val_acc") is not None else "no evaluation"
+        if r.get(FINISHED):
+            self._say(trial, f"finished: {best} (step {r.get('best_step')})")
+        else:
+            self._say(trial, f"stopped early by the scheduler at step {r.get('step')}: {best}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._say(trial, "failed; Tune starts it again, from its last saved step")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._say(trial, "failed")
+
+
+def _flat(config: dict) -> dict:
+    """A trial's searched values by their own names ({"transfer": {"steps": 4}} -> {"steps": 4})."""
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v) if isinstance(v, dict) else {k: v})
+    return out
+
+
+@contextlib.contextmanager
+def quiet_tune():
+    """Tune's own output off while it runs; TrialLines speaks instead.
+
+    * Tune's newer reporter prints its experiment table whatever the verbosity; its older one
+      (RAY_AIR_NEW_OUTPUT=0) honours ``verbose=0``.
+    * Its driver-side warnings on Ctrl-C advise its Python API ("Resume experiment with:
+      Tuner.restore(...)") and complain about the trials that never started; the CLI says itself
+      how to continue (--resume). Errors still show.
+    """
+    loggers = [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    levels = [lg.level for lg in loggers]
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def result_rows(grid: tune.ResultGrid) -> list[dict]:
@@ -122,17 +222,31 @@ def result_rows(grid: tune.ResultGrid) -> list[dict]:
         else:
             status = "interrupted"
         rows.append({"config": result.config or {}, "metrics": metrics, "path": result.path, "status": status,
-                     "error": str(result.error) if result.error else None})
+                     "error": describe(result.error) if result.error else None})
     return rows
+
+
+class Interrupted(KeyboardInterrupt):
+    """Tune stopped on Ctrl-C (it catches SIGINT and returns what it has); the CLI says how to resume."""
 
 
 def refuse_unfinished(rows: list[dict], what: str, expected: int,
                       command_hint: str = "the same command with --resume") -> None:
     """Interrupted (Ctrl-C, a killed driver) or failed trials, or fewer trials than ``expected``
-    (an interrupted experiment lists only the trials it had created): say how to continue."""
+    (an interrupted experiment lists only the trials it had created): say how to continue.
+
+    Raises:
+        Interrupted: no trial failed (a KeyboardInterrupt: the CLI exits 130 with how to resume).
+        ConfigError: a trial failed; the message holds the first failure's root cause.
+    """
     stopped = [r for r in rows if r["status"] in ("interrupted", "error")]
     missing = max(0, expected - len(rows))
     if stopped or missing:
-        errors = [r["error"].splitlines()[0] for r in stopped if r["error"]]
+        errors = [r["error"] for r in stopped if r["error"]]
+        if not errors:  # no trial failed, yet some never ended: Tune caught a Ctrl-C and returned
+            raise Interrupted(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish; "
+                              f"continue with {command_hint}")
+        if not any("step" in r["metrics"] for r in rows):  # failed before any trial reported: nothing to keep
+            command_hint = "the same command once the cause is fixed (no --resume needed)"
         raise ConfigError(f"{len(stopped) + missing} of {max(expected, len(rows))} {what} did not finish "
-                          f"({'failed: ' + errors[0] if errors else 'interrupted'}); continue with {command_hint}")
+                          f"(failed: {errors[0]}); continue with {command_hint}")

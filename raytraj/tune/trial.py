@@ -2,16 +2,13 @@
 
 The trial's run folder (``config["run_dir"]``, local or object storage) holds the transfer's own
 resumable state, so a trial restarted by ``FailureConfig`` or ``Tuner.restore`` continues from its
-last step instead of starting over, and a finished trial is never recomputed. Each report also
-carries a small Tune checkpoint recording that progress.
+last step instead of starting over, and a finished trial is never recomputed. Reports therefore
+carry no Tune checkpoint: nothing would read it, and Ray logs a line for every one.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -38,25 +35,16 @@ FINISHED = "transfer_finished"
 TIME_ATTR = "trajectory_fraction"
 
 
-CHECKPOINT_EVERY = 5  # evaluated steps between Tune checkpoints (the run folder holds the real state)
-
-
-def _report(metrics: dict, checkpoint: bool = True) -> None:
-    if not checkpoint:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump(metrics, f)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+# Where run_dir_and_target puts the trials' run folders, under OUT.
+MEMBERS, TRIALS = "members", "trials"
 
 
 def run_dir_and_target(config: dict) -> tuple[str, dict]:
     """Ensemble members live at OUT/members/member-K; sweep trials at OUT/trials/TRIAL_ID."""
     if "member" in config:
         k = config["member"]
-        return fs.join(config["out"], "members", f"member-{k:03d}"), config["targets"][k]
-    return fs.join(config["out"], "trials", tune.get_context().get_trial_id()), config["target"]
+        return fs.join(config["out"], MEMBERS, f"member-{k:03d}"), config["targets"][k]
+    return fs.join(config["out"], TRIALS, tune.get_context().get_trial_id()), config["target"]
 
 
 def trial_device() -> str:
@@ -80,14 +68,12 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
     device = trial_device()
     cfg = from_dict(TransferConfig, config["transfer"])
     run_dir, target = run_dir_and_target(config)
-    best = {"acc": float("-inf"), "reports": 0}
+    best = {"acc": float("-inf")}
     length = cfg.steps if cfg.schedule != "actual" else TrajectoryStore(config["source"]).last_step
 
     def on_eval(step: int, acc: float) -> None:
         best["acc"] = max(best["acc"], acc)
-        best["reports"] += 1
-        _report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]},
-                checkpoint=best["reports"] % CHECKPOINT_EVERY == 0)
+        tune.report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
 
     # a trial restarted after it finished reads its metrics; one cut short resumes
     metrics = RunFolder(run_dir).load_or_run(
@@ -109,7 +95,7 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
     # The trial's process, all threads: transfer, subsequent training and scoring. A trial restarted
     # after a failure counts only what its last attempt did.
     final["cpu_s"] = time.process_time() - cpu_start
-    _report(final)
+    tune.report(final)
 
 
 def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
