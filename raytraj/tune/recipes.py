@@ -1,6 +1,6 @@
 """Named presets of ``raytraj ensemble --recipe``: each member's transfer settings and its
 subsequent training, chosen by a ``raytraj sweep`` (the sweep and the choice are recorded in
-``benchmarks/results/ensemble-200k.md``). Options given on the command line override a preset.
+``benchmarks/results/ensemble.md``). Options given on the command line override a preset.
 """
 
 from __future__ import annotations
