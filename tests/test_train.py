@@ -59,6 +59,7 @@ def test_interrupted_training_resumes_to_the_same_trajectory(tmp_path, monkeypat
     train_from_args("mlp", "digits", str(tmp_path / "cut"), **kw)
     full, cut = TrajectoryStore(str(tmp_path / "full")), TrajectoryStore(str(tmp_path / "cut"))
     assert cut.complete and cut.num_steps == full.num_steps == 5
+    assert 0 < full.meta["cpu_s"] and 0 < cut.meta["cpu_s"]  # CPU seconds, both parts of the cut run summed
     for step in range(5):
         a, b = full.read(step), cut.read(step)
         assert all(torch.equal(a[k], b[k]) for k in a), step
