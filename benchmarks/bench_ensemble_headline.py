@@ -41,7 +41,7 @@ from raytraj.evaluation import predict  # noqa: E402
 from raytraj.models import build_model  # noqa: E402
 from raytraj.trajectory import TrajectoryStore  # noqa: E402
 from raytraj.train import train_from_args  # noqa: E402
-from raytraj.tune.recipes import ENSEMBLE_RECIPES  # noqa: E402
+from raytraj.recipes import ENSEMBLE_RECIPES  # noqa: E402
 
 DATA = "mnist1d:200000"
 MODEL = {"hidden": [512, 512]}

@@ -20,6 +20,7 @@ from .perm import (
 )
 from .train import TrainConfig, train_from_args
 from .trajectory import TrajectoryRecorder, TrajectoryStore, TrajectoryWriter, lambdas, open_trajectory
+from .recipes import ENSEMBLE_RECIPES, EnsembleRecipe
 from .transfer import TransferConfig
 from .transfer.finetune import finetune
 
@@ -35,7 +36,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DataConfig", "Dataset", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
+    "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
     "TrajectoryWriter",
     "TransferConfig", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
     "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",

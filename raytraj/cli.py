@@ -230,7 +230,7 @@ def cmd_ensemble(args):
 
 def _apply_recipe(args) -> None:
     """The preset's values, except for the options given on the command line."""
-    from .tune.recipes import ensemble_recipe
+    from .recipes import ensemble_recipe
 
     given = _given_options(args.argv)
     for dest, value in ensemble_recipe(args.recipe).options().items():
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--members", type=int, required=True)
     en.add_argument("--targets", default="random", help="random (seeded inits) or STORE,STORE,... pre-trained inits")
     en.add_argument("--new-head", action="store_true", help="with pre-trained --targets: re-initialise their heads")
-    from .tune.recipes import ENSEMBLE_RECIPES
+    from .recipes import ENSEMBLE_RECIPES
 
     en.add_argument("--recipe", choices=list(ENSEMBLE_RECIPES),
                     help="a measured preset of the members' transfer and subsequent training (fast: "

@@ -9,7 +9,7 @@ from raytraj import cli
 from raytraj.config import ConfigError
 from raytraj.transfer import TransferConfig
 from raytraj.tune import parse_params, run_sweep
-from raytraj.tune.recipes import ENSEMBLE_RECIPES
+from raytraj.recipes import ENSEMBLE_RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,12 @@ def test_an_unknown_recipe_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["ensemble", "--source", "s", "--out", "o", "--members", "2", "--recipe", "slow"])
     assert e.value.code == 2 and "invalid choice: 'slow'" in capsys.readouterr().err
+
+
+def test_a_recipe_with_unknown_or_bad_settings_fails_when_defined():
+    from raytraj.recipes import EnsembleRecipe
+
+    with pytest.raises(ConfigError, match="stepz"):
+        EnsembleRecipe(transfer={"stepz": 3})
+    with pytest.raises(ConfigError, match="finetune_epochs"):
+        EnsembleRecipe(finetune_epochs=-2)

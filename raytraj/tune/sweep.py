@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from .. import fs
 from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
+from ..recipes import check_finetune
 from ..recorded import model_of
 from ..transfer.problem import check_targets, open_source
 from .runner import refuse_unfinished, result_rows, run_experiment
@@ -63,13 +64,6 @@ def parse_params(items: list[str]) -> dict[str, list]:
     if not params:
         raise ConfigError("a sweep needs at least one --param NAME=V1,V2,...")
     return params
-
-
-def check_finetune(finetune_epochs: int = 0, finetune_lr: float | None = None) -> None:
-    if finetune_epochs < 0:
-        raise ConfigError(f"finetune_epochs must be >= 0 (0: no subsequent training), got {finetune_epochs}")
-    if finetune_lr is not None and not (math.isfinite(finetune_lr) and finetune_lr > 0):
-        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr}")
 
 
 def _typed(name: str, text: str, hint):

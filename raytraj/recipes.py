@@ -5,9 +5,18 @@ subsequent training, chosen by a ``raytraj sweep`` (the sweep and the choice are
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from ..config import ConfigError
+from .config import ConfigError, from_dict
+
+
+def check_finetune(finetune_epochs: int = 0, finetune_lr: float | None = None) -> None:
+    """The subsequent training's settings, as ensembles and sweeps take them."""
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0 (0: no subsequent training), got {finetune_epochs}")
+    if finetune_lr is not None and not (math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr}")
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,13 @@ class EnsembleRecipe:
     finetune_epochs: int = 0
     finetune_lr: float | None = None  # None: the source's recipe lr
     why: str = ""
+
+    def __post_init__(self):
+        from .transfer import TransferConfig
+
+        # unknown fields and bad values fail here, not in every trial
+        from_dict(TransferConfig, self.transfer, what="recipe's transfer settings")
+        check_finetune(self.finetune_epochs, self.finetune_lr)
 
     def options(self) -> dict:
         """The preset as CLI option destinations (``steps``, ``finetune_epochs``, ...)."""
