@@ -43,6 +43,11 @@ def test_finetune_settings_are_checked_before_ray(tmp_path, digits_source):
         parse_params(["finetune_epochs=1,-1"])
     with pytest.raises(ConfigError, match="finetune_lr"):
         parse_params(["finetune_lr=0"])
+    from raytraj.tune import run_ensemble
+
+    with pytest.raises(ConfigError, match="finetune_lr"):
+        run_ensemble(str(digits_source / "source"), str(tmp_path / "e"), members=2, cfg=TransferConfig(steps=3),
+                     finetune_epochs=1, finetune_lr=-0.1)
     with pytest.raises(ConfigError, match="asha"):
         run_sweep(str(digits_source / "source"), str(tmp_path / "s"), parse_params(["finetune_epochs=1,2"]),
                   base=TransferConfig(steps=3), target={"target_seed": 1000}, scheduler="asha")

@@ -21,6 +21,7 @@ from ray import tune
 from .. import fs
 from ..config import ConfigError, to_dict
 from ..data import load_data
+from ..recipes import check_finetune
 from ..recorded import model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
@@ -54,6 +55,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
             are refused before anything is touched.
         runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for a user model's modules.
     """
+    check_finetune(finetune_epochs, finetune_lr)
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
     if fs.exists(fs.join(out, "trajectory.json")):

@@ -1,8 +1,9 @@
 """``raytraj sweep``: tune the transfer itself with Ray Tune.
 
-Search over TransferConfig fields (steps, grad_batches, method, schedule, ...) by grid or random
-search; the metric is the best val accuracy along the trajectory. With ASHA, poor trials stop
-early along the trajectory (the fraction of it transferred is ASHA's time axis).
+Search over TransferConfig fields (steps, grad_batches, method, schedule, ...) and the subsequent
+training (finetune_epochs, finetune_lr) by grid or random search; trials are ranked by the val
+accuracy of what they hand over: the trained-on model's, else the best along the trajectory. With
+ASHA, poor trials stop early along the trajectory (the fraction of it transferred is ASHA's time axis).
 
     OUT/trials/TRIAL_ID/     each trial's transfer run folder
     OUT/results.parquet      one row per trial (also results.csv), and OUT/best.json
