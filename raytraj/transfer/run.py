@@ -104,11 +104,13 @@ def transfer(
         best = max(evaluated, key=lambda s: (state.val_acc[s], -s))  # first step reaching the maximum
         last = problem.num_steps
         t0 = time.perf_counter()
+        # The best step is often the last: score and build that model once.
         test_best = runner.evaluate(state.perms[best], best, "test", best).result()
         test_final = test_best if best == last else runner.evaluate(state.perms[last], last, "test", last).result()
         state.timing["eval_s"] += time.perf_counter() - t0
-        models = {"best": (best, runner.materialize(state.perms[best], best, best)),
-                  "final": (last, runner.materialize(state.perms[last], last, last))}
+        best_model = runner.materialize(state.perms[best], best, best)
+        models = {"best": (best, best_model),
+                  "final": (last, best_model if best == last else runner.materialize(state.perms[last], last, last))}
         cluster = runner.report() if hasattr(runner, "report") else {}  # Ray: traffic and placement
     finally:
         runner.close()
