@@ -8,14 +8,14 @@ the data; the model must in any case have exactly the store's tensors.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn as nn
 
 from .config import ConfigError
 from .data import DataConfig, Dataset, dataset_from_splits, load_data, parse_data
-from .models import FACTORY, build_model, model_to_dict
+from .models import build_model, model_to_dict
 
 
 def model_of(store, override=None):
@@ -97,7 +97,3 @@ def check_model_takes_data(cfg, data: Dataset) -> None:
         raise ConfigError(f"model {name} outputs {out.shape[1]} classes but the data has labels up to "
                           f"{data.num_classes - 1}; set the model's class count (e.g. --model-arg num_classes="
                           f"{data.num_classes})")
-
-
-def is_factory(meta_model: Mapping[str, Any] | None) -> bool:
-    return bool(meta_model) and meta_model.get("name") == FACTORY

@@ -79,6 +79,12 @@ def model_to_dict(cfg) -> dict[str, Any]:
     return {"name": model_name(cfg), **to_dict(cfg)}
 
 
+def rebuildable(record: Mapping[str, Any] | None) -> bool:
+    """Whether a recorded model can be rebuilt by :func:`model_from_dict`: a zoo model or a factory,
+    not a module passed as it was (recorded by its class name alone, ``{"name": "module"}``)."""
+    return (record or {}).get("name") not in (None, "module")
+
+
 def model_from_dict(data: Mapping[str, Any]):
     data = dict(data)
     if "name" not in data:

@@ -58,9 +58,10 @@ def _model_record(model: nn.Module, factory: str | None, kwargs: Mapping[str, An
     if factory is None:
         if kwargs:
             raise ConfigError("model_kwargs go with model_factory")
-        cls = type(model)
+        from ..recorded import describe_model
+
         # Enough to say what it was; `raytraj transfer` then needs --model (or the Python API a target module).
-        return {"name": "module", "class": f"{cls.__module__}.{cls.__qualname__}"}
+        return describe_model(model)
     cfg = FactoryConfig(factory, dict(kwargs or {}))
     built = _state(build_model(cfg, 0))
     own = _state(model)
@@ -152,10 +153,7 @@ class TrajectoryRecorder:
                 dropped and will be written again. Default: keep every recorded step.
         """
         if _rank() != 0:
-            rec = cls.__new__(cls)
-            rec.location, rec.active, rec.writer, rec._t0 = str(location), False, None, time.perf_counter()
-            rec.every, rec.epoch, rec.iteration, rec._elapsed0 = "epoch", 0, 0, 0.0
-            return rec
+            return cls(location, nn.Module())  # other ranks record nothing
         writer = TrajectoryWriter.resume(location)
         if RECORDER not in writer.manifest["meta"]:
             raise TrajectoryError(f"{location} was recorded by `raytraj train`; resume it with the same command")

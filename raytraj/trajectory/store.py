@@ -208,10 +208,10 @@ class TrajectoryStore:
         ``TrajectoryRecorder`` given no ``model_factory``): ``--model`` must name one then.
         """
         from ..config import ConfigError
-        from ..models import model_from_dict
+        from ..models import model_from_dict, rebuildable
 
         recorded = self.meta.get("model") or {}
-        if recorded.get("name") in (None, "module"):
+        if not rebuildable(recorded):
             what = recorded.get("class", "a model")
             raise ConfigError(f"{self.location} records {what} without a factory to rebuild it; pass --model "
                               "package.module:function (or record with model_factory=...)")

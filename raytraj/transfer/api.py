@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
-from ..models import HEAD
+from ..models import HEAD, rebuildable
 from ..perm import Permutation, perm_from_lists
 from ..runfolder import RunFolder
 from .config import TransferConfig
@@ -67,7 +67,7 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
     if target is not None:
         if not isinstance(target, nn.Module):
             raise ConfigError(f"target must be a torch.nn.Module, got {type(target).__name__}")
-        if (store.meta.get("model") or {}).get("name") in (None, "module"):
+        if not rebuildable(store.meta.get("model")):
             model = copy.deepcopy(target).cpu()
     state = None if target is None else {k: v.detach().cpu().clone() for k, v in target.state_dict().items()}
     problem = prepare(source, cfg, target_seed=target_seed, target_state=state, model=model, data=data, spec=spec,

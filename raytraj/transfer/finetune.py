@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import from_dict, replace
 from ..config import ConfigError
 from ..data import DataConfig
-from ..models import model_from_dict
+from ..models import model_from_dict, rebuildable
 from ..recorded import data_of, model_of
 from ..runfolder import RunFolder
 from ..train import TrainResult, train
@@ -28,7 +28,7 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
     recipe = source.recipe()
     recipe = replace(recipe, epochs=epochs, **({"lr": lr} if lr is not None else {}))
     data = data_of(source, data if data is not None else _recorded_data(record))
-    if model is None and (record.get("model") or {}).get("name") not in (None, "module"):
+    if model is None and rebuildable(record.get("model")):
         model = model_from_dict(record["model"])  # the transfer's own --model
     return train(model_of(source, model), data, recipe, cfg.seed if seed is None else seed, out,
                  init=state, init_info={"transfer_run": run, "which": which, "step": info.get("step")},
