@@ -50,6 +50,14 @@ class RunCheckpointer:
             "pair_steps": self.pair_steps[f["pair_steps"]:],
         }
 
+    def _flush(self, part: dict) -> None:
+        """Count the records of a chunk file as on disk, so that later tails leave them out."""
+        f = self._flushed
+        f["perms"] += len(part["perms"])
+        f["solves"] += len(part["solves"])
+        f["val_acc"] |= {int(k) for k in part["val_acc"]}
+        f["pair_steps"] += len(part["pair_steps"])
+
     def save(self, state: TransferState, new_pairs, cache: dict) -> None:
         if new_pairs:
             tensors = {}
@@ -63,11 +71,7 @@ class RunCheckpointer:
         if len(tail["perms"]) >= self.chunk:
             fs.atomic_write_json(self._chunk_path(self._chunks), tail)
             self._chunks += 1
-            f = self._flushed
-            f["perms"] += len(tail["perms"])
-            f["solves"] += len(tail["solves"])
-            f["val_acc"] |= {int(k) for k in tail["val_acc"]}
-            f["pair_steps"] += len(tail["pair_steps"])
+            self._flush(tail)
             tail = self._tail(state)
         # shards: where the Ray backend's workers keep their pair-bank checkpoint (see bank_shard.py)
         info = {"step": state.step, "timing": state.timing, "grad_batches": state.grad_batches,
@@ -82,15 +86,10 @@ class RunCheckpointer:
             records = {"perms": [], "solves": [], "val_acc": {}, "pair_steps": []}
             if "chunks" not in info:  # written by raytraj before chunks: every record in the progress file
                 info = {**info, "chunks": 0, "tail": {k: info[k] for k in records}}
-                self._flushed["perms"] = 0
             for index in range(info["chunks"]):
                 part = fs.read_json(self._chunk_path(index))
                 self._merge(records, part)
-                f = self._flushed
-                f["perms"] += len(part["perms"])
-                f["solves"] += len(part["solves"])
-                f["val_acc"] |= {int(k) for k in part["val_acc"]}
-                f["pair_steps"] += len(part["pair_steps"])
+                self._flush(part)
             self._chunks = info["chunks"]
             self._merge(records, info["tail"])
         except (KeyError, TypeError, FileNotFoundError) as e:

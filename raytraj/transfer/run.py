@@ -207,9 +207,8 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
         raise ConfigError(f"--out {out} is a trajectory store; a transfer run needs a folder of its own")
     if folder.finished:
         raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")
-    if fs.exists(config_path) and not checkpointer.exists():
-        pass  # stopped before its first step: start over
-    elif fs.exists(config_path):
+    # A folder whose run stopped before its first step is started over (below).
+    if fs.exists(config_path) and checkpointer.exists():
         recorded = fs.read_json(config_path)
         if not resume:
             raise ConfigError(f"{out} holds an unfinished transfer; pass --resume to continue it, or choose another "
