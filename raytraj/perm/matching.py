@@ -30,7 +30,7 @@ from ..finite import is_finite, nonfinite_names
 from .apply import Permutation, identity_permutation
 from .coloring import color_groups, sweep_order
 from .lap import LapSolver, solve_laps_serial
-from .spec import PermutationSpec, SpecError
+from .spec import PermutationSpec, SpecError, axis_groups
 
 
 class _Stack:
@@ -501,7 +501,7 @@ def self_coupled_groups(spec: PermutationSpec) -> set[str]:
     """Groups on two axes of one tensor (h + relu(R h)): their cost depends on their own permutation."""
     out = set()
     for entry in spec.axes.values():
-        named = [g for g in entry if g is not None]
+        named = [g for e in entry for g in axis_groups(e)]
         out |= {g for g in named if named.count(g) > 1}
     return out
 
