@@ -57,8 +57,7 @@ def _transfer_config(args):
               "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
               **_solver_fields(args)}
-    if args.schedule == "actual" and args.steps is None:
-        fields["steps"] = None  # follow the recorded steps; a linear schedule takes TransferConfig's T
+    # steps None: with schedule "actual" follow the recorded steps; a linear schedule takes TransferConfig's T
     return TransferConfig(**{k: v for k, v in fields.items()
                              if v is not None or (k == "steps" and args.schedule == "actual")})
 

@@ -13,9 +13,7 @@ import torch
 from ..config import ConfigError
 from .config import DataConfig, parse_data
 from .sources import load_arrays
-from .user import call_data_function, splits_to_tensors
-
-SPLITS = ("train", "val", "test")
+from .user import SPLITS, call_data_function, splits_to_tensors
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from ..config import ConfigError
 from ..imports import call
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # every dataset's, user data functions' included
 
 
 def call_data_function(path: str, args: dict | None) -> Any:

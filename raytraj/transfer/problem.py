@@ -196,8 +196,8 @@ def check_targets(source: str, targets: list[dict], seed: int = 0) -> None:
     otherwise), and each target (``target_seed``, or ``target_init`` with ``new_head``) must differ from the
     source's init."""
     store = open_source(source)
+    model_cfg = model_of(store)  # its model can be rebuilt here (a factory that imports, with the store's shapes)
     refuse_untrained_source(source, store.meta, data_of(store))
-    model_cfg = model_of(store)
     for t in targets:
         if t.get("target_seed") is not None:
             init, target = initial_state(model_cfg, t["target_seed"], None, False), {"seed": t["target_seed"]}

@@ -61,8 +61,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; an ensemble needs a folder of its own")
     store = open_source(source)  # fail before starting anything if the source is not usable
-    model_of(store)  # and if its model cannot be rebuilt here (a factory that does not import)
-    check_targets(source, target_list, cfg.seed)
+    check_targets(source, target_list, cfg.seed)  # ... its model cannot be rebuilt, or a target is its init
     t0 = time.perf_counter()
     settings = {"source": source, "out": out, "targets": target_list, "transfer": to_dict(cfg),
                 "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "save_probs": True}

@@ -99,8 +99,6 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     record = settings_path(out, name)
     root = storage_root(out, storage)
     path = fs.join(root, name)
-    if fs.exists(fs.join(out, "trajectory.json")):
-        raise ConfigError(f"--out {out} is a trajectory store; a {name} needs a folder of its own")
     if discard_failed_start(out, path, record):
         resume = False  # nothing to continue: start afresh, with whatever settings are given now
     if resume and fs.exists(record):

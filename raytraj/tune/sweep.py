@@ -25,8 +25,7 @@ from .. import fs
 from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
 from ..recipes import check_finetune
-from ..recorded import model_of
-from ..transfer.problem import check_targets, open_source
+from ..transfer.problem import check_targets
 from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
@@ -103,8 +102,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         target = {**target, "target_init": fs.absolute(target["target_init"])}
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
-    model_of(open_source(source))  # the source is usable and its model can be rebuilt
-    check_targets(source, [target], base.seed)
+    check_targets(source, [target], base.seed)  # the source is usable, its model rebuilds, the target differs
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
     if search not in ("grid", "random"):
