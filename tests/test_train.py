@@ -94,3 +94,30 @@ def test_divergence_is_reported(tmp_path):
     cfg = config_for_data("mlp", data.input_shape, data.num_classes, hidden=(16,))
     with pytest.raises(FloatingPointError, match="lower --lr"):
         train(cfg, data, TrainConfig(epochs=2, lr=1e6), 0, str(tmp_path / "s"), progress=False)
+
+
+def test_dropout_training_repeats_when_seeded_and_resumes_at_an_epoch_as_it_would_have_gone(tmp_path, monkeypatch):
+    from userpkg import importable, write_user_package
+
+    importable(write_user_package(tmp_path / "outside"))  # a model with Dropout (not in the zoo)
+    kw = dict(epochs=3, model_args={"width": 16}, progress=False, seed=4)
+    for name in ("a", "b"):
+        train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / name), **kw)
+    calls = {"n": 0}
+    real_write = TrajectoryWriter.write
+
+    def crash_after_one(self, step, state, info=None):
+        real_write(self, step, state, info)
+        calls["n"] += 1
+        if calls["n"] == 2:  # init + 1 epoch recorded
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryWriter, "write", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / "cut"), **kw)
+    monkeypatch.setattr(TrajectoryWriter, "write", real_write)
+    train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / "cut"), **kw)
+    a, b, cut = (TrajectoryStore(str(tmp_path / n)) for n in ("a", "b", "cut"))
+    for step in range(a.num_steps):
+        x, y, z = a.read(step), b.read(step), cut.read(step)
+        assert all(torch.equal(x[k], y[k]) and torch.equal(x[k], z[k]) for k in x), step

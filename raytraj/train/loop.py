@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from .. import fs
@@ -156,6 +157,10 @@ def train(
     model.train()
     while iteration < total:
         epoch, offset = divmod(iteration, iters_per_epoch)
+        # Dropout draws from torch's global RNG: seed it by (seed, epoch), as the batch order is, so
+        # that a seeded run repeats, and a run resumed at an epoch's checkpoint goes on as it would
+        # have (one resumed mid-epoch, with save_every, draws other masks for that epoch's rest).
+        torch.manual_seed(int(np.random.default_rng([seed, epoch, 1]).integers(2**62)))
         for idx in epoch_batches(n, recipe.batch_size, seed, epoch)[offset:]:
             t0 = time.perf_counter()
             for group in opt.param_groups:
