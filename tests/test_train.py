@@ -36,23 +36,29 @@ def test_cosine_lr_with_warmup():
     assert lr_at(cfg, 99, 10) < 0.001
 
 
+def interrupted_after(writes: int, monkeypatch, run) -> None:
+    """Run ``run`` with a Ctrl-C right after the store's ``writes``-th step is written."""
+    calls = {"n": 0}
+    real_write = TrajectoryWriter.write
+
+    def crash(self, step, state, info=None):
+        real_write(self, step, state, info)
+        calls["n"] += 1
+        if calls["n"] == writes:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryWriter, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(TrajectoryWriter, "write", real_write)
+
+
 def test_interrupted_training_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
     kw = dict(epochs=4, model_args={"hidden": [16]}, progress=False, seed=5)
     train_from_args("mlp", "digits", str(tmp_path / "full"), **kw)
 
-    calls = {"n": 0}
-    real_write = TrajectoryWriter.write
-
-    def crash_after_two(self, step, state, info=None):
-        real_write(self, step, state, info)
-        calls["n"] += 1
-        if calls["n"] == 3:  # init + 2 epochs recorded
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrajectoryWriter, "write", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train_from_args("mlp", "digits", str(tmp_path / "cut"), **kw)
-    monkeypatch.setattr(TrajectoryWriter, "write", real_write)
+    interrupted_after(3, monkeypatch,  # init + 2 epochs recorded
+                      lambda: train_from_args("mlp", "digits", str(tmp_path / "cut"), **kw))
     assert not TrajectoryStore(str(tmp_path / "cut")).complete
     with pytest.raises(ConfigError, match="other settings"):
         train_from_args("mlp", "digits", str(tmp_path / "cut"), **{**kw, "epochs": 5})
@@ -103,19 +109,8 @@ def test_dropout_training_repeats_when_seeded_and_resumes_at_an_epoch_as_it_woul
     kw = dict(epochs=3, model_args={"width": 16}, progress=False, seed=4)
     for name in ("a", "b"):
         train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / name), **kw)
-    calls = {"n": 0}
-    real_write = TrajectoryWriter.write
-
-    def crash_after_one(self, step, state, info=None):
-        real_write(self, step, state, info)
-        calls["n"] += 1
-        if calls["n"] == 2:  # init + 1 epoch recorded
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrajectoryWriter, "write", crash_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / "cut"), **kw)
-    monkeypatch.setattr(TrajectoryWriter, "write", real_write)
+    interrupted_after(2, monkeypatch,  # init + 1 epoch recorded
+                      lambda: train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / "cut"), **kw))
     train_from_args("byo_userpkg.nets:make_net", "digits", str(tmp_path / "cut"), **kw)
     a, b, cut = (TrajectoryStore(str(tmp_path / n)) for n in ("a", "b", "cut"))
     for step in range(a.num_steps):
