@@ -493,15 +493,105 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)
+    inf = sub.add_parser("info", help="what a trajectory store or a transfer run folder holds")
+    inf.add_argument("path", help="a trajectory store, a transfer run folder, an ensemble or a sweep folder")
+    inf.set_defaults(func=cmd_info)
+    _add_everywhere(sub)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"raytraj {__version__}")
     return p
+
+
+def _add_everywhere(sub) -> None:
+    """--threads on every command, --overwrite on those that write a folder."""
+    todo = [(name, q) for name, q in sub.choices.items()]
+    while todo:
+        name, q = todo.pop()
+        nested = [a for a in q._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            todo += [(name, c) for c in nested[0].choices.values()]
+            continue
+        q.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="torch threads of this process (default: the CPUs not busy by the load average, at "
+                            "least 1: torch's default of every CPU runs several times slower on a busy machine)")
+        if name in WRITERS:
+            q.add_argument("--overwrite", action="store_true",
+                           help="delete what --out holds (a raytraj output) and start afresh")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def cmd_info(args):
+    from .info import describe
+
+    print(describe(args.path))
+
+
+# Commands that write a folder (--out): it is locked for the run, gets a log.txt, and may be --overwrite-n.
+WRITERS = ("train", "transfer", "finetune", "ensemble", "sweep", "distill", "quickstart", "analyze")
+
+
+def _run(args) -> None:
+    """The command, with --threads applied and its --out locked and logged (see raytraj/outfolder.py)."""
+    from .outfolder import default_threads, inputs_of, output_folder
+
+    import torch
+
+    torch.set_num_threads(args.threads or default_threads())
+    if args.command not in WRITERS:
+        return args.func(args)
+    with output_folder(args.out, args.argv, overwrite=args.overwrite, inputs=inputs_of(args), what=args.command):
+        args.func(args)
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends a run as Ctrl-C does: state saved, one line, how to
+    resume. It is passed on as SIGINT, so that whoever handles SIGINT now (Python, or Tune, which
+    stops its trials cleanly) handles it."""
+    import os
+    import signal
+
+    def on_term(signum, frame):
+        _terminated.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+_terminated: list[int] = []
+
+
+def _saved_nothing(args) -> bool:
+    """An interrupted command whose --out holds no work (none, or only its own bookkeeping)."""
+    from . import fs
+    from .writelock import BOOKKEEPING
+
+    out = getattr(args, "out", None)
+    if args.command not in WRITERS or not out:
+        return False
+    try:
+        return all(n in BOOKKEEPING or n == "config.json" for n in fs.listdir(out))
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        _sigterm_as_ctrl_c()
     try:
         try:
-            args.func(args)
+            _run(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
             if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
@@ -513,11 +603,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
         print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
-              f"command{hint} to continue"), file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if _terminated else "interrupted"
+        if str(e):
+            what = str(e)
+        elif _saved_nothing(args):
+            what = "nothing was saved yet: run the same command again to start"
+        else:
+            what = f"what was done is saved: run the same command{hint} to continue"
+        print(f"raytraj {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if _terminated else 130
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import fs
 from ..data import load_data
+from ..writelock import locks_output
 from .align import align_weights
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -31,6 +32,7 @@ def check_points(points: int, flag: str = "--points") -> None:
         raise AnalysisError(f"{flag} must be >= 2 (the two endpoints at least), got {points}")
 
 
+@locks_output("out", what="analysis")
 def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str = "none",
                        data: str | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
                        backend_options: dict | None = None, progress: bool = True) -> dict:

@@ -21,6 +21,7 @@ import torch
 from .. import fs
 from ..data import load_data
 from ..models import build_model, model_from_dict
+from ..writelock import locks_output
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -86,6 +87,7 @@ def grid_axes(basis: PlaneBasis, grid: int, margin: float) -> tuple[list[float],
     return np.linspace(x0 - wx, x1 + wx, grid).tolist(), np.linspace(y0 - wy, y1 + wy, grid).tolist()
 
 
+@locks_output("out", what="analysis")
 def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
                     data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10,
                     seed: int = 0, backend: str = "local", backend_options: dict | None = None,

@@ -121,7 +121,9 @@ class TrajectoryWriter:
         with fs.atomic_output(fs.join(self.location, rel)) as out:
             with ipc.new_file(out, schema) as w:
                 w.write_batch(pa.record_batch(columns, schema=schema))
-        self.manifest["steps"].append({"step": step, "file": rel, **(info or {})})
+        # The tensors' checksums, folded into the manifest: its digest then names the trajectory's data.
+        tensors_crc = zlib.crc32(" ".join(f.metadata[b"crc32"].decode() for f in fields).encode())
+        self.manifest["steps"].append({"step": step, "file": rel, "crc32": tensors_crc, **(info or {})})
         fs.atomic_write_json(fs.join(self.location, MANIFEST), self.manifest)
 
     def truncate(self, num_steps: int) -> None:
@@ -235,6 +237,14 @@ class TrajectoryStore:
         from ..train.recipe import TrainConfig
 
         return from_dict(TrainConfig, self.meta.get("recipe") or {})
+
+    @property
+    def digest(self) -> str:
+        """The store's identity: a hash of its manifest, which lists every step's tensor checksums. A
+        store retrained (another seed, other data) or edited has another digest."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
     def step_info(self, step: int) -> dict:
         self._check_step(step)

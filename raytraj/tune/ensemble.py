@@ -20,11 +20,11 @@ from ray import tune
 
 from .. import fs
 from ..config import ConfigError, to_dict
-from ..data import load_data
 from ..recipes import check_finetune
-from ..recorded import model_of
+from ..recorded import data_of, model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
+from ..writelock import locks_output
 from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import load_probs
 
@@ -42,6 +42,7 @@ def member_targets(members: int, targets: str | list[str] | None, new_head: bool
     return [{"target_init": fs.absolute(s), "new_head": new_head} for s in stores]
 
 
+@locks_output("out", what="ensemble")
 def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, targets=None, new_head: bool = False,
                  seed_base: int = 1000, finetune_epochs: int = 0, finetune_lr: float | None = None,
                  storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
@@ -75,7 +76,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
     rows = result_rows(grid)
     refuse_unfinished(rows, "ensemble members", members)
     rows.sort(key=lambda r: r["config"]["member"])
-    data = load_data(store.data_config())
+    data = data_of(store)
     labels = data.y["test"].numpy()
     dirs = [fs.join(out, "members", f"member-{r['config']['member']:03d}") for r in rows]
     probs = [load_probs(d, "test") for d in dirs]

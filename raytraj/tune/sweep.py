@@ -26,6 +26,7 @@ from ..config import ConfigError, to_dict
 from ..transfer import TransferConfig
 from ..recipes import check_finetune
 from ..transfer.problem import check_targets
+from ..writelock import locks_output
 from .runner import refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
@@ -78,6 +79,7 @@ def _typed(name: str, text: str, hint):
         raise ConfigError(f"--param {name}: {text!r} is not a valid {kind.__name__}") from None
 
 
+@locks_output("out", what="sweep")
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
