@@ -7,7 +7,7 @@ import json
 import sys
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import ConfigError, check_number
 from .perm import SpecError
 from .ray_errors import root_cause
 from .trajectory import TrajectoryError
@@ -118,6 +118,11 @@ def _solver_fields(args) -> dict:
 
 
 def _backend_options(args) -> dict:
+    for option, value, rule in (("--workers", args.workers, {"minimum": 1, "integer": True}),
+                                ("--cpus-per-worker", args.cpus_per_worker, {"above": 0}),
+                                ("--gpus-per-worker", args.gpus_per_worker, {"minimum": 0}),
+                                ("--placement-timeout", args.placement_timeout, {"above": 0})):
+        check_number(option, value, **rule)
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
@@ -271,7 +276,9 @@ def cmd_sweep(args):
                      search=args.search, scheduler=args.scheduler, finetune_epochs=args.finetune_epochs,
                      finetune_lr=args.finetune_lr, **_tune_options(args))
     print(format_results(rows, list(params)))
-    print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
+    best = format_results(rows[:1], list(params)).splitlines()
+    print("best:\n" + "\n".join([best[0], best[2]]))
+    print(f"wrote {args.out}/results.parquet, results.csv, best.json")
 
 
 def add_user_code_args(q, spec: bool = False) -> None:
@@ -512,22 +519,12 @@ def _add_everywhere(sub) -> None:
         if nested:
             todo += [(name, c) for c in nested[0].choices.values()]
             continue
-        q.add_argument("--threads", type=_positive_int, metavar="N",
+        q.add_argument("--threads", type=int, metavar="N",
                        help="torch threads of this process (default: the CPUs not busy by the load average, at "
                             "least 1: torch's default of every CPU runs several times slower on a busy machine)")
         if name in WRITERS:
             q.add_argument("--overwrite", action="store_true",
                            help="delete what --out holds (a raytraj output) and start afresh")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def cmd_info(args):
@@ -546,6 +543,7 @@ def _run(args) -> None:
 
     import torch
 
+    check_number("--threads", args.threads, minimum=1, integer=True)
     torch.set_num_threads(args.threads or default_threads())
     if args.command not in WRITERS:
         return args.func(args)
@@ -601,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
-        print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        print(f"raytraj {args.command}: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
@@ -617,8 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _os_error(e: OSError) -> str:
-    """One line naming the file and the cause, with the fix where there is an obvious one."""
+def _os_error(e: OSError, out: str | None = None) -> str:
+    """One line naming the file and the cause, with the fix where there is an obvious one.
+
+    ``out`` is the command's output location: a file there that cannot be written calls for
+    another --out; anywhere else (a source, a store, a cache) for that file's permissions."""
     import errno
     import re
 
@@ -637,7 +638,22 @@ def _os_error(e: OSError) -> str:
              errno.EACCES: "choose an --out you may write to", errno.ENOTDIR: "a file stands where a folder is "
              "needed; choose another --out", errno.EEXIST: "choose another --out"}
     fix = fixes.get(code, "check the path and the storage it is on")
+    named = getattr(e, "filename", None) or next(iter(re.findall(r"'(/[^']+)'", text)), None)
+    if code in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST) and not _within(named, out):
+        fix = {errno.ENOTDIR: "a file stands where a folder is needed: check the path",
+               errno.EEXIST: "a file stands in the way: check the path"}.get(
+            code, "this user may not read or write it: fix its permissions (chmod) or run as its owner")
     return f"{text}; {fix}"
+
+
+def _within(path: str | None, out: str | None) -> bool:
+    """Is ``path`` the output location ``out`` or inside it? (Unknown paths count as inside.)"""
+    from . import fs
+
+    if not path or not out:
+        return bool(out) and not path
+    here, there = fs.absolute(out).rstrip("/"), fs.absolute(path).rstrip("/")
+    return there == here or there.startswith(here + "/")
 
 
 if __name__ == "__main__":

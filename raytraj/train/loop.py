@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, check_seed, to_dict
 from ..data import Dataset, epoch_batches, fingerprint
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
@@ -106,6 +106,7 @@ def train(
 ) -> TrainResult:
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
     ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
+    check_seed("--seed", seed)
     device = torch.device(device or default_device())
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]

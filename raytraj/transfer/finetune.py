@@ -7,6 +7,7 @@ and ``--lr`` override it (the paper uses a smaller initial lr than the source's)
 
 from __future__ import annotations
 
+from .. import fs
 from ..config import from_dict, replace
 from ..config import ConfigError
 from ..data import DataConfig
@@ -22,6 +23,16 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
              which: str = "best", progress: bool = True, device=None, model=None, data=None) -> TrainResult:
     """Train on from a transfer run's model. A source recorded by a TrajectoryRecorder has no raytraj
     recipe; TrainConfig's defaults are used then. ``model``/``data`` replace what the store records."""
+    folder = RunFolder(run)
+    if not folder.started:
+        if fs.exists(fs.join(run, "trajectory.json")):
+            raise ConfigError(f"--from {run} is a trajectory store, not a transfer run folder; to train on from a "
+                              f"store's step use `raytraj train --init {run}[:STEP] ...`")
+        raise ConfigError(f"--from {run} is not a transfer run folder (it has no config.json); give the --out of a "
+                          "`raytraj transfer`")
+    if not folder.has_model(which):
+        raise ConfigError(f"--from {run} holds an unfinished transfer (no {which} model yet); finish it with "
+                          "`raytraj transfer ... --resume` first")
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = RunFolder(run).load_model(which)

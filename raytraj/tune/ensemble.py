@@ -25,7 +25,7 @@ from ..recorded import data_of, model_of
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
 from ..writelock import locks_output
-from .runner import refuse_unfinished, result_rows, run_experiment
+from .runner import check_trial_options, refuse_unfinished, result_rows, run_experiment
 from .trial import load_probs
 
 RESULT = "ensemble.json"
@@ -57,6 +57,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for a user model's modules.
     """
     check_finetune(finetune_epochs, finetune_lr)
+    check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent)
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
     if fs.exists(fs.join(out, "trajectory.json")):
@@ -70,7 +71,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble", {"member": tune.grid_search(list(range(members)))}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address, runtime_env=runtime_env,
+        max_failures=max_failures, address=address, runtime_env=runtime_env, trials=members,
     )
     wall_s = time.perf_counter() - t0
     rows = result_rows(grid)

@@ -27,7 +27,7 @@ from ..transfer import TransferConfig
 from ..recipes import check_finetune
 from ..transfer.problem import check_targets
 from ..writelock import locks_output
-from .runner import refuse_unfinished, result_rows, run_experiment
+from .runner import check_trial_options, refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
 # Searched besides TransferConfig's fields: the subsequent training of each trial's transfer.
@@ -104,6 +104,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         target = {**target, "target_init": fs.absolute(target["target_init"])}
     if fs.exists(fs.join(out, "trajectory.json")):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
+    check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent)
     check_targets(source, [target], base.seed)  # the source is usable, its model rebuilds, the target differs
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")

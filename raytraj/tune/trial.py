@@ -82,6 +82,11 @@ def _transfer_trial(config: dict, settings: dict) -> None:
 
     def on_eval(step: int, acc: float) -> None:
         best["acc"] = max(best["acc"], acc)
+        if step == length:
+            # The last step's result goes out with the final report (FINISHED, test accuracy, CPU
+            # seconds): reported here, ASHA could stop at its last rung a trial that has run every step,
+            # before the final report, and it would read "stopped early" with no final val.
+            return
         tune.report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
 
     # a trial restarted after it finished reads its metrics; one cut short resumes
