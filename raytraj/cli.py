@@ -571,13 +571,14 @@ _terminated: list[int] = []
 def _saved_nothing(args) -> bool:
     """An interrupted command whose --out holds no work (none, or only its own bookkeeping)."""
     from . import fs
+    from .runfolder import CONFIG
     from .writelock import BOOKKEEPING
 
     out = getattr(args, "out", None)
     if args.command not in WRITERS or not out:
         return False
     try:
-        return all(n in BOOKKEEPING or n == "config.json" for n in fs.listdir(out))
+        return all(n in BOOKKEEPING or n == CONFIG for n in fs.listdir(out))
     except OSError:
         return False
 

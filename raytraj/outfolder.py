@@ -12,11 +12,12 @@ import sys
 
 from . import fs
 from .config import ConfigError
+from .runfolder import CONFIG
 from .writelock import LEASE_FILE, LOCK_FILE, writer_lock
 
 LOG = "log.txt"
 # Files only raytraj writes: a folder holding one of them may be emptied by --overwrite.
-OWN_MARKERS = ("trajectory.json", "config.json", "ensemble-settings.json",
+OWN_MARKERS = ("trajectory.json", CONFIG, "ensemble-settings.json",
                "sweep-settings.json", LOG)
 # Arguments naming inputs, which --overwrite must never delete.
 INPUTS = ("source", "init", "target_init", "oracle_target", "run", "ensemble", "a", "b", "c", "runs", "target",

@@ -13,7 +13,7 @@ from ..config import ConfigError
 from ..data import DataConfig
 from ..models import model_from_dict, rebuildable
 from ..recorded import data_of, model_of
-from ..runfolder import RunFolder
+from ..runfolder import CONFIG, RunFolder
 from ..train import TrainResult, train
 from .problem import open_source
 from .run import load_run_config
@@ -28,7 +28,7 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
         if fs.exists(fs.join(run, "trajectory.json")):
             raise ConfigError(f"--from {run} is a trajectory store, not a transfer run folder; to train on from a "
                               f"store's step use `raytraj train --init {run}[:STEP] ...`")
-        raise ConfigError(f"--from {run} is not a transfer run folder (it has no config.json); give the --out of a "
+        raise ConfigError(f"--from {run} is not a transfer run folder (it has no {CONFIG}); give the --out of a "
                           "`raytraj transfer`")
     if not folder.has_model(which):
         raise ConfigError(f"--from {run} holds an unfinished transfer (no {which} model yet); finish it with "
