@@ -84,6 +84,13 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
     return result
 
 
+def interpolation_title(r: dict) -> str:
+    """What was done, and only that: BatchNorm recalibration is named only for a model that has BatchNorm."""
+    return (f"linear interpolation on {r['data']}"
+            + (", BatchNorm recalibrated per point" if r.get("bn_recalibrated") else "")
+            + (", B weight-matched to A" if r["align"] == "weights" else ""))
+
+
 def plot_interpolation(r: dict, out: str, title: str | None = None) -> str:
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
@@ -100,8 +107,6 @@ def plot_interpolation(r: dict, out: str, title: str | None = None) -> str:
         ax.set_xlabel(f"α: (1-α)·{left} + α·{right}" + (" (aligned)" if r["align"] == "weights" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or f"linear interpolation on {r['data']}"
-                 + (", BatchNorm recalibrated per point" if r.get("bn_recalibrated") else "")
-                 + (", B weight-matched to A" if r["align"] == "weights" else ""), fontsize=10)
+    fig.suptitle(title or interpolation_title(r), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
