@@ -1,4 +1,9 @@
-"""The ``raytraj`` command line: argument parsing only; the work lives in the package."""
+"""The ``raytraj`` command line: argument parsing only; the work lives in the package.
+
+Nothing heavy is imported at the top (torch, scipy, pyarrow, Ray): ``raytraj --help`` and an
+argument error answer in a fraction of a CPU second; each command imports its work when it runs
+(``benchmarks/bench_startup.py`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,24 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError
 from .config import ConfigError
-from .perm import SpecError
 from .ray_errors import root_cause
-from .trajectory import TrajectoryError
 
-USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
+# The user-error classes by module: the ones whose module is loaded are caught (an exception of a
+# class never imported cannot have been raised), so the CLI need not import them up front.
+_USER_ERROR_HOMES = {"raytraj.trajectory.store": "TrajectoryError", "raytraj.perm.spec": "SpecError",
+                     "raytraj.checkpoint": "CheckpointError"}
+
+
+# The zoo's model names, for choices and help without importing the zoo (torch); a test keeps them
+# equal to raytraj.models.MODELS.
+ZOO = ("mlp", "conv", "resnet20", "conv1d", "transformer")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (one line, exit 2), not a bug."""
+    loaded = tuple(getattr(sys.modules[m], name) for m, name in _USER_ERROR_HOMES.items() if m in sys.modules)
+    return (ConfigError, FileNotFoundError, FloatingPointError, *loaded)
 
 
 def _key_values(items: list[str] | None) -> dict:
@@ -180,7 +196,7 @@ def cmd_spec(args):
     from .perm import check_spec, infer_spec
 
     data = load_data(args.data)
-    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d", "transformer"]
+    models = [args.model] if args.model else list(ZOO)
     for name in models:
         try:
             cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
@@ -329,8 +345,6 @@ def _runtime_env(args) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
-    from .models import MODELS
-
     defaults, methods, schedules = _transfer_choices()
 
     def common(q):
@@ -338,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
-                   help="mlp, conv, resnet20, conv1d, transformer, or your factory package.module:function")
+                   help=f"{', '.join(ZOO)}, or your factory package.module:function")
     t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
                    "data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
@@ -460,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
     di.add_argument("--ensemble", required=True, help="an ensemble output folder")
-    di.add_argument("--student", default="mlp", choices=list(MODELS))
+    di.add_argument("--student", default="mlp", choices=ZOO)
     di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
     di.add_argument("--epochs", type=int)
     di.add_argument("--lr", type=float)
@@ -485,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=list(MODELS))
+    s.add_argument("--model", choices=ZOO)
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)
@@ -504,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
-            if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
+            if cause is e or not isinstance(cause, (*user_errors(), OSError)):
                 raise  # a bug: keep the worker's traceback
             raise cause from None
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
