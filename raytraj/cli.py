@@ -515,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
+            from .progress import interval_s
+
+            interval_s()  # a bad RAYTRAJ_PROGRESS_S fails now, not at the first progress line
             args.func(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)

@@ -151,7 +151,7 @@ def train(
         save_checkpoint(state_path, momentum, {
             "step": step, "iteration": iteration, "train_s": train_s, "val_acc": val_accs,
             "elapsed_s": elapsed0 + time.perf_counter() - t_start, "cpu_s": cpu0 + time.process_time() - c_start})
-        bar.set_postfix(val_acc=f"{val:.1f}")
+        bar.set_postfix(step=step, val_acc=f"{val:.2f}")  # the recorded step and its val
         model.train()
 
     model.train()
@@ -175,7 +175,6 @@ def train(
             opt.step()
             train_s += time.perf_counter() - t0
             iteration += 1
-            bar.update(1)
             if recipe.save_every:
                 due = iteration % recipe.save_every == 0 or iteration == total
             else:
@@ -185,6 +184,7 @@ def train(
                     raise FloatingPointError(f"training loss became {loss.item()} by iteration {iteration}; "
                                              "lower --lr")
                 checkpoint()
+            bar.update(1)  # after the checkpoint: its line shows the step just recorded
     bar.close()
     model.eval()
     test = accuracy(model, model.state_dict(), data, "test", device=device)
