@@ -133,6 +133,14 @@ def _solver_fields(args) -> dict:
     return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
 
 
+def checked_device(device: str) -> str:
+    """--device, refused at once if this machine cannot use it (before data and models are loaded)."""
+    from .runtime import resolve_device
+
+    resolve_device(device)
+    return device
+
+
 def _backend_options(args) -> dict:
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
@@ -140,7 +148,7 @@ def _backend_options(args) -> dict:
                  if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {"device": args.device} if args.device else {}
+        return {"device": checked_device(args.device)} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
@@ -521,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
-            if cause is e or not isinstance(cause, (*user_errors(), OSError)):
+            if cause is e or not (isinstance(cause, (*user_errors(), OSError)) or out_of_memory(cause)):
                 raise  # a bug: keep the worker's traceback
             raise cause from None
     except user_errors() as e:
@@ -530,12 +538,39 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
         print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as e:
+        message = out_of_memory(e)
+        if message is None:
+            raise  # a bug
+        print(f"raytraj {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
         print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
               f"command{hint} to continue"), file=sys.stderr)
         return 130
     return 0
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocator's failure (torch on the CPU or a GPU, or Python's MemoryError),
+    naming the size it tried; None for any other error."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "not enough memory" in text):
+        return None
+    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
+    size = ""
+    if m:
+        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+                 "TB": 1e12}[m[2]]
+        n = float(m[1]) * scale
+        size = f": could not allocate {n / 2**30:.1f} GiB" if n >= 2**30 else f": could not allocate {n / 2**20:.1f} MiB"
+    where = "GPU memory" if type(e).__name__ == "OutOfMemoryError" else "memory"
+    return (f"out of {where}{size}; choose a smaller model (--model-arg), --batch-size or data, or a machine with "
+            "more memory")
 
 
 def _os_error(e: OSError) -> str:

@@ -24,7 +24,8 @@ from .config import ConfigError
 INTERVAL_ENV = "RAYTRAJ_PROGRESS_S"
 DEFAULT_INTERVAL_S = 10.0
 # tqdm's right-hand meter, after the count: [elapsed<remaining, rate, postfix]
-LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+METER_FORMAT = "{n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LOG_FORMAT = "{desc}: " + METER_FORMAT
 
 
 def interval_s() -> float:
@@ -77,6 +78,13 @@ class LogProgress(tqdm):
         if not self.disable and self.n != self.last_print_n:
             self.display()  # the last step always gets its line
         super().close()
+
+
+def meter(n: int, total: int, elapsed: float, initial: int = 0, unit: str = "it") -> str:
+    """The count, elapsed time, time remaining and rate without a bar object, for events counted
+    elsewhere (Tune's trials): ``n/total (pct%) [elapsed<remaining, rate]``. ``initial`` counts what
+    was done before this process started (a resume): it is not in the rate."""
+    return tqdm.format_meter(n, total, elapsed, unit=unit, bar_format=METER_FORMAT, initial=initial)
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "it"):

@@ -25,7 +25,7 @@ from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
 from ..runfolder import RunFolder
-from ..runtime import default_device
+from ..runtime import resolve_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
 from .recipe import TrainConfig
 
@@ -104,7 +104,7 @@ def train(
 ) -> TrainResult:
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
     ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
     meta = {

@@ -69,7 +69,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble", {"member": tune.grid_search(list(range(members)))}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address, runtime_env=runtime_env,
+        max_failures=max_failures, address=address, runtime_env=runtime_env, trials=members,
     )
     wall_s = time.perf_counter() - t0
     rows = result_rows(grid)
