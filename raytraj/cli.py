@@ -1,4 +1,9 @@
-"""The ``raytraj`` command line: argument parsing only; the work lives in the package."""
+"""The ``raytraj`` command line: argument parsing only; the work lives in the package.
+
+Nothing heavy is imported at the top (torch, scipy, pyarrow, Ray): ``raytraj --help`` and an
+argument error answer in a fraction of a CPU second; each command imports its work when it runs
+(``benchmarks/bench_startup.py`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,24 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, check_number
-from .perm import SpecError
 from .ray_errors import root_cause
-from .trajectory import TrajectoryError
 
-USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
+# The user-error classes by module: the ones whose module is loaded are caught (an exception of a
+# class never imported cannot have been raised), so the CLI need not import them up front.
+_USER_ERROR_HOMES = {"raytraj.trajectory.store": "TrajectoryError", "raytraj.perm.spec": "SpecError",
+                     "raytraj.checkpoint": "CheckpointError"}
+
+
+# The zoo's model names, for choices and help without importing the zoo (torch); a test keeps them
+# equal to raytraj.models.MODELS.
+ZOO = ("mlp", "conv", "resnet20", "conv1d", "transformer")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (one line, exit 2), not a bug."""
+    loaded = tuple(getattr(sys.modules[m], name) for m, name in _USER_ERROR_HOMES.items() if m in sys.modules)
+    return (ConfigError, FileNotFoundError, FloatingPointError, *loaded)
 
 
 def _key_values(items: list[str] | None) -> dict:
@@ -117,6 +133,14 @@ def _solver_fields(args) -> dict:
     return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
 
 
+def checked_device(device: str) -> str:
+    """--device, refused at once if this machine cannot use it (before data and models are loaded)."""
+    from .runtime import resolve_device
+
+    resolve_device(device)
+    return device
+
+
 def _backend_options(args) -> dict:
     for option, value, rule in (("--workers", args.workers, {"minimum": 1, "integer": True}),
                                 ("--cpus-per-worker", args.cpus_per_worker, {"above": 0}),
@@ -129,7 +153,7 @@ def _backend_options(args) -> dict:
                  if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {"device": args.device} if args.device else {}
+        return {"device": checked_device(args.device)} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
@@ -185,7 +209,7 @@ def cmd_spec(args):
     from .perm import check_spec, infer_spec
 
     data = load_data(args.data)
-    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d", "transformer"]
+    models = [args.model] if args.model else list(ZOO)
     for name in models:
         try:
             cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
@@ -336,8 +360,6 @@ def _runtime_env(args) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
-    from .models import MODELS
-
     defaults, methods, schedules = _transfer_choices()
 
     def common(q):
@@ -345,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
-                   help="mlp, conv, resnet20, conv1d, transformer, or your factory package.module:function")
+                   help=f"{', '.join(ZOO)}, or your factory package.module:function")
     t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
                    "data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
@@ -467,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
     di.add_argument("--ensemble", required=True, help="an ensemble output folder")
-    di.add_argument("--student", default="mlp", choices=list(MODELS))
+    di.add_argument("--student", default="mlp", choices=ZOO)
     di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
     di.add_argument("--epochs", type=int)
     di.add_argument("--lr", type=float)
@@ -492,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=list(MODELS))
+    s.add_argument("--model", choices=ZOO)
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)
@@ -590,17 +612,26 @@ def main(argv: list[str] | None = None) -> int:
         _sigterm_as_ctrl_c()
     try:
         try:
+            from .progress import interval_s
+
+            interval_s()  # a bad RAYTRAJ_PROGRESS_S fails now, not at the first progress line
             _run(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
-            if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
+            if cause is e or not (isinstance(cause, (*user_errors(), OSError)) or out_of_memory(cause)):
                 raise  # a bug: keep the worker's traceback
             raise cause from None
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
         print(f"raytraj {args.command}: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as e:
+        message = out_of_memory(e)
+        if message is None:
+            raise  # a bug
+        print(f"raytraj {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
@@ -614,6 +645,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raytraj {args.command}: {how}; {what}", file=sys.stderr)
         return 143 if _terminated else 130
     return 0
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocator's failure (torch on the CPU or a GPU, or Python's MemoryError),
+    naming the size it tried; None for any other error."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "not enough memory" in text):
+        return None
+    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
+    size = ""
+    if m:
+        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+                 "TB": 1e12}[m[2]]
+        n = float(m[1]) * scale
+        size = f": could not allocate {n / 2**30:.1f} GiB" if n >= 2**30 else f": could not allocate {n / 2**20:.1f} MiB"
+    where = "GPU memory" if type(e).__name__ == "OutOfMemoryError" else "memory"
+    return (f"out of {where}{size}; choose a smaller model (--model-arg), --batch-size or data, or a machine with "
+            "more memory")
 
 
 def _os_error(e: OSError, out: str | None = None) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,7 +273,12 @@ def test_tune_output_is_one_line_per_trial_event(cluster, digits_source, tmp_pat
     lines = run.stdout.splitlines()
     assert sum(" started" in line for line in lines) == 2, run.stdout
     finished = [line for line in lines if " finished: best val " in line]
-    assert len(finished) == 2 and all(line.startswith("ensemble: trial ") for line in finished), run.stdout
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+    assert len(finished) == 2 and all(re.match(rf"{stamp} ensemble: trial ", line) for line in finished), run.stdout
+    # each end counts the trials done, with elapsed time, time remaining and rate
+    counts = [re.search(r"; trials done (\d)/2 \(\d+%\) \[[\d:]+<[\d:]+, +[\d.]+(s/trial|trial/s)\]$", line)
+              for line in finished]
+    assert all(counts) and [int(m[1]) for m in counts] == [1, 2], run.stdout
     assert len(lines) <= 8, run.stdout  # 2 started, 2 finished, the summary's 3 lines
 
 

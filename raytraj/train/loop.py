@@ -25,7 +25,7 @@ from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
 from ..runfolder import RunFolder
-from ..runtime import default_device
+from ..runtime import resolve_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
 from ..writelock import locks_output
 from .recipe import TrainConfig
@@ -107,7 +107,7 @@ def train(
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
     ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
     check_seed("--seed", seed)
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
     meta = {
@@ -155,7 +155,7 @@ def train(
         save_checkpoint(state_path, momentum, {
             "step": step, "iteration": iteration, "train_s": train_s, "val_acc": val_accs,
             "elapsed_s": elapsed0 + time.perf_counter() - t_start, "cpu_s": cpu0 + time.process_time() - c_start})
-        bar.set_postfix(val_acc=f"{val:.1f}")
+        bar.set_postfix(step=step, val_acc=f"{val:.2f}")  # the recorded step and its val
         model.train()
 
     model.train()
@@ -179,7 +179,6 @@ def train(
             opt.step()
             train_s += time.perf_counter() - t0
             iteration += 1
-            bar.update(1)
             if recipe.save_every:
                 due = iteration % recipe.save_every == 0 or iteration == total
             else:
@@ -189,6 +188,7 @@ def train(
                     raise FloatingPointError(f"training loss became {loss.item()} by iteration {iteration}; "
                                              "lower --lr")
                 checkpoint()
+            bar.update(1)  # after the checkpoint: its line shows the step just recorded
     bar.close()
     model.eval()
     test = accuracy(model, model.state_dict(), data, "test", device=device)

@@ -2,32 +2,35 @@
 
 The package is also callable: ``raytraj.transfer(source=..., target=..., data=..., config=...)``
 is :func:`raytraj.transfer.api.transfer_model`, the Python API, while ``raytraj.transfer.transfer``
-stays the run-folder function the CLI uses.
+stays the run-folder function the CLI uses. Names are imported on first use (``raytraj.lazy``):
+the CLI reads TransferConfig's defaults without loading torch and scipy.
 """
 
 import sys
 import types
 
-from .backend import Backend, Done, GradRequest, LocalBackend, finish_sums
-from .checkpointing import RunCheckpointer
-from .config import METHODS, TransferConfig
-from .engine import TransferState, run_transfer, solve_seed
-from .api import TransferResult, transfer_model
-from .problem import Problem, prepare
-from .run import load_run_config, make_backend, transfer
-from .worker import TransferWorker, bn_batches_for, grad_batches_for
+from ..lazy import lazy_exports
 
-__all__ = [
-    "Backend", "Done", "GradRequest", "LocalBackend", "METHODS", "Problem", "RunCheckpointer", "TransferConfig",
-    "TransferState", "TransferWorker", "bn_batches_for", "finish_sums", "grad_batches_for", "load_run_config",
-    "make_backend", "prepare", "run_transfer", "solve_seed", "transfer", "TransferResult", "transfer_model",
-]
+_NAMES = {
+    **dict.fromkeys(["Backend", "Done", "GradRequest", "LocalBackend", "finish_sums"], ".backend"),
+    "RunCheckpointer": ".checkpointing",
+    **dict.fromkeys(["METHODS", "TransferConfig"], ".config"),
+    **dict.fromkeys(["TransferState", "run_transfer", "solve_seed"], ".engine"),
+    **dict.fromkeys(["TransferResult", "transfer_model"], ".api"),
+    **dict.fromkeys(["Problem", "prepare"], ".problem"),
+    **dict.fromkeys(["load_run_config", "make_backend", "transfer"], ".run"),
+    **dict.fromkeys(["TransferWorker", "bn_batches_for", "grad_batches_for"], ".worker"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
+__all__ = sorted(_NAMES)
 
 
 class _CallablePackage(types.ModuleType):
     """``raytraj.transfer`` is both this package and, called, the Python API (the issue's spelling)."""
 
     def __call__(self, *args, **kwargs):
+        from .api import transfer_model
+
         return transfer_model(*args, **kwargs)
 
 

@@ -132,15 +132,15 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
                 "params": params, "samples": samples, "search": search, "scheduler": scheduler}
     searched = {"transfer": {k: v for k, v in space.items() if k not in FINETUNE_FIELDS},
                 **{k: v for k, v in space.items() if k in FINETUNE_FIELDS}}
+    expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)
     grid = run_experiment(
         "sweep", searched, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address, runtime_env=runtime_env,
+        max_failures=max_failures, address=address, runtime_env=runtime_env, trials=expected,
     )
     results = result_rows(grid)
-    expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)
     refuse_unfinished([r for r in results if r["status"] != "error" or not r["metrics"]], "sweep trials",
                       expected - sum(1 for r in results if r["status"] == "error" and r["metrics"]))
     rows = []
