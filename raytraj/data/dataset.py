@@ -54,6 +54,8 @@ def load_data(config: DataConfig | str) -> Dataset:
         raise ConfigError(f"--data-arg goes with a data function (--data package.module:function), not with "
                           f"{cfg.describe()}")
     arrays = load_arrays(cfg)
+    if cfg.source == "npz" and cfg.num_samples:
+        arrays = _take_samples(arrays, cfg)
     rng = np.random.default_rng(cfg.split_seed)
     x, y = arrays["x_train"], arrays["y_train"]
     if "x_test" in arrays:
@@ -96,6 +98,16 @@ def load_data(config: DataConfig | str) -> Dataset:
         y={s: torch.from_numpy(ys[s].astype(np.int64)) for s in SPLITS},
         num_classes=num_classes,
     )
+
+
+def _take_samples(arrays: dict, cfg: DataConfig) -> dict:
+    """``n=N``: N of the file's training samples, drawn once from the split seed (before the val split;
+    its test arrays are kept whole)."""
+    n, have = cfg.num_samples, len(arrays["y_train"])
+    if n > have:
+        raise ConfigError(f"{cfg.describe()}: n={n}, but {cfg.path} holds {have} training samples; give n <= {have}")
+    keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(have)[:n])
+    return {**arrays, "x_train": arrays["x_train"][keep], "y_train": arrays["y_train"][keep]}
 
 
 def dataset_from_splits(splits, config: DataConfig | None = None) -> Dataset:
