@@ -100,3 +100,14 @@ def test_transfer_in_a_log_prints_each_step_with_its_own_val(logged_source, meth
     shown = [x["post"].get("val_acc") for x in lines[1:]]
     assert shown == [None if v is None else f"{v:.2f}" for v in val]  # the val of that very step, not an earlier one
     assert shown[-1] is not None and shown[1] is not None and shown[0] is None
+
+
+def test_without_progress_each_step_is_evaluated_once_in_order(logged_source):
+    # progress=False (Tune trials, the Python API) counts steps without a bar; on_eval sees every step in order
+    from raytraj.transfer import TransferConfig, transfer
+
+    tmp, _ = logged_source
+    seen = []
+    m = transfer(str(tmp / "src"), str(tmp / "quiet"), TransferConfig(method="fgmt", steps=4), target_seed=3,
+                 on_eval=lambda s, acc: seen.append((s, acc)), progress=False)
+    assert seen == list(enumerate(m["val_acc"], start=1))

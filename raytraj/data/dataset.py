@@ -54,6 +54,8 @@ def load_data(config: DataConfig | str) -> Dataset:
         raise ConfigError(f"--data-arg goes with a data function (--data package.module:function), not with "
                           f"{cfg.describe()}")
     arrays = load_arrays(cfg)
+    if cfg.source == "npz" and cfg.num_samples:
+        arrays = _take_samples(arrays, cfg)
     rng = np.random.default_rng(cfg.split_seed)
     x, y = arrays["x_train"], arrays["y_train"]
     if "x_test" in arrays:
@@ -111,6 +113,16 @@ def fingerprint(data: Dataset) -> dict:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return {"sha256": h.hexdigest()[:16], "shapes": {s: list(data.x[s].shape) for s in SPLITS},
             "num_classes": data.num_classes}
+
+
+def _take_samples(arrays: dict, cfg: DataConfig) -> dict:
+    """``n=N``: N of the file's training samples, drawn once from the split seed (before the val split;
+    its test arrays are kept whole)."""
+    n, have = cfg.num_samples, len(arrays["y_train"])
+    if n > have:
+        raise ConfigError(f"{cfg.describe()}: n={n}, but {cfg.path} holds {have} training samples; give n <= {have}")
+    keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(have)[:n])
+    return {**arrays, "x_train": arrays["x_train"][keep], "y_train": arrays["y_train"][keep]}
 
 
 def dataset_from_splits(splits, config: DataConfig | None = None) -> Dataset:

@@ -106,10 +106,13 @@ def run_transfer(
 
     bar = progress_bar(num_steps, state.step, f"transfer {cfg.method}", progress, unit="step")
 
+    shown = [state.step]  # steps counted on the bar (a disabled bar counts nothing itself)
+
     def report(upto: int):
         """Count steps up to ``upto`` on the bar, each beside its own val (evaluated steps only)."""
-        while bar.n < upto:
-            done = bar.n + 1
+        while shown[0] < upto:
+            shown[0] += 1
+            done = shown[0]
             note = {"val_acc": f"{state.val_acc[done]:.2f}"} if done in state.val_acc else {}
             busy = getattr(backend, "utilisation", None)  # the Ray backend: share of time its workers computed
             if busy is not None and busy() is not None:

@@ -89,6 +89,7 @@ def transfer(
         problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
                           oracle_target=oracle_target, model=model, data=data, spec=spec, head=head, force=force)
     record["fingerprints"] = fingerprints(problem)
+    checkpointer.sizes = problem.spec.sizes  # saved permutations must fit the spec
     claimed = _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
     try:
         options = dict(backend_options or {})
