@@ -292,6 +292,7 @@ def cmd_distill(args):
 
 def cmd_sweep(args):
     from .tune import format_results, parse_params, run_sweep
+    from .tune.sweep import format_best
 
     params = parse_params(args.param)
     target = {"target_seed": args.target_seed} if args.target_init is None else \
@@ -300,8 +301,7 @@ def cmd_sweep(args):
                      search=args.search, scheduler=args.scheduler, finetune_epochs=args.finetune_epochs,
                      finetune_lr=args.finetune_lr, **_tune_options(args))
     print(format_results(rows, list(params)))
-    best = format_results(rows[:1], list(params)).splitlines()
-    print("best:\n" + "\n".join([best[0], best[2]]))
+    print(format_best(rows, list(params)))
     print(f"wrote {args.out}/results.parquet, results.csv, best.json")
 
 

@@ -203,3 +203,27 @@ def test_default_threads_leave_busy_cpus_alone(monkeypatch):
     assert default_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0, 0))
     assert default_threads() == 8
+
+
+def test_sweep_best_is_a_table_row_and_ensemble_lines_show_the_trained_on_val(capsys):
+    from types import SimpleNamespace
+
+    from raytraj.tune.runner import TrialLines
+    from raytraj.tune.sweep import format_best, format_results
+
+    rows = [{"trial_id": "t1", "steps": 10, "best_val_acc": 91.5, "final_val_acc": 90.25, "cpu_s": 3.0,
+             "steps_run": 10, "status": "finished"},
+            {"trial_id": "t2", "steps": 20, "best_val_acc": 80.0, "final_val_acc": None, "cpu_s": 1.0,
+             "steps_run": 5, "status": "stopped early"}]
+    table = format_results(rows, ["steps"]).splitlines()
+    assert format_best(rows, ["steps"]).splitlines() == ["best:", table[0], table[2]]
+    assert "{" not in format_best(rows, ["steps"]) and "91.50" in table[2]
+
+    lines = TrialLines("ensemble", 2)
+    trial = SimpleNamespace(trial_id="m0", config={"member": 0}, status="TERMINATED",
+                            last_result={"transfer_finished": True, "best_val_acc": 70.0, "best_step": 9,
+                                         "finetune_val_acc": 88.25})
+    lines.on_trial_complete(0, [trial], trial)
+    out = capsys.readouterr().out
+    assert "finished: val 88.25% after the training after the transfer (the transfer's best val 70.00% at step 9)" \
+        in out, out

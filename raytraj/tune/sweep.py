@@ -191,6 +191,12 @@ def format_results(rows: list[dict], params: list[str]) -> str:
     return "\n".join(out)
 
 
+def format_best(rows: list[dict], params: list[str]) -> str:
+    """The best trial as the table's own row under its header (rows are sorted best first)."""
+    header, _, row = format_results(rows, params).splitlines()[:3]
+    return f"best:\n{header}\n{row}"
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
