@@ -182,13 +182,14 @@ def test_ensemble_interrupted_with_ctrl_c_says_how_to_resume_and_refuses_other_s
     assert not (out / "ensemble.json").exists()
 
     # other settings are refused before Tune or the run folder is touched
-    state = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # every file but the one-writer lock, which the refused command held while it checked
+    state = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".raytraj-lock"}
     for changed in (dict(members=4), dict(cfg=TransferConfig(method="gmt", steps=8)),
                     dict(cfg=TransferConfig(steps=9))):
         kw = {"members": 3, "cfg": TransferConfig(steps=8), **changed}
         with pytest.raises(ConfigError, match="other settings"):
             run_ensemble(str(digits_source / "source"), str(out), resume=True, address=cluster, **kw)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == state
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".raytraj-lock"} == state
 
     result = run_ensemble(str(digits_source / "source"), str(out), members=3, cfg=TransferConfig(steps=8),
                           max_concurrent=1, resume=True, address=cluster)
