@@ -9,31 +9,17 @@ import textwrap
 import pytest
 
 from raytraj.cli import main
-from raytraj.transfer import RunCheckpointer
 from raytraj.trajectory import TrajectoryStore
 
 TRAIN = ["train", "--model", "mlp", "--epochs", "2", "--model-arg", "hidden=[16]", "--quiet"]
 
 
-def _cut_at(monkeypatch, step):
-    """Ctrl-C right after the transfer saved ``step``; returns a function that lifts the cut."""
-    real_save = RunCheckpointer.save
-
-    def die(self, state, new_pairs, cache):
-        real_save(self, state, new_pairs, cache)
-        if state.step == step:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunCheckpointer, "save", die)
-    return lambda: monkeypatch.setattr(RunCheckpointer, "save", real_save)
-
-
-def test_resume_refuses_a_source_retrained_since_the_kill(tmp_path, monkeypatch, capsys):
+def test_resume_refuses_a_source_retrained_since_the_kill(tmp_path, capsys, cut_transfer_at):
     src, out = str(tmp_path / "src"), str(tmp_path / "run")
     assert main([*TRAIN, "--data", "digits", "--seed", "1", "--out", src]) == 0
     argv = ["transfer", "--source", src, "--target-seed", "5", "--method", "naive", "--steps", "6", "--quiet",
             "--out", out]
-    lift = _cut_at(monkeypatch, 3)
+    lift = cut_transfer_at(3)
     assert main(argv) == 130
     lift()
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["fingerprints"]
@@ -47,10 +33,10 @@ def test_resume_refuses_a_source_retrained_since_the_kill(tmp_path, monkeypatch,
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_resume_with_another_method_names_the_setting(digits_source, tmp_path, monkeypatch, capsys):
+def test_resume_with_another_method_names_the_setting(digits_source, tmp_path, capsys, cut_transfer_at):
     argv = ["transfer", "--source", str(digits_source / "source"), "--target-seed", "5", "--steps", "6", "--quiet",
             "--out", str(tmp_path / "run")]
-    lift = _cut_at(monkeypatch, 2)
+    lift = cut_transfer_at(2)
     assert main([*argv, "--method", "naive"]) == 130
     lift()
     capsys.readouterr()
