@@ -11,7 +11,9 @@ from .runfolder import RunFolder
 
 def describe(path: str) -> str:
     """A short, human-readable account of ``path``; ConfigError when raytraj did not write it."""
-    if fs.exists(fs.join(path, "trajectory.json")):
+    from .trajectory import is_store
+
+    if is_store(path):
         return _store(path)
     run = RunFolder(path)
     if run.started:

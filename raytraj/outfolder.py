@@ -13,11 +13,12 @@ import sys
 from . import fs
 from .config import ConfigError
 from .runfolder import CONFIG
+from .trajectory.store import MANIFEST, is_store
 from .writelock import LEASE_FILE, LOCK_FILE, writer_lock
 
 LOG = "log.txt"
 # Files only raytraj writes: a folder holding one of them may be emptied by --overwrite.
-OWN_MARKERS = ("trajectory.json", CONFIG, "ensemble-settings.json",
+OWN_MARKERS = (MANIFEST, CONFIG, "ensemble-settings.json",
                "sweep-settings.json", LOG)
 # Arguments naming inputs, which --overwrite must never delete.
 INPUTS = ("source", "init", "target_init", "oracle_target", "run", "ensemble", "a", "b", "c", "runs", "target",
@@ -38,7 +39,7 @@ def inputs_of(args) -> list[str]:
 def output_folder(out: str, argv: list[str], *, overwrite: bool = False, inputs: list[str] = (), what: str = "run"):
     """Lock ``out`` for the command, empty it first with ``overwrite``, and copy stdout and stderr to
     ``out/log.txt`` (appended: a resumed run's log follows the first attempt's)."""
-    if what != "train" and fs.exists(fs.join(out, "trajectory.json")):  # refused before its lock or log touch it
+    if what != "train" and is_store(out):  # refused before its lock or log touch it
         raise ConfigError(f"--out {out} is a trajectory store; a {what} needs a folder of its own")
     with writer_lock(out, what=what):
         if overwrite:

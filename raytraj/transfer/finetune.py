@@ -7,7 +7,6 @@ and ``--lr`` override it (the paper uses a smaller initial lr than the source's)
 
 from __future__ import annotations
 
-from .. import fs
 from ..config import from_dict, replace
 from ..config import ConfigError
 from ..data import DataConfig
@@ -15,17 +14,33 @@ from ..models import model_from_dict, rebuildable
 from ..recorded import data_of, model_of
 from ..runfolder import CONFIG, RunFolder
 from ..train import TrainResult, train
+from ..trajectory import is_store
 from .problem import open_source
 from .run import load_run_config
 
 
 def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: int | None = None,
              which: str = "best", progress: bool = True, device=None, model=None, data=None) -> TrainResult:
-    """Train on from a transfer run's model. A source recorded by a TrajectoryRecorder has no raytraj
-    recipe; TrainConfig's defaults are used then. ``model``/``data`` replace what the store records."""
+    """Train on from a transfer run's model (subsequent training, paper section 4.2), recording a trajectory.
+
+    Args:
+        run: a finished transfer run folder.
+        out: the trajectory store to write.
+        epochs: epochs to train; the rest of the recipe is the source's (TrainConfig's defaults
+            for a source recorded by a TrajectoryRecorder, which records no recipe).
+        lr: the initial learning rate (default: the source's).
+        seed: seeds the batch order (default: the transfer's seed).
+        which: start from the ``best`` or the ``final`` transferred model.
+        progress: show a progress bar.
+        device: where to train (default: a GPU when there is one).
+        model, data: replace what the store records.
+
+    Returns:
+        the TrainResult (val and test accuracy, timings).
+    """
     folder = RunFolder(run)
     if not folder.started:
-        if fs.exists(fs.join(run, "trajectory.json")):
+        if is_store(run):
             raise ConfigError(f"--from {run} is a trajectory store, not a transfer run folder; to train on from a "
                               f"store's step use `raytraj train --init {run}[:STEP] ...`")
         raise ConfigError(f"--from {run} is not a transfer run folder (it has no {CONFIG}); give the --out of a "
