@@ -112,16 +112,23 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+_SCHEMAS: dict[Any, list[tuple[str, bool, Any]]] = {}
+
+
 def _bind(func, args, kwargs) -> dict:
     """The op's arguments by schema name, defaults filled in."""
+    schema = _SCHEMAS.get(func)
+    if schema is None:  # reading a schema is slow, and a forward pass repeats few ops many times
+        schema = _SCHEMAS[func] = [(a.name, a.has_default_value(), a.default_value if a.has_default_value()
+                                    else None) for a in func._schema.arguments]
     bound = {}
-    for i, a in enumerate(func._schema.arguments):
+    for i, (name, has_default, default) in enumerate(schema):
         if i < len(args):
-            bound[a.name] = args[i]
-        elif a.name in kwargs:
-            bound[a.name] = kwargs[a.name]
-        elif a.has_default_value():
-            bound[a.name] = a.default_value
+            bound[name] = args[i]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif has_default:
+            bound[name] = default
     return bound
 
 
