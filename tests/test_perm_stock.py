@@ -292,3 +292,40 @@ def test_failures_inside_inference_are_one_error_with_advice():
         infer_spec(Broken(), torch.randn(4, 3))
     with pytest.raises(SpecInferenceError, match="no tensor"):
         infer_spec(NoTensor(), torch.randn(4, 3))
+
+
+class GQABlock(nn.Module):
+    """Grouped-query attention (4 q heads share 2 kv heads) through sdpa's enable_gqa."""
+
+    def __init__(self, width=16, heads=4, kv_heads=2):
+        super().__init__()
+        self.h, self.kv, self.d = heads, kv_heads, width // heads
+        self.inp = nn.Linear(3, width)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, kv_heads * self.d)
+        self.v = nn.Linear(width, kv_heads * self.d)
+        self.o = nn.Linear(width, width)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        h = self.inp(x)
+        q = self.q(h).view(B, T, self.h, self.d).transpose(1, 2)
+        k = self.k(h).view(B, T, self.kv, self.d).transpose(1, 2)
+        v = self.v(h).view(B, T, self.kv, self.d).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.head((h + self.o(y.transpose(1, 2).reshape(B, T, -1))).mean(1))
+
+
+def test_grouped_query_attention_moves_kv_heads_with_their_query_groups():
+    torch.manual_seed(0)
+    model = GQABlock()
+    x = torch.randn(4, 5, 3)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    kv, dims = a["k.weight"][0]
+    assert spec.sizes[kv] == 2 and spec.sizes[dims] == 4
+    kv_q, group, dims_q = a["q.weight"][0]
+    assert kv_q == kv and dims_q == dims and spec.sizes[group] == 2  # q heads are (kv heads, 2 per group)
+    assert a["v.weight"][0][0] == kv and a["o.weight"][1] == (kv, group, a["v.weight"][0][1])  # v and o share dims
+    planted(model, x, spec)

@@ -200,9 +200,15 @@ def _expected_output(spec, perm, mod_name, mod, out):
     if weight_name not in spec.axes or not isinstance(out, torch.Tensor) or out.dim() < 2:
         return None
     # Linear, the norms over the last axis and Embedding write features last; convs and BatchNorm at dim 1.
+    # Other modules (HF's Conv1D keeps its weight transposed) are judged by the outputs after them.
     last = isinstance(mod, (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Embedding))
+    first = isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+    if not (last or first):
+        return None
     group = spec.axes[weight_name][1 if isinstance(mod, nn.Embedding) else 0]
-    axes = (None,) * (out.dim() - 1) + (group,) if last else (None, group)
+    axes = (None,) * (out.dim() - 1) + (group,) if last else (None, group) + (None,) * (out.dim() - 2)
+    if out.shape[-1 if last else 1] != spec.shapes[weight_name][1 if isinstance(mod, nn.Embedding) else 0]:
+        return None
     return out if group is None else permute_tensor(out, axes, perm)
 
 

@@ -618,12 +618,21 @@ class _Tracer:
             return self.unknown(name, [i for x in a.values() for i in _refs(x)], [o for o in outs if o is not None])
         q, k, v = q[0], k[0], v[0]
         sq, sk, sv = self.shapes[q], self.shapes[k], self.shapes[v]
-        if not (sq[:-2] == sk[:-2] == sv[:-2]):
-            # grouped-query attention shares k and v heads between q heads: not covered
-            return self.unknown(name, [q, k, v, *mask], [o for o in outs if o is not None])
         Q, K, V, O = self.axes(q), self.axes(k), self.axes(v), self.axes(out)
-        for i in range(len(sq) - 2):
-            self.union(Q[i], K[i], V[i], O[i])
+        if sq[:-2] == sk[:-2] == sv[:-2]:
+            for i in range(len(sq) - 2):
+                self.union(Q[i], K[i], V[i], O[i])
+        elif (len(sq) >= 3 and sq[:-3] == sk[:-3] == sv[:-3] and sk[-3] == sv[-3] and sk[-3]
+              and sq[-3] % sk[-3] == 0):
+            # Grouped-query attention (enable_gqa): kv head j serves q heads j * g ... j * g + g - 1, so the
+            # q heads are (kv heads, g): kv heads move with their q groups, q heads also within a group.
+            for i in range(len(sq) - 3):
+                self.union(Q[i], K[i], V[i], O[i])
+            self.union(Q[-3], O[-3])
+            kv, _ = self.segment(Q[-3], sk[-3], sq[-3] // sk[-3], "grouped-query attention")
+            self.union(kv, K[-3], V[-3])
+        else:
+            return self.unknown(name, [q, k, v, *mask], [o for o in outs if o is not None])
         self.union(Q[-1], K[-1])
         self.union(V[-1], O[-1])
         self.union(Q[-2], O[-2])
