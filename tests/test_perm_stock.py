@@ -329,3 +329,37 @@ def test_grouped_query_attention_moves_kv_heads_with_their_query_groups():
     assert kv_q == kv and dims_q == dims and spec.sizes[group] == 2  # q heads are (kv heads, 2 per group)
     assert a["v.weight"][0][0] == kv and a["o.weight"][1] == (kv, group, a["v.weight"][0][1])  # v and o share dims
     planted(model, x, spec)
+
+
+class PositionOps(nn.Module):
+    """Swin's ops on positions: roll, a relative-position bias table indexed per head, flip and cumsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 8)
+        self.table = nn.Parameter(torch.randn(9, 2))  # (relative positions, heads)
+        self.q = nn.Linear(8, 8)
+        self.o = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+        self.register_buffer("rel", torch.randint(0, 9, (5, 5), generator=torch.Generator().manual_seed(0)),
+                             persistent=False)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        h = torch.roll(self.inp(x), 1, dims=1)
+        q = self.q(h).view(B, T, 2, 4).transpose(1, 2)
+        bias = self.table[self.rel.view(-1)].view(T, T, 2).permute(2, 0, 1)
+        y = ((q @ q.transpose(-1, -2) + bias).softmax(-1) @ q).transpose(1, 2).reshape(B, T, 8)
+        return self.head((h + self.o(y)).flip(1).cumsum(1)[:, -1])
+
+
+def test_ops_along_positions_keep_channels_and_heads():
+    torch.manual_seed(0)
+    model = PositionOps()
+    x = torch.randn(3, 5, 3)
+    with pytest.warns(SpecInferenceWarning, match="indexing picks entries along axis 0"):
+        spec = infer_spec(model, x)  # the table's rows (relative positions) stay: the note says so
+    heads, dims = spec.axes["q.weight"][0]
+    assert spec.axes["table"] == (None, heads) and spec.sizes[heads] == 2
+    assert spec.axes["inp.weight"][0] == spec.axes["head.weight"][1] is not None
+    planted(model, x, spec)

@@ -246,6 +246,10 @@ _SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
             "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d",
             "upsample_trilinear3d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
             "pixel_shuffle", "pixel_unshuffle"}
+# Ops that reorder, pick or mix entries only along the axes they name: those are fixed, the rest carry over.
+_ALONG = {"roll": "dims", "flip": "dims", "cumsum": "dim", "cumprod": "dim", "logcumsumexp": "dim", "cummax": "dim",
+          "cummin": "dim", "index_select": "dim", "sort": "dim", "topk": "dim", "tril": -2, "triu": -2,
+          "diff": "dim"}
 _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean", "std_mean",
                "logsumexp", "linalg_vector_norm", "norm", "any", "all", "argmax", "argmin", "nansum", "aminmax"}
 
@@ -430,6 +434,10 @@ class _Tracer:
             self.select(a, x, out)
         elif name in ("slice", "slice_copy", "narrow"):
             self.slice(name, a, x, out)
+        elif name in _ALONG:
+            self.along(name, a, x, tensor_outs)
+        elif name == "index" and x is not None:
+            self.index(a, x, out)
         elif name in ("constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
                       "replication_pad1d", "replication_pad2d", "replication_pad3d", "pad"):
             self.pad(a, x, out)
@@ -680,6 +688,38 @@ class _Tracer:
             for j, i in enumerate(kept):
                 if i not in dims:
                     self.union(X[i], O[j])
+
+    def along(self, name, a, x, outs):
+        n = len(self.shapes[x])
+        key = _ALONG[name]
+        dims = a.get(key) if isinstance(key, str) else [key, key + 1]
+        dims = [dims] if isinstance(dims, int) else list(dims or ())
+        if not dims or n == 0:
+            return self.unknown(name, [x], outs)
+        dims = {d % n for d in dims}
+        X = self.axes(x)
+        for o in outs:
+            O = self.axes(o)
+            if len(O) != n:
+                return self.unknown(name, [x], outs)
+            self.union_all([v for i, v in enumerate(X) if i not in dims], [v for i, v in enumerate(O) if i not in dims])
+            self.freeze_vars([X[d] for d in dims], [O[d] for d in dims],
+                             f"{name} along axis {sorted(dims)}, which is left unpermuted")
+
+    def index(self, a, x, out):
+        """x[..., idx, ...] with one index tensor: the indexed axis is fixed, the others carry over."""
+        indices = a.get("indices") or []
+        at = [i for i, t in enumerate(indices) if t is not None]
+        if len(at) != 1 or not isinstance(indices[at[0]], _Ref):
+            return self.unknown("index", [x, *[r for t in indices for r in _refs(t)]], [out])
+        p, idx = at[0], indices[at[0]].vid
+        X, O, k = self.axes(x), self.axes(out), len(self.shapes[idx])
+        if len(O) != len(X) - 1 + k:
+            return self.unknown("index", [x, idx], [out])
+        self.union_all(X[:p], O[:p])
+        self.union_all(X[p + 1:], O[p + k:])
+        self.union_all(self.axes(idx), O[p:p + k])
+        self.freeze_vars([X[p]], O[p:p + k], f"indexing picks entries along axis {p}, which is left unpermuted")
 
     def split_op(self, name, a, x, outs):
         """Equal pieces along one axis: that axis is (pieces, piece length); the pieces are fixed blocks and the
