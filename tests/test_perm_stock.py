@@ -363,3 +363,45 @@ def test_ops_along_positions_keep_channels_and_heads():
     assert spec.axes["table"] == (None, heads) and spec.sizes[heads] == 2
     assert spec.axes["inp.weight"][0] == spec.axes["head.weight"][1] is not None
     planted(model, x, spec)
+
+
+class ViewWrite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.view_as(h).add_(self.b(x))  # writes b's units into a's through a view: no op on h records it
+        return self.head(torch.relu(h))
+
+
+def test_an_in_place_write_into_a_view_is_not_trusted():
+    model = ViewWrite()
+    x = torch.randn(5, 3)
+    with pytest.warns(SpecInferenceWarning, match="in-place write into a view"):
+        spec = infer_spec(model, x)
+    check_spec(model, spec, x)
+    assert spec.axes["b.weight"] == (None, None)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_hugging_face_models_when_installed(arch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    if arch == "bert":
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=8))
+        x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0))
+        x = ids
+    spec = infer_quietly(model, x)
+    hidden = [(k, i) for k, a in spec.axes.items() for i, e in enumerate(a) if e is None and spec.shapes[k][i] > 1]
+    # only the vocabulary, positions, token types and classes stay
+    assert all(k.endswith(("embeddings.weight", "wte.weight", "wpe.weight", "lm_head.weight", "classifier.weight",
+                           "classifier.bias")) for k, _ in hidden), hidden
+    planted(model, x, spec)

@@ -101,6 +101,10 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         bound = _bind(func, map_tensors(args, lambda t: _Ref(self.value(t))),
                       map_tensors(kwargs, lambda t: _Ref(self.value(t))))
+        base = None
+        if args and out is args[0] and isinstance(out, torch.Tensor) and out._base is not None:
+            # An in-place write into a view changes its base too, which no later op would show.
+            base = self.value(out._base)
         outs = []
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(t, torch.Tensor):
@@ -108,6 +112,8 @@ class _Recorder(TorchDispatchMode):
                 self.produced.add(outs[-1])
             else:
                 outs.append(None)
+        if base is not None:
+            bound["__base__"] = _Ref(base)
         self.ops.append((func, bound, outs))
         return out
 
@@ -391,6 +397,9 @@ class _Tracer:
         if not tensor_outs:
             return  # an op that only reads (an assert, a scalar): no tensor flows on
         out = outs[0]
+        if "__base__" in a:
+            return self.freeze_values(ins, tensor_outs, f"{self.where(ins)}{name}: an in-place write into a view; "
+                                                         "the channels around it are left unpermuted")
         if not ins:
             return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
         first = _refs(a.get("self", a.get("input")))
