@@ -405,3 +405,66 @@ def test_hugging_face_models_when_installed(arch):
     assert all(k.endswith(("embeddings.weight", "wte.weight", "wpe.weight", "lm_head.weight", "classifier.weight",
                            "classifier.bias")) for k, _ in hidden), hidden
     planted(model, x, spec)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x):
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class MobileBlock(nn.Module):
+    """MobileNet/EfficientNet ops: hardswish, a depthwise conv, squeeze-excite, a residual, a grouped conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.expand, self.bn1 = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.se = SqueezeExcite(16)
+        self.proj, self.bn3 = nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.hardswish(self.bn0(self.stem(x)))
+        y = F.silu(self.bn2(self.dw(F.silu(self.bn1(self.expand(h))))))
+        h = h + self.bn3(self.proj(self.se(y)))
+        return self.head(self.grouped(h).mean((2, 3)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, channels-last LayerNorm and Linear, layer scale, permute back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 2, stride=2)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.gamma = nn.Parameter(torch.rand(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.fc2(F.gelu(self.fc1(self.ln(self.dw(h).permute(0, 2, 3, 1))))) * self.gamma
+        h = h + y.permute(0, 3, 1, 2)
+        return self.head(F.layer_norm(h.mean((-2, -1)), (8,)))
+
+
+@pytest.mark.parametrize("cls", [MobileBlock, ConvNeXtBlock])
+def test_cnn_blocks_of_torchvision_and_timm(cls):
+    torch.manual_seed(0)
+    model = cls()
+    x = torch.randn(4, 3, 8, 8)
+    spec = infer_quietly(model, x)
+    hidden = [(k, i) for k, a in spec.axes.items() for i, e in enumerate(a)
+              if e is None and spec.shapes[k][i] > 1 and not (k.endswith(".weight") and i >= 2)]
+    assert hidden == [("stem.weight", 1), ("head.weight", 0), ("head.bias", 0)]  # image channels, classes
+    if cls is MobileBlock:  # the grouped conv splits the stream into its 2 groups of 4
+        blocks, within = spec.axes["grouped.weight"][0][0], spec.axes["grouped.weight"][1]
+        assert spec.sizes[blocks] == 2 and spec.axes["stem.weight"][0] == (blocks, within)
+    planted(model, x, spec)

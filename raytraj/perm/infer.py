@@ -238,6 +238,9 @@ _IDENTITY = {"_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_f
              "_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "dropout", "native_dropout",
              "zeros_like", "ones_like", "empty_like", "full_like", "fill_", "zero_", "_conj", "resolve_conj",
              "resolve_neg", "type_as", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"}
+# Elementwise ops that ATen does not tag as pointwise (PReLU is not one: its weight sits on axis 1, not last).
+_POINTWISE_UNTAGGED = {"copy_", "copy", "masked_fill", "where", "lerp", "hardswish", "hardswish_", "gelu_", "silu_",
+                       "log_sigmoid_forward", "masked_fill_"}
 _VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "squeeze", "unsqueeze",
           "view_as", "squeeze_", "unsqueeze_", "view_copy", "_reshape_copy"}
 _TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "swapdims", "movedim", "numpy_T", "mT", "transpose_", "t_"}
@@ -408,7 +411,7 @@ class _Tracer:
             for o in tensor_outs:
                 if self.shapes[o] == self.shapes[x]:
                     self.union_all(self.axes(x), self.axes(o))
-        elif torch.Tag.pointwise in func.tags or name in ("copy_", "copy", "masked_fill", "where", "lerp"):
+        elif torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED:
             self.broadcast(out, ins)
         elif name in _VIEWS:
             self.reshape(x, out, name)
