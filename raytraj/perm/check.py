@@ -55,6 +55,10 @@ def check_spec(
             keyword inputs. The model's answer is its output tensor, or its ``logits``, or its first tensor.
         seed: draws the permutation and the random running statistics.
         rtol, atol: tolerance; ``atol`` is scaled by the largest magnitude of the compared tensor.
+
+    Returns:
+        None; raises SpecCheckError when the outputs change, saying whether the spec or the
+        check's conditions are at fault.
     """
     state = model.state_dict()
     spec.check_tensors(state, complete=True, what=f"{type(model).__name__}.state_dict()")

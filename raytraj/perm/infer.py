@@ -1016,6 +1016,9 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
             inputs, or a dict of keyword inputs. The model may return a tensor, a tuple, a dict or
             a ModelOutput; its answer is the ``logits`` entry, or else the first tensor.
 
+    Returns:
+        the spec; it warns (SpecInferenceWarning) when it left axes unpermuted.
+
     Raises:
         SpecInferenceError: the model fails on the example, or returns no tensor.
     """
