@@ -35,7 +35,8 @@ class DropoutEverywhere(nn.Module):
 def stream_spec(model, stream="stream"):
     axes = {k: (None,) * v.dim() for k, v in model.state_dict().items()}
     axes.update({"inp.weight": (stream, None), "inp.bias": (stream,), "attn.in_proj_weight": (None, stream),
-                 "attn.out_proj.weight": (stream, None), "attn.out_proj.bias": (stream,), "head.weight": (None, stream)})
+                 "attn.out_proj.weight": (stream, None), "attn.out_proj.bias": (stream,),
+                 "head.weight": (None, stream)})
     return PermutationSpec.from_axes(axes, model.state_dict())
 
 

@@ -486,8 +486,9 @@ class _Tracer:
         X, O = self.axes(x), self.axes(out)
         segs = _segments(before, after)
         note = self._reshape_note(name, before, after)
+        lost = f"{note}: a reshape that is not understood, the channels are left unpermuted"
         if segs is None:
-            return self.freeze_vars(X, O, note)
+            return self.freeze_vars(X, O, lost)
         for bi, aj in segs:
             bi = [i for i in bi if before[i] > 1]
             aj = [j for j in aj if after[j] > 1]
@@ -499,7 +500,7 @@ class _Tracer:
                 sb, sa = [before[i] for i in bi], [after[j] for j in aj]
                 atoms = _refinement(sb, sa)
                 if atoms is None:
-                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], note)
+                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], lost)
                     continue
                 parts = [self.fresh(n) for n in atoms]
                 sides = [(v, run) for vars_, sizes in (([X[i] for i in bi], sb), ([O[j] for j in aj], sa))
