@@ -38,11 +38,10 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
-    "TrajectoryWriter",
-    "RayConfig", "TransferConfig", "TransferResult", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
-    "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
-    "transfer_model",
+    "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "RayConfig",
+    "TrainConfig", "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "TransferConfig", "TransferResult",
+    "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec", "lambdas",
+    "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args", "transfer_model",
     *_RAY,
 ]
 
