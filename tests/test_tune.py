@@ -18,6 +18,8 @@ from raytraj.config import ConfigError
 from raytraj.transfer import TransferConfig, transfer
 from raytraj.tune import distill, parse_params, run_ensemble, run_sweep
 
+pytestmark = pytest.mark.slow  # Ray Tune: the end-to-end tier
+
 
 @pytest.fixture(scope="module")
 def cluster():

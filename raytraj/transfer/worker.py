@@ -130,13 +130,15 @@ class TransferWorker:
         source_state = self.source_point(t)
         for i in batch_ids:
             key = (self.seed, step, t, i)
-            target, source = self._gradient(target_state, batches[i], key), self._gradient(source_state, batches[i], key)
+            target = self._gradient(target_state, batches[i], key)
+            source = self._gradient(source_state, batches[i], key)
             for side, state, grad in (("transferred model", target_state, target), ("source", source_state, source)):
                 check_gradient(grad, state, side, t, step)
             yield i, (target, source)
 
     def gradient_means(self, perm, step: int, t: int, count: int) -> tuple[dict, dict]:
-        """The gradient pair of point t at transfer step ``step``: both models' gradients, averaged over ``count`` batches."""
+        """The gradient pair of point t at transfer step ``step``: both models' gradients, averaged over
+        ``count`` batches."""
         return mean_gradients(self.gradient_batches(perm, step, t, range(count), count), count)
 
     def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:
