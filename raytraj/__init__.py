@@ -8,7 +8,7 @@ each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``); the Ray lay
 __version__ = "0.1.0"
 
 from .data import DataConfig, Dataset, load_data
-from .models import build_model, config_for_data, model_config
+from .models import build_model, config_for_data, logits_of, model_config
 from .perm import (
     PairBank,
     PermutationSpec,
@@ -39,7 +39,7 @@ __all__ = [
     "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
     "TrajectoryWriter",
     "TransferConfig", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
-    "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
+    "lambdas", "logits_of", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
     *_RAY,
 ]
 
