@@ -54,7 +54,8 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
         spec: a PermutationSpec (or a function of the model returning one) instead of inference.
         backend_options: e.g. ``{"workers": 2}`` for Ray, ``{"device": "cpu"}`` locally.
         progress: show a progress bar.
-        force: transfer a source that ends at chance level, which is otherwise refused.
+        force: transfer a source that ends at chance level, or with a spec that permutes less than
+            ``config.min_coverage`` of the model, which are otherwise refused.
 
     Returns:
         A TransferResult with the best model, the metrics and the permutation.

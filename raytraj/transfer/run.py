@@ -67,7 +67,8 @@ def transfer(
 ) -> dict:
     """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
 
-    ``force`` transfers a source that ends at chance level, which is otherwise refused.
+    ``force`` transfers a source that ends at chance level, or with a spec below ``cfg.min_coverage``,
+    which are otherwise refused.
     ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
     ``problem`` is an already prepared one (the Python API's), used instead of preparing.
     """
