@@ -7,8 +7,9 @@ method below a share the user sets (``TransferConfig.min_coverage``) unless forc
 
 Two counts:
 
-* **tensors**: parameters and buffers with at least one permuted axis, against all those with
-  an axis longer than 1 (scalars such as ``num_batches_tracked`` cannot move);
+* **tensors**: parameters and buffers with at least one permuted axis, against all floating-point
+  ones with an axis longer than 1 (scalars and integer buffers such as ``num_batches_tracked``
+  or a relative-position index hold no units);
 * **hidden axes**: permuted axes against the axes a permutation could move, read off each
   tensor's module: a Linear's or Conv's output and input axes (not its kernel's spatial axes),
   an Embedding's feature axis (not its vocabulary), every axis of a norm's or an attention
@@ -86,7 +87,9 @@ def spec_coverage(spec: PermutationSpec, model: nn.Module | None = None, fixed: 
         fixed: lengths fixed by the data: the input's feature (channel) count and the output's class count.
     """
     owner: dict[str, tuple[str, str]] = {}
+    indices: set[str] = set()  # integer buffers (index tables, counters) hold no units
     if model is not None:
+        indices = {k for k, v in model.state_dict().items() if not (v.is_floating_point() or v.is_complex())}
         for mname, module in model.named_modules():
             prefix = f"{mname}." if mname else ""
             for local, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
@@ -96,7 +99,7 @@ def spec_coverage(spec: PermutationSpec, model: nn.Module | None = None, fixed: 
     unpermuted = []
     for name, entry in spec.axes.items():
         shape = spec.shapes[name]
-        if not any(n > 1 for n in shape):
+        if name in indices or not any(n > 1 for n in shape):
             continue
         tensors += 1
         moved = [a for a, e in enumerate(entry) if axis_groups(e)]
