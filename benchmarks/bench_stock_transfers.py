@@ -40,11 +40,11 @@ MODELS = {  # name: (factory, data before, data after, data kwargs?, head, recip
     "GroupNorm CNN": ("stock_models:gn_cnn", "digits[0-4]", "digits[5-9]", False, "head",
                       dict(epochs=10, lr=0.05)),
     "nn.TransformerEncoder": ("stock_models:encoder", "digits[0-4]", "digits[5-9]", False, "head",
-                              dict(epochs=10, lr=0.05, warmup_epochs=1)),
+                              dict(epochs=8, lr=0.05, warmup_epochs=1)),
     "HF BERT (small config)": ("stock_models:bert", "stock_models:digits_tokens", None, True, "classifier",
-                               dict(epochs=10, lr=0.05, warmup_epochs=1)),
+                               dict(epochs=8, lr=0.05, warmup_epochs=1)),
     "torchvision resnet18": ("stock_models:resnet18", "stock_models:digits_images", None, True, "fc",
-                             dict(epochs=6, lr=0.05)),
+                             dict(epochs=5, lr=0.05)),
 }
 
 
@@ -58,7 +58,7 @@ def trained(path, model, data, data_args, seed, recipe, **kw) -> str:
     return path
 
 
-def run_pair(work: str, key: str, a: int, b: int, steps: int) -> dict:
+def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool = False) -> dict | None:
     factory, before, after, by_args, head, recipe = MODELS[key]
     root = os.path.join(work, key.split()[0].replace("/", "_") + ("-" + key.split()[1] if " " in key else ""),
                         f"{a}-{b}")
@@ -72,6 +72,8 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int) -> dict:
                   head=head)
     tgt = trained(os.path.join(root, "target"), factory, high, args_high, 0, recipe, init=pre_b, new_head=True,
                   head=head)
+    if train_only:
+        return None
     row = {"pair": f"{a}-{b}", "source_val": TrajectoryStore(src).meta["val_acc"][-1],
            "target_val": TrajectoryStore(tgt).meta["val_acc"][-1], "runs": {}}
     for method in METHODS:
@@ -131,6 +133,7 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated substrings of model names")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--train-only", action="store_true", help="only record the trajectories the transfers need")
     args = p.parse_args()
     t0 = time.perf_counter()
     results: dict = {}
@@ -139,9 +142,14 @@ def main() -> None:
             continue
         results[key] = []
         for a, b in SEED_PAIRS[:args.pairs]:
-            row = run_pair(args.work, key, a, b, args.steps)
+            row = run_pair(args.work, key, a, b, args.steps, args.train_only)
+            if row is None:
+                print(f"{key} {a}-{b}: trained", flush=True)
+                continue
             results[key].append(row)
             print(json.dumps({"model": key, **row}), flush=True)
+    if args.train_only:
+        return
     load = os.popen("uptime").read().strip()
     command = "python benchmarks/bench_stock_transfers.py " + " ".join(sys.argv[1:])
     text = render(results, command, load, args.steps, time.perf_counter() - t0)

@@ -127,7 +127,7 @@ def check_coverage(spec: PermutationSpec, model_cfg, data: Dataset, cfg: Transfe
     cov = coverage_of(spec, build_model(model_cfg, 0), data)
     if cov.tensors_permuted and cov.share >= cfg.min_coverage:
         return cov
-    method = cfg.method.upper()
+    method = {"oracle": "Oracle"}.get(cfg.method, cfg.method.upper())
     what = f"{cov.tensors_permuted} of {cov.tensors} tensors permutable"
     if cov.tensors_permuted == 0:
         msg = f"{what}: {method} would equal Naive"
