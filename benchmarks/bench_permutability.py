@@ -311,13 +311,21 @@ def main() -> None:
         row = {**bench(name, build, example, args.limit_s), "library": library}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    load = os.popen("uptime").read().strip()
-    command = "python benchmarks/bench_permutability.py " + " ".join(sys.argv[1:])
-    text = render(rows, command, load, time.perf_counter() - t0)
-    with open(args.out, "w") as f:
+    command, load = this_command(), os.popen("uptime").read().strip()
+    write_report(args.out, render(rows, command, load, time.perf_counter() - t0),
+                 {"command": command, "load": load, "rows": rows})
+
+
+def this_command() -> str:
+    return f"python benchmarks/{os.path.basename(sys.argv[0])} " + " ".join(sys.argv[1:])
+
+
+def write_report(out: str, text: str, record: dict) -> None:
+    """The table as Markdown at ``out``, everything measured beside it as JSON; the table printed."""
+    with open(out, "w") as f:
         f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"command": command, "load": load, "rows": rows}, f, indent=1)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(record, f, indent=1)
     print(text)
 
 

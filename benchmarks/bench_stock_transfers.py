@@ -28,6 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_permutability import this_command, write_report  # noqa: E402
+
 from raytraj import fs  # noqa: E402
 from raytraj.runfolder import RunFolder  # noqa: E402
 from raytraj.train import train_from_args  # noqa: E402
@@ -150,14 +152,9 @@ def main() -> None:
             print(json.dumps({"model": key, **row}), flush=True)
     if args.train_only:
         return
-    load = os.popen("uptime").read().strip()
-    command = "python benchmarks/bench_stock_transfers.py " + " ".join(sys.argv[1:])
-    text = render(results, command, load, args.steps, time.perf_counter() - t0)
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"command": command, "load": load, "results": results}, f, indent=1)
-    print(text)
+    command, load = this_command(), os.popen("uptime").read().strip()
+    write_report(args.out, render(results, command, load, args.steps, time.perf_counter() - t0),
+                 {"command": command, "load": load, "results": results})
 
 
 if __name__ == "__main__":
