@@ -310,16 +310,21 @@ class TorchMHA(nn.Module):
         return self.head(self.ln(h).mean(1))
 
 
-def test_multihead_attention_module_permutes_the_residual_stream_only():
+def test_multihead_attention_module_permutes_its_heads_through_the_fused_in_proj():
     model = TorchMHA()
     x = torch.randn(4, 5, 3)
-    with pytest.warns(SpecInferenceWarning, match="MultiheadAttention"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecInferenceWarning)
         spec = infer_spec(model, x)
     check_spec(model, spec, x)
     stream = spec.axes["inp.weight"][0]
     assert stream is not None
-    assert spec.axes["attn.in_proj_weight"] == (None, stream)
-    assert spec.axes["attn.out_proj.weight"] == (stream, None) and spec.axes["attn.out_proj.bias"] == (stream,)
+    heads, dims = spec.axes["attn.out_proj.weight"][1]  # out_proj reads (heads, head_dim)
+    assert spec.sizes[heads] == 2 and spec.sizes[dims] == 4
+    # q, k and v are three fixed blocks of in_proj, each of the same heads x dims
+    assert spec.axes["attn.in_proj_weight"] == ((None, heads, dims), stream)
+    assert spec.axes["attn.in_proj_bias"] == ((None, heads, dims),)
+    assert spec.axes["attn.out_proj.weight"][0] == stream and spec.axes["attn.out_proj.bias"] == (stream,)
     assert spec.axes["ln.weight"] == (stream,) and spec.axes["head.weight"] == (None, stream)
 
 
