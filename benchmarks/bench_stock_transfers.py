@@ -4,7 +4,7 @@
 
 Models (benchmarks/stock_models.py, each its library's own code with random weights): the stock
 nn.TransformerEncoder over the rows of the digit, Hugging Face BertForSequenceClassification
-(small config) over the pixel values as token ids, torchvision's resnet18 on 3x8x8 digits, and
+(small config) over the pixel values (4x4) as token ids, torchvision's resnet18 on 3x8x8 digits, and
 a GroupNorm CNN with a residual block. No spec is written by hand: each transfer infers its own.
 
 Scenario (as in the README): pre-train two models (seeds a, b) on digits 0-4; fine-tune a on
@@ -44,7 +44,7 @@ MODELS = {  # name: (factory, data before, data after, data kwargs?, head, recip
     "nn.TransformerEncoder": ("stock_models:encoder", "digits[0-4]", "digits[5-9]", False, "head",
                               dict(epochs=8, lr=0.05, warmup_epochs=1)),
     "HF BERT (small config)": ("stock_models:bert", "stock_models:digits_tokens", None, True, "classifier",
-                               dict(epochs=8, lr=0.05, warmup_epochs=1)),
+                               dict(epochs=10, lr=0.02, batch_size=32)),
     "torchvision resnet18": ("stock_models:resnet18", "stock_models:digits_images", None, True, "fc",
                              dict(epochs=5, lr=0.05)),
 }
@@ -85,8 +85,10 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool =
             m = RunFolder(out).load_or_run(lambda resume: transfer(
                 src, out, cfg, target_init=pre_b, new_head=True, head=head, resume=resume, progress=False,
                 oracle_target=tgt if method == "oracle" else None))
+            if m["steps"] != steps:
+                raise RuntimeError(f"{out} holds a run of T={m['steps']}, not {steps}; remove it or use another --work")
             row["runs"][method] = {"best_val_acc": m["best_val_acc"], "test_acc": m["test_acc"],
-                                   "seconds": m["timing"]["total_s"], "groups": len(m.get("group_sizes", {}))}
+                                   "seconds": m["timing"]["total_s"], "val_acc": m["val_acc"]}
         except Exception as e:  # noqa: BLE001 - a refused or failed transfer is one line of the table
             row["runs"][method] = {"error": one_line(e)}
     return row
