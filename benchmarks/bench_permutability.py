@@ -264,13 +264,13 @@ def full(row: dict) -> bool:
             and row.get("proof") == "passes" and row.get("planted") == "yes")
 
 
-def render(rows: list[dict], command: str, load: str, seconds: float) -> str:
+def render(rows: list[dict], runs: list[dict]) -> str:
     covered = sum(full(r) for r in rows)
     lines = [
         "## Permutability of stock models",
         "",
-        f"Command: `{command}`; {seconds:.0f} s wall on {platform.machine()} with torch {torch.__version__}, "
-        f"load: `{load}`.",
+        *[f"Command: `{r['command']}`; {r['seconds']:.0f} s wall on {platform.machine()} with torch "
+          f"{torch.__version__}, load at the end: `{r['load']}`." for r in runs],
         "Random weights, small configs and inputs (images 4x3x32x32, token ids 4x8 over a vocabulary of 100), "
         f"{CLASSES} classes. *Hidden axes*: permuted / permutable (a Linear's or Conv's two channel axes, an "
         "Embedding's features, a norm's and an attention module's tensors, the last axis of other tensors; not the "
@@ -299,21 +299,35 @@ def render(rows: list[dict], command: str, load: str, seconds: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/permutability.md")
-    p.add_argument("--only", help="comma-separated substrings of model names to run")
+    p.add_argument("--only", help="comma-separated prefixes of LIBRARY:NAME to run, e.g. torchvision:resnet50,timm")
+    p.add_argument("--skip", help="comma-separated prefixes of LIBRARY:NAME not to run")
     p.add_argument("--limit-s", type=int, default=600, help="per model, for inference, the proof and the matching")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only write one table from these runs' JSON files")
     args = p.parse_args()
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as f:
+                runs.append(json.load(f))
+        order = {(name, lib): i for i, (name, lib, _, _) in enumerate(MODELS)}
+        rows = sorted((r for run in runs for r in run.pop("rows")), key=lambda r: order[(r["model"], r["library"])])
+        write_report(args.out, render(rows, runs), {"runs": runs, "rows": rows})
+        return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()
     rows = []
     for name, library, build, example in MODELS:
-        if args.only and not any(s.lower() in name.lower() or s.lower() == library for s in args.only.split(",")):
+        key = f"{library}:{name}".lower()
+        if args.only and not any(key.startswith(s.lower()) for s in args.only.split(",")):
+            continue
+        if args.skip and any(key.startswith(s.lower()) for s in args.skip.split(",")):
             continue
         row = {**bench(name, build, example, args.limit_s), "library": library}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command, load = this_command(), os.popen("uptime").read().strip()
-    write_report(args.out, render(rows, command, load, time.perf_counter() - t0),
-                 {"command": command, "load": load, "rows": rows})
+    run = {"command": this_command(), "load": os.popen("uptime").read().strip(),
+           "seconds": time.perf_counter() - t0}
+    write_report(args.out, render(rows, [run]), {**run, "rows": rows})
 
 
 def this_command() -> str:

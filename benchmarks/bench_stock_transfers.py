@@ -44,7 +44,7 @@ MODELS = {  # name: (factory, data before, data after, data kwargs?, head, recip
     "nn.TransformerEncoder": ("stock_models:encoder", "digits[0-4]", "digits[5-9]", False, "head",
                               dict(epochs=8, lr=0.05, warmup_epochs=1)),
     "HF BERT (small config)": ("stock_models:bert", "stock_models:digits_tokens", None, True, "classifier",
-                               dict(epochs=10, lr=0.02, batch_size=32)),
+                               dict(epochs=16, lr=0.02, batch_size=32)),
     "torchvision resnet18": ("stock_models:resnet18", "stock_models:digits_images", None, True, "fc",
                              dict(epochs=5, lr=0.05)),
 }
