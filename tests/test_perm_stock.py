@@ -292,3 +292,179 @@ def test_failures_inside_inference_are_one_error_with_advice():
         infer_spec(Broken(), torch.randn(4, 3))
     with pytest.raises(SpecInferenceError, match="no tensor"):
         infer_spec(NoTensor(), torch.randn(4, 3))
+
+
+class GQABlock(nn.Module):
+    """Grouped-query attention (4 q heads share 2 kv heads) through sdpa's enable_gqa."""
+
+    def __init__(self, width=16, heads=4, kv_heads=2):
+        super().__init__()
+        self.h, self.kv, self.d = heads, kv_heads, width // heads
+        self.inp = nn.Linear(3, width)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, kv_heads * self.d)
+        self.v = nn.Linear(width, kv_heads * self.d)
+        self.o = nn.Linear(width, width)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        h = self.inp(x)
+        q = self.q(h).view(B, T, self.h, self.d).transpose(1, 2)
+        k = self.k(h).view(B, T, self.kv, self.d).transpose(1, 2)
+        v = self.v(h).view(B, T, self.kv, self.d).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.head((h + self.o(y.transpose(1, 2).reshape(B, T, -1))).mean(1))
+
+
+def test_grouped_query_attention_moves_kv_heads_with_their_query_groups():
+    torch.manual_seed(0)
+    model = GQABlock()
+    x = torch.randn(4, 5, 3)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    kv, dims = a["k.weight"][0]
+    assert spec.sizes[kv] == 2 and spec.sizes[dims] == 4
+    kv_q, group, dims_q = a["q.weight"][0]
+    assert kv_q == kv and dims_q == dims and spec.sizes[group] == 2  # q heads are (kv heads, 2 per group)
+    assert a["v.weight"][0][0] == kv and a["o.weight"][1] == (kv, group, a["v.weight"][0][1])  # v and o share dims
+    planted(model, x, spec)
+
+
+class PositionOps(nn.Module):
+    """Swin's ops on positions: roll, a relative-position bias table indexed per head, flip and cumsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 8)
+        self.table = nn.Parameter(torch.randn(9, 2))  # (relative positions, heads)
+        self.q = nn.Linear(8, 8)
+        self.o = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+        self.register_buffer("rel", torch.randint(0, 9, (5, 5), generator=torch.Generator().manual_seed(0)),
+                             persistent=False)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        h = torch.roll(self.inp(x), 1, dims=1)
+        q = self.q(h).view(B, T, 2, 4).transpose(1, 2)
+        bias = self.table[self.rel.view(-1)].view(T, T, 2).permute(2, 0, 1)
+        y = ((q @ q.transpose(-1, -2) + bias).softmax(-1) @ q).transpose(1, 2).reshape(B, T, 8)
+        return self.head((h + self.o(y)).flip(1).cumsum(1)[:, -1])
+
+
+def test_ops_along_positions_keep_channels_and_heads():
+    torch.manual_seed(0)
+    model = PositionOps()
+    x = torch.randn(3, 5, 3)
+    with pytest.warns(SpecInferenceWarning, match="indexing picks entries along axis 0"):
+        spec = infer_spec(model, x)  # the table's rows (relative positions) stay: the note says so
+    heads, dims = spec.axes["q.weight"][0]
+    assert spec.axes["table"] == (None, heads) and spec.sizes[heads] == 2
+    assert spec.axes["inp.weight"][0] == spec.axes["head.weight"][1] is not None
+    planted(model, x, spec)
+
+
+class ViewWrite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.view_as(h).add_(self.b(x))  # writes b's units into a's through a view: no op on h records it
+        return self.head(torch.relu(h))
+
+
+def test_an_in_place_write_into_a_view_is_not_trusted():
+    model = ViewWrite()
+    x = torch.randn(5, 3)
+    with pytest.warns(SpecInferenceWarning, match="in-place write into a view"):
+        spec = infer_spec(model, x)
+    check_spec(model, spec, x)
+    assert spec.axes["b.weight"] == (None, None)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_hugging_face_models_when_installed(arch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    if arch == "bert":
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=8))
+        x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0))
+        x = ids
+    spec = infer_quietly(model, x)
+    hidden = [(k, i) for k, a in spec.axes.items() for i, e in enumerate(a) if e is None and spec.shapes[k][i] > 1]
+    # only the vocabulary, positions, token types and classes stay
+    assert all(k.endswith(("embeddings.weight", "wte.weight", "wpe.weight", "lm_head.weight", "classifier.weight",
+                           "classifier.bias")) for k, _ in hidden), hidden
+    planted(model, x, spec)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x):
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class MobileBlock(nn.Module):
+    """MobileNet/EfficientNet ops: hardswish, a depthwise conv, squeeze-excite, a residual, a grouped conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.expand, self.bn1 = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.se = SqueezeExcite(16)
+        self.proj, self.bn3 = nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.hardswish(self.bn0(self.stem(x)))
+        y = F.silu(self.bn2(self.dw(F.silu(self.bn1(self.expand(h))))))
+        h = h + self.bn3(self.proj(self.se(y)))
+        return self.head(self.grouped(h).mean((2, 3)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, channels-last LayerNorm and Linear, layer scale, permute back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 2, stride=2)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.gamma = nn.Parameter(torch.rand(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.fc2(F.gelu(self.fc1(self.ln(self.dw(h).permute(0, 2, 3, 1))))) * self.gamma
+        h = h + y.permute(0, 3, 1, 2)
+        return self.head(F.layer_norm(h.mean((-2, -1)), (8,)))
+
+
+@pytest.mark.parametrize("cls", [MobileBlock, ConvNeXtBlock])
+def test_cnn_blocks_of_torchvision_and_timm(cls):
+    torch.manual_seed(0)
+    model = cls()
+    x = torch.randn(4, 3, 8, 8)
+    spec = infer_quietly(model, x)
+    hidden = [(k, i) for k, a in spec.axes.items() for i, e in enumerate(a)
+              if e is None and spec.shapes[k][i] > 1 and not (k.endswith(".weight") and i >= 2)]
+    assert hidden == [("stem.weight", 1), ("head.weight", 0), ("head.bias", 0)]  # image channels, classes
+    if cls is MobileBlock:  # the grouped conv splits the stream into its 2 groups of 4
+        blocks, within = spec.axes["grouped.weight"][0][0], spec.axes["grouped.weight"][1]
+        assert spec.sizes[blocks] == 2 and spec.axes["stem.weight"][0] == (blocks, within)
+    planted(model, x, spec)

@@ -55,6 +55,10 @@ def check_spec(
             keyword inputs. The model's answer is its output tensor, or its ``logits``, or its first tensor.
         seed: draws the permutation and the random running statistics.
         rtol, atol: tolerance; ``atol`` is scaled by the largest magnitude of the compared tensor.
+
+    Returns:
+        None; raises SpecCheckError when the outputs change, saying whether the spec or the
+        check's conditions are at fault.
     """
     state = model.state_dict()
     spec.check_tensors(state, complete=True, what=f"{type(model).__name__}.state_dict()")
@@ -200,9 +204,15 @@ def _expected_output(spec, perm, mod_name, mod, out):
     if weight_name not in spec.axes or not isinstance(out, torch.Tensor) or out.dim() < 2:
         return None
     # Linear, the norms over the last axis and Embedding write features last; convs and BatchNorm at dim 1.
+    # Other modules (HF's Conv1D keeps its weight transposed) are judged by the outputs after them.
     last = isinstance(mod, (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Embedding))
+    first = isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+    if not (last or first):
+        return None
     group = spec.axes[weight_name][1 if isinstance(mod, nn.Embedding) else 0]
-    axes = (None,) * (out.dim() - 1) + (group,) if last else (None, group)
+    axes = (None,) * (out.dim() - 1) + (group,) if last else (None, group) + (None,) * (out.dim() - 2)
+    if out.shape[-1 if last else 1] != spec.shapes[weight_name][1 if isinstance(mod, nn.Embedding) else 0]:
+        return None
     return out if group is None else permute_tensor(out, axes, perm)
 
 

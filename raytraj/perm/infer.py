@@ -101,6 +101,10 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         bound = _bind(func, map_tensors(args, lambda t: _Ref(self.value(t))),
                       map_tensors(kwargs, lambda t: _Ref(self.value(t))))
+        base = None
+        if args and out is args[0] and isinstance(out, torch.Tensor) and out._base is not None:
+            # An in-place write into a view changes its base too, which no later op would show.
+            base = self.value(out._base)
         outs = []
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(t, torch.Tensor):
@@ -108,6 +112,8 @@ class _Recorder(TorchDispatchMode):
                 self.produced.add(outs[-1])
             else:
                 outs.append(None)
+        if base is not None:
+            bound["__base__"] = _Ref(base)
         self.ops.append((func, bound, outs))
         return out
 
@@ -232,6 +238,9 @@ _IDENTITY = {"_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_f
              "_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "dropout", "native_dropout",
              "zeros_like", "ones_like", "empty_like", "full_like", "fill_", "zero_", "_conj", "resolve_conj",
              "resolve_neg", "type_as", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"}
+# Elementwise ops that ATen does not tag as pointwise (PReLU is not one: its weight sits on axis 1, not last).
+_POINTWISE_UNTAGGED = {"copy_", "copy", "masked_fill", "where", "lerp", "hardswish", "hardswish_", "gelu_", "silu_",
+                       "log_sigmoid_forward", "masked_fill_"}
 _VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "squeeze", "unsqueeze",
           "view_as", "squeeze_", "unsqueeze_", "view_copy", "_reshape_copy"}
 _TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "swapdims", "movedim", "numpy_T", "mT", "transpose_", "t_"}
@@ -246,6 +255,10 @@ _SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
             "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d",
             "upsample_trilinear3d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
             "pixel_shuffle", "pixel_unshuffle"}
+# Ops that reorder, pick or mix entries only along the axes they name: those are fixed, the rest carry over.
+_ALONG = {"roll": "dims", "flip": "dims", "cumsum": "dim", "cumprod": "dim", "logcumsumexp": "dim", "cummax": "dim",
+          "cummin": "dim", "index_select": "dim", "sort": "dim", "topk": "dim", "tril": -2, "triu": -2,
+          "diff": "dim"}
 _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean", "std_mean",
                "logsumexp", "linalg_vector_norm", "norm", "any", "all", "argmax", "argmin", "nansum", "aminmax"}
 
@@ -387,6 +400,9 @@ class _Tracer:
         if not tensor_outs:
             return  # an op that only reads (an assert, a scalar): no tensor flows on
         out = outs[0]
+        if "__base__" in a:
+            return self.freeze_values(ins, tensor_outs, f"{self.where(ins)}{name}: an in-place write into a view; "
+                                                         "the channels around it are left unpermuted")
         if not ins:
             return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
         first = _refs(a.get("self", a.get("input")))
@@ -395,7 +411,7 @@ class _Tracer:
             for o in tensor_outs:
                 if self.shapes[o] == self.shapes[x]:
                     self.union_all(self.axes(x), self.axes(o))
-        elif torch.Tag.pointwise in func.tags or name in ("copy_", "copy", "masked_fill", "where", "lerp"):
+        elif torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED:
             self.broadcast(out, ins)
         elif name in _VIEWS:
             self.reshape(x, out, name)
@@ -430,6 +446,10 @@ class _Tracer:
             self.select(a, x, out)
         elif name in ("slice", "slice_copy", "narrow"):
             self.slice(name, a, x, out)
+        elif name in _ALONG:
+            self.along(name, a, x, tensor_outs)
+        elif name == "index" and x is not None:
+            self.index(a, x, out)
         elif name in ("constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
                       "replication_pad1d", "replication_pad2d", "replication_pad3d", "pad"):
             self.pad(a, x, out)
@@ -618,12 +638,21 @@ class _Tracer:
             return self.unknown(name, [i for x in a.values() for i in _refs(x)], [o for o in outs if o is not None])
         q, k, v = q[0], k[0], v[0]
         sq, sk, sv = self.shapes[q], self.shapes[k], self.shapes[v]
-        if not (sq[:-2] == sk[:-2] == sv[:-2]):
-            # grouped-query attention shares k and v heads between q heads: not covered
-            return self.unknown(name, [q, k, v, *mask], [o for o in outs if o is not None])
         Q, K, V, O = self.axes(q), self.axes(k), self.axes(v), self.axes(out)
-        for i in range(len(sq) - 2):
-            self.union(Q[i], K[i], V[i], O[i])
+        if sq[:-2] == sk[:-2] == sv[:-2]:
+            for i in range(len(sq) - 2):
+                self.union(Q[i], K[i], V[i], O[i])
+        elif (len(sq) >= 3 and sq[:-3] == sk[:-3] == sv[:-3] and sk[-3] == sv[-3] and sk[-3]
+              and sq[-3] % sk[-3] == 0):
+            # Grouped-query attention (enable_gqa): kv head j serves q heads j * g ... j * g + g - 1, so the
+            # q heads are (kv heads, g): kv heads move with their q groups, q heads also within a group.
+            for i in range(len(sq) - 3):
+                self.union(Q[i], K[i], V[i], O[i])
+            self.union(Q[-3], O[-3])
+            kv, _ = self.segment(Q[-3], sk[-3], sq[-3] // sk[-3], "grouped-query attention")
+            self.union(kv, K[-3], V[-3])
+        else:
+            return self.unknown(name, [q, k, v, *mask], [o for o in outs if o is not None])
         self.union(Q[-1], K[-1])
         self.union(V[-1], O[-1])
         self.union(Q[-2], O[-2])
@@ -671,6 +700,38 @@ class _Tracer:
             for j, i in enumerate(kept):
                 if i not in dims:
                     self.union(X[i], O[j])
+
+    def along(self, name, a, x, outs):
+        n = len(self.shapes[x])
+        key = _ALONG[name]
+        dims = a.get(key) if isinstance(key, str) else [key, key + 1]
+        dims = [dims] if isinstance(dims, int) else list(dims or ())
+        if not dims or n == 0:
+            return self.unknown(name, [x], outs)
+        dims = {d % n for d in dims}
+        X = self.axes(x)
+        for o in outs:
+            O = self.axes(o)
+            if len(O) != n:
+                return self.unknown(name, [x], outs)
+            self.union_all([v for i, v in enumerate(X) if i not in dims], [v for i, v in enumerate(O) if i not in dims])
+            self.freeze_vars([X[d] for d in dims], [O[d] for d in dims],
+                             f"{name} along axis {sorted(dims)}, which is left unpermuted")
+
+    def index(self, a, x, out):
+        """x[..., idx, ...] with one index tensor: the indexed axis is fixed, the others carry over."""
+        indices = a.get("indices") or []
+        at = [i for i, t in enumerate(indices) if t is not None]
+        if len(at) != 1 or not isinstance(indices[at[0]], _Ref):
+            return self.unknown("index", [x, *[r for t in indices for r in _refs(t)]], [out])
+        p, idx = at[0], indices[at[0]].vid
+        X, O, k = self.axes(x), self.axes(out), len(self.shapes[idx])
+        if len(O) != len(X) - 1 + k:
+            return self.unknown("index", [x, idx], [out])
+        self.union_all(X[:p], O[:p])
+        self.union_all(X[p + 1:], O[p + k:])
+        self.union_all(self.axes(idx), O[p:p + k])
+        self.freeze_vars([X[p]], O[p:p + k], f"indexing picks entries along axis {p}, which is left unpermuted")
 
     def split_op(self, name, a, x, outs):
         """Equal pieces along one axis: that axis is (pieces, piece length); the pieces are fixed blocks and the
@@ -954,6 +1015,9 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
         example_input: a batch of any dtype (token ids stay integers), a tuple of positional
             inputs, or a dict of keyword inputs. The model may return a tensor, a tuple, a dict or
             a ModelOutput; its answer is the ``logits`` entry, or else the first tensor.
+
+    Returns:
+        the spec; it warns (SpecInferenceWarning) when it left axes unpermuted.
 
     Raises:
         SpecInferenceError: the model fails on the example, or returns no tensor.
