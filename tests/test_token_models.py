@@ -82,8 +82,8 @@ def test_recorded_token_model_transfers_from_python(tmp_path):
         rec.record(model)
     rec.close()
     torch.manual_seed(2)
-    result = raytraj.transfer(source=str(tmp_path / "rec"), target=make_net(), data=load(),
-                              config=raytraj.TransferConfig(method="naive", steps=2))
+    result = raytraj.transfer_model(source=str(tmp_path / "rec"), target=make_net(), data=load(),
+                                    config=raytraj.TransferConfig(method="naive", steps=2))
     assert 0 <= result.metrics["test_acc"] <= 100 and result.perm == {}
     out = result.model(x[:4])
     assert set(out) == {"hidden", "logits"} and out["logits"].shape == (4, 4)
