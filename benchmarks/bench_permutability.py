@@ -325,22 +325,26 @@ def main() -> None:
         row = {**bench(name, build, example, args.limit_s), "library": library}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    run = {"command": this_command(), "load": os.popen("uptime").read().strip(),
-           "seconds": time.perf_counter() - t0}
-    write_report(args.out, render(rows, [run]), {**run, "rows": rows})
+        # written after every model, so that a run stopped early keeps what it measured
+        run = {"command": this_command(), "load": os.popen("uptime").read().strip(),
+               "seconds": time.perf_counter() - t0}
+        write_report(args.out, render(rows, [run]), {**run, "rows": rows}, echo=False)
+    if rows:
+        print(open(args.out).read())
 
 
 def this_command() -> str:
     return f"python benchmarks/{os.path.basename(sys.argv[0])} " + " ".join(sys.argv[1:])
 
 
-def write_report(out: str, text: str, record: dict) -> None:
+def write_report(out: str, text: str, record: dict, echo: bool = True) -> None:
     """The table as Markdown at ``out``, everything measured beside it as JSON; the table printed."""
     with open(out, "w") as f:
         f.write(text)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
         json.dump(record, f, indent=1)
-    print(text)
+    if echo:
+        print(text)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def trained(path, model, data, data_args, seed, recipe, **kw) -> str:
     return path
 
 
-def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool = False) -> dict | None:
+def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool = False,
+             report_only: bool = False) -> dict | None:
     factory, before, after, by_args, head, recipe = MODELS[key]
     root = os.path.join(work, key.split()[0].replace("/", "_") + ("-" + key.split()[1] if " " in key else ""),
                         f"{a}-{b}")
@@ -68,6 +69,9 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool =
         low, high, args_low, args_high = before, before, {"classes": "0-4"}, {"classes": "5-9"}
     else:
         low, high, args_low, args_high = before, after, None, None
+    if report_only and not all(fs.exists(os.path.join(root, d, "trajectory.json"))
+                               for d in ("pre-a", "pre-b", "source", "target")):
+        return {"pair": f"{a}-{b}", "missing": True}
     pre_a = trained(os.path.join(root, "pre-a"), factory, low, args_low, a, recipe)
     pre_b = trained(os.path.join(root, "pre-b"), factory, low, args_low, b, recipe)
     src = trained(os.path.join(root, "source"), factory, high, args_high, a, recipe, init=pre_a, new_head=True,
@@ -81,6 +85,9 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool =
     for method in METHODS:
         out = os.path.join(root, method)
         cfg = TransferConfig(method=method, steps=steps, seed=0)
+        if report_only and not RunFolder(out).has_model("best"):
+            row["runs"][method] = {"error": "not run in the time available"}
+            continue
         try:
             m = RunFolder(out).load_or_run(lambda resume: transfer(
                 src, out, cfg, target_init=pre_b, new_head=True, head=head, resume=resume, progress=False,
@@ -112,6 +119,9 @@ def render(results: dict, command: str, load: str, steps: int, seconds: float) -
              "oracle test | source / target trained (val) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, rows in results.items():
+        if not rows:
+            continue
+
         def col(method, field):
             return [r["runs"][method].get(field) for r in rows if "error" not in r["runs"][method]]
         errors = sorted({f"{m}: {r['runs'][m]['error']}" for r in rows for m in METHODS if "error" in r["runs"][m]})
@@ -138,6 +148,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--train-only", action="store_true", help="only record the trajectories the transfers need")
+    p.add_argument("--report-only", action="store_true", help="only report the runs already under --work")
     args = p.parse_args()
     t0 = time.perf_counter()
     results: dict = {}
@@ -146,9 +157,9 @@ def main() -> None:
             continue
         results[key] = []
         for a, b in SEED_PAIRS[:args.pairs]:
-            row = run_pair(args.work, key, a, b, args.steps, args.train_only)
-            if row is None:
-                print(f"{key} {a}-{b}: trained", flush=True)
+            row = run_pair(args.work, key, a, b, args.steps, args.train_only, args.report_only)
+            if row is None or row.get("missing"):
+                print(f"{key} {a}-{b}: " + ("trained" if row is None else "not trained yet"), flush=True)
                 continue
             results[key].append(row)
             print(json.dumps({"model": key, **row}), flush=True)
