@@ -244,6 +244,8 @@ def bench(name: str, build: Callable, example: Callable, limit_s: int) -> dict:
         try:
             check_spec(model, spec, x)
             row["proof"] = "passes"
+        except Timeout:
+            raise
         except Exception as e:  # noqa: BLE001 - the table records the failure in one line
             row["proof"] = "fails: " + one_line(e)
         stage = "planted"
@@ -287,7 +289,8 @@ def render(rows: list[dict], runs: list[dict]) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['library']} | {r.get('params', 0):,} | {r['error']} | | | | | |")
+            params = f"{r['params']:,}" if "params" in r else ""
+            lines.append(f"| {r['model']} | {r['library']} | {params} | {r['error']} | | | | | |")
             continue
         share = 100 * r["axes_permuted"] / r["axes"] if r["axes"] else 0
         lines.append(f"| {r['model']} | {r['library']} | {r['params']:,} | {r['axes_permuted']}/{r['axes']} "
