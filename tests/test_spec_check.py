@@ -35,7 +35,8 @@ class DropoutEverywhere(nn.Module):
 def stream_spec(model, stream="stream"):
     axes = {k: (None,) * v.dim() for k, v in model.state_dict().items()}
     axes.update({"inp.weight": (stream, None), "inp.bias": (stream,), "attn.in_proj_weight": (None, stream),
-                 "attn.out_proj.weight": (stream, None), "attn.out_proj.bias": (stream,), "head.weight": (None, stream)})
+                 "attn.out_proj.weight": (stream, None), "attn.out_proj.bias": (stream,),
+                 "head.weight": (None, stream)})
     return PermutationSpec.from_axes(axes, model.state_dict())
 
 
@@ -149,3 +150,25 @@ def test_integer_keyword_inputs_and_dict_outputs():
     bad = PermutationSpec.from_axes({"wte.weight": (None, "d"), "head.weight": (None, None), "head.bias": (None,)}, s)
     with pytest.raises(SpecCheckError):
         check_spec(model, bad, {"input_ids": ids})
+
+
+class Float32Inside(nn.Module):
+    """Makes a float32 tensor of its own, so it cannot run in float64: the proof runs in float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x)) @ torch.arange(16.0).view(4, 4))  # float64 @ float32 fails
+
+
+def test_a_model_that_cannot_run_in_float64_is_proved_in_its_own_dtype():
+    model = Float32Inside()
+    s = model.state_dict()
+    spec = PermutationSpec.from_axes({"fc.weight": ("h", None), "fc.bias": ("h",), "head.weight": (None, "h"),
+                                      "head.bias": (None,)}, s)
+    x = torch.randn(4, 3)
+    with pytest.raises(SpecCheckError, match="model.s own dtype"):  # the fixed matrix does not move with h
+        check_spec(model, spec, x)

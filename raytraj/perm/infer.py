@@ -407,10 +407,9 @@ class _Tracer:
             return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
         first = _refs(a.get("self", a.get("input")))
         x = first[0] if first else None
-        if name in _IDENTITY and x is not None and self.shapes[x] == self.shapes[out]:
+        if name in _IDENTITY and x is not None and all(self.shapes[o] == self.shapes[x] for o in tensor_outs):
             for o in tensor_outs:
-                if self.shapes[o] == self.shapes[x]:
-                    self.union_all(self.axes(x), self.axes(o))
+                self.union_all(self.axes(x), self.axes(o))
         elif torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED:
             self.broadcast(out, ins)
         elif name in _VIEWS:
@@ -423,12 +422,11 @@ class _Tracer:
             self.matmul(name, a, out)
         elif name == "convolution" or name == "_convolution":
             self.convolution(a, out)
-        elif name in _BATCH_NORMS:
-            self.batch_norm(a, x, out)
-        elif name in _LAST_NORMS:
-            self.norm_last(a, x, out)
-        elif name == "native_group_norm":
-            self.group_norm(a, x, out)
+        elif name in _BATCH_NORMS or name in _LAST_NORMS or name == "native_group_norm":
+            rule = self.batch_norm if name in _BATCH_NORMS else self.norm_last if name in _LAST_NORMS else \
+                self.group_norm
+            rule(a, x, out)
+            self.freeze_values([], tensor_outs[1:], None)  # statistics saved for the backward pass
         elif name == "embedding":
             self.embedding(a, out)
         elif name.startswith("_scaled_dot_product") or name == "scaled_dot_product_attention":
@@ -486,8 +484,9 @@ class _Tracer:
         X, O = self.axes(x), self.axes(out)
         segs = _segments(before, after)
         note = self._reshape_note(name, before, after)
+        lost = f"{note}: a reshape that is not understood, the channels are left unpermuted"
         if segs is None:
-            return self.freeze_vars(X, O, note)
+            return self.freeze_vars(X, O, lost)
         for bi, aj in segs:
             bi = [i for i in bi if before[i] > 1]
             aj = [j for j in aj if after[j] > 1]
@@ -499,7 +498,7 @@ class _Tracer:
                 sb, sa = [before[i] for i in bi], [after[j] for j in aj]
                 atoms = _refinement(sb, sa)
                 if atoms is None:
-                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], note)
+                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], lost)
                     continue
                 parts = [self.fresh(n) for n in atoms]
                 sides = [(v, run) for vars_, sizes in (([X[i] for i in bi], sb), ([O[j] for j in aj], sa))
@@ -696,7 +695,8 @@ class _Tracer:
         for o in outs:
             O = self.axes(o)
             if len(O) != len(kept):
-                continue  # an output of another shape (none in ATen's reductions): leave it unconnected
+                self.freeze_vars([], O, None)  # an output of another shape: nothing says how it relates
+                continue
             for j, i in enumerate(kept):
                 if i not in dims:
                     self.union(X[i], O[j])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..config import ConfigError, check_seed
 from ..trajectory import SCHEDULES
 
 METHODS = ("fgmt", "gmt", "naive", "oracle")
@@ -89,6 +89,7 @@ class TransferConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_coverage <= 1.0:
             raise ConfigError(f"min_coverage is a share of the model's tensors, from 0 to 1; got {self.min_coverage}")
+        check_seed("seed", self.seed)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 
