@@ -65,6 +65,9 @@ class TransferConfig:
     val_subset: int = 0  # evaluate on this many val samples, drawn once from the seed (0: all of val)
     bn_batches: int = 10  # training batches to recalibrate BatchNorm stats after transfer
     eval_batch_size: int = 512
+    # FGMT, GMT and Oracle refuse (unless forced) a spec that permutes less than this share of the
+    # model's tensors: with nothing permuted they cost their gradients and return Naive.
+    min_coverage: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -84,6 +87,8 @@ class TransferConfig:
         for name in ("eval_every", "bn_batches", "val_subset", "step_sweeps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ConfigError(f"min_coverage is a share of the model's tensors, from 0 to 1; got {self.min_coverage}")
         check_seed("seed", self.seed)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
