@@ -24,7 +24,14 @@ LOGITS_KEY = "logits"
 
 
 def logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor in a model's output (see the module's rule)."""
+    """The logits tensor in a model's output (see the module's rule).
+
+    Args:
+        out: what the model's forward returned: a tensor, a mapping or ``ModelOutput``, or a tuple/list.
+
+    Returns:
+        The ``(batch, classes)`` logits tensor, unchanged (no copy).
+    """
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, Mapping):
