@@ -104,19 +104,31 @@ class TransferWorker:
         Sums are float64 so that adding partial sums from several workers gives, to float32
         precision, what one worker summing all batches gives.
         """
+        return self.gradient_terms(perm, step, t, [batch_ids], count)[0]
+
+    def gradient_terms(self, perm, step: int, t: int, runs: Sequence[Sequence[int]], count: int):
+        """Per run of batch ids, both models' float64 gradient sums over the run, each from zero in
+        batch order (a run of one batch is that batch's float32 gradient, exactly).
+
+        Continuing a sum received from another process with the terms of the next runs, in order,
+        is therefore what one process summing all batches gives, bit for bit.
+        """
         batches = grad_batches_for(self.seed, step, t, self.data.size("train"), self.batch_size, count)
         target_state = self.target_point(perm, t)
         source_state = self.source_point(t)
-        sums = []
-        for state in (target_state, source_state):
-            acc = {n: torch.zeros_like(state[n], dtype=torch.float64) for n in self.param_names}
-            for i in batch_ids:
-                for n, g in self._gradient(state, batches[i], (self.seed, step, t, i)).items():
-                    acc[n] += g
-            sums.append(acc)
-        for side, state, acc in (("transferred model", target_state, sums[0]), ("source", source_state, sums[1])):
-            check_gradient(acc, state, side, t, step)
-        return sums[0], sums[1]
+        out = []
+        for batch_ids in runs:
+            sums = []
+            for state in (target_state, source_state):
+                acc = {n: torch.zeros_like(state[n], dtype=torch.float64) for n in self.param_names}
+                for i in batch_ids:
+                    for n, g in self._gradient(state, batches[i], (self.seed, step, t, i)).items():
+                        acc[n] += g
+                sums.append(acc)
+            for side, state, acc in (("transferred model", target_state, sums[0]), ("source", source_state, sums[1])):
+                check_gradient(acc, state, side, t, step)
+            out.append((sums[0], sums[1]))
+        return out
 
     def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:
         # Train mode, as in training: BatchNorm normalises with the batch's own statistics.
