@@ -39,7 +39,9 @@ def start_node(tmp, name, cpus, *args):
     cmd = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
            "--num-gpus=0", "--object-store-memory=100000000", f"--temp-dir={tmp / name}",
            *[f"{k}={v}" for k, v in ports.items()], *args]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    # A dead node is noticed after 3 missed health checks 0.5 s apart (Ray's default takes tens of seconds).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "500",
+           "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
     return subprocess.Popen(cmd, stdout=(tmp / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
@@ -56,6 +58,17 @@ def end(proc, sig=signal.SIGTERM):
         pass
 
 
+def token_auth(on: bool) -> None:
+    """RAY_AUTH_MODE for this process; Ray reads it into its config once, so the config is read again."""
+    from ray._raylet import Config
+
+    if on:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    Config.initialize("")
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     tmp = Path("/tmp") / f"rt2n-{os.getpid()}"  # short: Ray's socket paths live under the temp dir
@@ -65,7 +78,7 @@ def two_nodes(tmp_path_factory):
     head = start_node(tmp, "head", 2, "--head", f"--port={port}", "--include-dashboard=false",
                       f"--ray-client-server-port={free_port()}")
     worker = start_node(tmp, "worker", 1, f"--address=127.0.0.1:{port}")
-    os.environ["RAY_AUTH_MODE"] = "token"
+    token_auth(True)  # the nodes ask for Ray's token; this driver sends it
     try:
         deadline = time.time() + 120
         while True:
@@ -83,8 +96,8 @@ def two_nodes(tmp_path_factory):
             time.sleep(0.5)
         yield {"worker": worker}
     finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
         ray.shutdown()
+        token_auth(False)
         end(worker)
         end(head)
 
