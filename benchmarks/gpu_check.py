@@ -69,7 +69,7 @@ def check_case(name, overrides, root, lines) -> bool:
     for device in ("cpu", "cuda"):
         t0 = time.perf_counter()
         runs[device] = transfer(src, os.path.join(root, f"{name}-{device}"), cfg, target_seed=2,
-                                backend_options={"device": device}, progress=False)
+                                device=device, progress=False)
         runs[device]["wall_s"] = time.perf_counter() - t0
     perms = {d: RunFolder(os.path.join(root, f"{name}-{d}")).perm()["final"] for d in runs}
     same_units = sum(a == b for g in perms["cpu"] for a, b in zip(perms["cpu"][g], perms["cuda"][g]))
@@ -99,9 +99,11 @@ def nccl_check(root, lines) -> bool:
 
     import torch.distributed as dist
 
-    from raytraj.transfer import GradRequest, LocalBackend, solve_seed
+    from raytraj.perm import SolveOptions
+    from raytraj.transfer.engine import _solve_seed as solve_seed
+    from raytraj.transfer.backend import GradRequest
     from raytraj.transfer.collective import RankMatcher
-    from raytraj.transfer.matcher import LocalMatcher
+    from raytraj.transfer.local import LocalMatcher
     from raytraj.transfer.sharding import plan_shards
 
     src = os.path.join(root, "mlp-src")
@@ -115,12 +117,12 @@ def nccl_check(root, lines) -> bool:
         plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
                                           if k in problem.param_names}, 1)
         rank = RankMatcher(local_worker(problem, cfg, "cuda"), problem.spec, plan, 0, cfg.normalize)
-        local = LocalMatcher(LocalBackend(local_worker(problem, cfg, "cuda")), problem.spec, cfg.normalize,
-                             device=torch.device("cuda"))
+        local = LocalMatcher(local_worker(problem, cfg, "cuda"), problem.spec, cfg)
         prev = {g: torch.arange(n) for g, n in problem.spec.sizes.items()}
         same = True
         for s in (1, 2, 3):
-            kw = dict(fresh=False, max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol, seed=solve_seed(cfg.seed, s))
+            kw = dict(fresh=False, options=SolveOptions(max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol,
+                                                        seed=solve_seed(cfg.seed, s)))
             a, _ = rank.step(s, [s - 1], cfg.grad_batches, warm=True, **kw)
             b, _ = local.step(s, prev, [GradRequest(t=s - 1, step=s)], cfg.grad_batches, init=prev, **kw)
             same &= all(torch.equal(a[g].cpu(), b[g].cpu()) for g in b)

@@ -171,6 +171,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_local_numbers(setup, ray_cluster, tmp_path):
     src, *_ = setup
     kw = dict(points=4, align="none", progress=False)

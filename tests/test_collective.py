@@ -8,7 +8,9 @@ import socket
 import pytest
 import torch
 
-from raytraj.transfer import TransferConfig, prepare, solve_seed
+from raytraj.perm import SolveOptions
+from raytraj.transfer import TransferConfig, prepare
+from raytraj.transfer.engine import _solve_seed as solve_seed
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +30,8 @@ def settings(method):
 def steps(cfg):
     for s in range(1, STEPS + 1):
         ts = list(range(s)) if cfg.method == "gmt" else [s - 1]
-        yield s, ts, dict(fresh=cfg.method == "gmt", max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol,
-                          seed=solve_seed(cfg.seed, s))
+        yield s, ts, dict(fresh=cfg.method == "gmt", options=SolveOptions(max_sweeps=cfg.max_sweeps, tol=cfg.tol,
+                                                                         rtol=cfg.rtol, seed=solve_seed(cfg.seed, s)))
 
 
 def rank_main(rank, world, port, src, method, out):
@@ -57,13 +59,13 @@ def rank_main(rank, world, port, src, method, out):
 
 
 def local_perms(src, method):
-    from raytraj.transfer import LocalBackend, GradRequest
-    from raytraj.transfer.matcher import LocalMatcher
+    from raytraj.transfer.backend import GradRequest
+    from raytraj.transfer.local import LocalMatcher
     from raytraj.transfer.run import local_worker
 
     cfg = settings(method)
     problem = prepare(src, cfg, target_seed=2)
-    matcher = LocalMatcher(LocalBackend(local_worker(problem, cfg, "cpu")), problem.spec, cfg.normalize)
+    matcher = LocalMatcher(local_worker(problem, cfg, "cpu"), problem.spec, cfg)
     prev, out = None, []
     for s, ts, kw in steps(cfg):
         prev = prev or {g: torch.arange(n) for g, n in problem.spec.sizes.items()}

@@ -14,10 +14,11 @@ import ray
 import torch
 
 from raytraj.checkpoint import load_checkpoint
+from raytraj.ray_config import RayConfig
 from raytraj.config import ConfigError
 from raytraj.transfer import TransferConfig, prepare, transfer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # Ray clusters: the end-to-end tier
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def cluster():
 def run_pair(src, tmp_path, cfg, name, **ray_options):
     local = transfer(src, str(tmp_path / f"{name}-local"), cfg, target_seed=2, progress=False)
     remote = transfer(src, str(tmp_path / f"{name}-ray"), cfg, target_seed=2, backend="ray",
-                      backend_options={"workers": 2, **ray_options}, progress=False)
+                      ray_config=RayConfig(workers=2, **ray_options), progress=False)
     return local, remote
 
 
@@ -56,7 +57,7 @@ def test_logical_gpus_are_scheduled_and_threads_follow_cpus(cluster, digits_sour
 
     cfg = TransferConfig(method="fgmt", steps=2)
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
-    backend = RayBackend(problem, cfg, workers=2, cpus_per_worker=2, gpus_per_worker=1)
+    backend = RayBackend(problem, cfg, RayConfig(workers=2, cpus_per_worker=2, gpus_per_worker=1))
     try:
         placed = backend.describe()
     finally:
@@ -73,7 +74,7 @@ def test_unplaceable_workers_fail_clearly(cluster, digits_source):
     cfg = TransferConfig(steps=2)
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
     with pytest.raises(ConfigError, match="place 9 workers"):
-        RayBackend(problem, cfg, workers=9, placement_timeout_s=3)
+        RayBackend(problem, cfg, RayConfig(workers=9, placement_timeout_s=3))
     assert ray.available_resources().get("CPU") == 4  # nothing left reserved
 
 
@@ -82,11 +83,12 @@ def test_a_busy_rank_is_not_taken_for_lost(cluster, digits_source):
     from raytraj.distributed import RayBackend
 
     cfg = TransferConfig(method="fgmt", steps=2, batch_size=256)
-    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, workers=2)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, RayConfig(workers=2))
     backend.group.ping_timeout_s = 1.0
-    args = {"s": 1, "ts": [0], "count": 800, "diff": {}, "fresh": False, "warm": True, "max_sweeps": 1, "tol": 0.0,
-            "rtol": 0.0, "seed": 0, "persist": None}
+    args = {"s": 1, "ts": [0], "count": 800, "diff": {}, "fresh": False, "warm": True,
+            "options": {"max_sweeps": 1, "tol": 0.0, "rtol": 0.0, "seed": 0}, "persist": None}
     try:
+        pids = [p["pid"] for p in backend.describe()]
         with ThreadPoolExecutor(1) as pool:
             step = pool.submit(backend.group.command, "step", args)
             time.sleep(1.0)
@@ -95,6 +97,7 @@ def test_a_busy_rank_is_not_taken_for_lost(cluster, digits_source):
             answered_s = time.monotonic() - t0
             busy = not step.done()
             step.result()
+        assert [p["pid"] for p in backend.describe()] == pids  # the same ranks finished the step
     finally:
         backend.close()
     assert busy, "the step ended before the ranks were pinged; give it more batches"
@@ -115,8 +118,8 @@ def test_a_killed_worker_restarts_and_the_result_is_unchanged(cluster, digits_so
             killed.append(names[-1])
 
     disturbed = transfer(src, str(tmp_path / "kill"), cfg, target_seed=2, backend="ray",
-                         backend_options={"workers": 2}, on_eval=kill_a_worker, progress=False)
-    assert killed and disturbed["traffic"]["recoveries"] >= 1  # rebuilt, its bank shard restored from state/
+                         ray_config=RayConfig(workers=2), on_eval=kill_a_worker, progress=False)
+    assert killed and disturbed["traffic"]["recoveries"] >= 1  # the group restarted, its shards restored from state/
     assert disturbed["val_acc"] == undisturbed["val_acc"]
     assert perms(tmp_path / "kill") == perms(tmp_path / "calm")
 
@@ -142,7 +145,7 @@ def test_a_killed_driver_resumes_to_the_same_result(cluster, digits_source, tmp_
     driver.wait()
     stopped_at = load_checkpoint(str(progress))[1]["step"]
     assert 3 <= stopped_at < 30 and not (out / "metrics.json").exists()
-    resumed = transfer(src, str(out), cfg, target_seed=3, backend="ray", backend_options={"workers": 2},
+    resumed = transfer(src, str(out), cfg, target_seed=3, backend="ray", ray_config=RayConfig(workers=2),
                        resume=True, progress=False)
     assert resumed["val_acc"] == undisturbed["val_acc"]
     assert perms(out) == perms(tmp_path / "calm")

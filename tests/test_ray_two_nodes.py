@@ -18,6 +18,7 @@ import ray
 
 from raytraj.distributed import RayBackend
 from raytraj.distributed.group import WorkerGroup
+from raytraj.ray_config import RayConfig
 from raytraj.transfer import TransferConfig, prepare, transfer
 
 pytestmark = pytest.mark.slow
@@ -109,13 +110,13 @@ def perm_of(run):
 def test_ranks_land_on_both_nodes_and_agree_with_local(two_nodes, digits_source, tmp_path):
     src = str(digits_source / "source")
     cfg = TransferConfig(method="gmt", steps=3, grad_batches=2, seed=5)
-    backend = RayBackend(prepare(src, cfg, target_seed=2), cfg, workers=2)
+    backend = RayBackend(prepare(src, cfg, target_seed=2), cfg, RayConfig(workers=2))
     try:
         nodes = {p["node"] for p in backend.describe()}
     finally:
         backend.close()
     assert len(nodes) == 2  # SPREAD placement: one rank per node
-    remote = transfer(src, str(tmp_path / "ray"), cfg, target_seed=2, backend="ray", backend_options={"workers": 2},
+    remote = transfer(src, str(tmp_path / "ray"), cfg, target_seed=2, backend="ray", ray_config=RayConfig(workers=2),
                       progress=False)
     local = transfer(src, str(tmp_path / "local"), cfg, target_seed=2, progress=False)
     assert remote["val_acc"] == local["val_acc"]
@@ -147,7 +148,7 @@ def test_killing_the_worker_node_during_a_step_changes_nothing(two_nodes, digits
 
     monkeypatch.setattr(WorkerGroup, "command", command_then_kill)
     cut = transfer(src, str(tmp_path / "cut"), cfg, target_seed=2, backend="ray",
-                   backend_options={"workers": 2, "placement_timeout_s": 120}, progress=False)
+                   ray_config=RayConfig(workers=2, placement_timeout_s=120), progress=False)
     assert events["killed"] < events["step_ended"]  # the node died while step 4 was in flight
     assert cut["traffic"]["recoveries"] >= 1
     assert len({p["node"] for p in cut["placement"]}) == 1  # both ranks now on the head

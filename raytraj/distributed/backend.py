@@ -27,10 +27,11 @@ import time
 import ray
 import torch
 
-from ..config import ConfigError
+from ..ray_config import RayConfig
 from ..transfer.sharding import plan_shards
 from .cluster import connect
-from .group import WorkerGroup, is_worker_loss
+from .group import WorkerGroup
+from .recovery import is_worker_loss, retry_on_worker_loss
 
 
 def _size(obj) -> int:
@@ -47,32 +48,38 @@ class _EvalHandle:
         self.backend, self.args = backend, args
         self.ref = backend._submit_eval(*args)
 
+    def _get(self):
+        value = ray.get(self.ref)
+        self.backend._count(value)
+        return value
+
+    def _resubmit(self, _error):
+        self.ref = self.backend._submit_eval(*self.args)
+
     def result(self):
-        for _ in range(self.backend.max_recoveries + 1):
-            try:
-                value = ray.get(self.ref)
-                self.backend._count(value)
-                return value
-            except Exception as e:  # noqa: BLE001 - only worker loss is retried
-                if not is_worker_loss(e):
-                    raise
-                self.backend.recover()
-                self.ref = self.backend._submit_eval(*self.args)
-        return ray.get(self.ref)
+        b = self.backend
+        return retry_on_worker_loss(self._get, b.recover, b.max_recoveries, self._resubmit)
 
 
 class RayBackend:
-    def __init__(self, problem, cfg, *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, placement_timeout_s: float = 600, state_dir: str | None = None,
-                 max_recoveries: int = 3, runtime_env: dict | None = None, collective_timeout_s: float = 1800):
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
-        if cpus_per_worker <= 0 or gpus_per_worker < 0:
-            raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-        if placement_timeout_s <= 0:
-            raise ConfigError(f"--placement-timeout must be > 0 seconds, got {placement_timeout_s}")
-        self._owns_ray = connect(address, runtime_env=runtime_env)
-        self.n, self.state_dir, self.max_recoveries = workers, state_dir, max_recoveries
+    """The transfer ``Backend`` on Ray (see the module's docstring).
+
+    Args:
+        problem: the prepared transfer.
+        cfg: the transfer settings.
+        config: the ranks and the cluster (default ``RayConfig()``; ``workers`` is the world size).
+        state_dir: where the ranks checkpoint their bank shards (a run folder's state/); without it a
+            lost rank holding FGMT pairs cannot be restored.
+        collective_timeout_s: how long one collective may wait for a peer (a rank that neither answers
+            nor dies is otherwise found by the driver's pings).
+    """
+
+    def __init__(self, problem, cfg, config: RayConfig | None = None, *, state_dir: str | None = None,
+                 collective_timeout_s: float = 1800):
+        self.config = config = config or RayConfig()
+        self._owns_ray = connect(config.address, runtime_env=config.runtime_env)
+        self.n, self.state_dir, self.max_recoveries = config.workers, state_dir, config.max_recoveries
+        workers = config.workers
         self.spec = problem.spec
         self.plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
                                                if k in problem.param_names}, workers)
@@ -81,9 +88,11 @@ class RayBackend:
         settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
                     "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
         self._shared = shared = tuple(ray.put(x) for x in (data, problem.spec, problem.trajectory, problem.target_init))
-        bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+        gpus = config.gpus_per_worker
+        bundle = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
         self.group = WorkerGroup(workers, bundle, (problem.model_cfg, *shared, settings, self.plan, cfg.normalize),
-                                 placement_timeout_s=placement_timeout_s, collective_timeout_s=collective_timeout_s)
+                                 placement_timeout_s=config.placement_timeout_s,
+                                 collective_timeout_s=collective_timeout_s)
         self.traffic = {"driver_bytes": [], "calls": [], "recoveries": 0}
         self._bytes, self._calls_at = 0, 0
         self._held: dict[int, dict] = {}  # step -> the permutation the group returned for it (ranks hold it)
@@ -124,7 +133,7 @@ class RayBackend:
             self._matcher.after_restart()
 
     # -- the engine's interface --------------------------------------------------------------------------
-    def matcher(self, spec, normalize: bool):
+    def matcher(self, spec, cfg):
         from .matcher import SpmdMatcher
 
         self._matcher = SpmdMatcher(self)
@@ -148,14 +157,9 @@ class RayBackend:
         return _EvalHandle(self, (perm, t, split, step))
 
     def materialize(self, perm, t, step=None):
-        for _ in range(self.max_recoveries + 1):
-            try:
-                return ray.get(self.group.side(0, "materialize", self._perm_arg(perm, step), t, step))
-            except Exception as e:  # noqa: BLE001
-                if not is_worker_loss(e):
-                    raise
-                self.recover()
-        raise RuntimeError("workers kept failing while saving the transferred model")
+        return retry_on_worker_loss(
+            lambda: ray.get(self.group.side(0, "materialize", self._perm_arg(perm, step), t, step)), self.recover,
+            self.max_recoveries)
 
     def report(self) -> dict:
         stats = self.group.stats() if self.group.ranks else []

@@ -23,22 +23,13 @@ import time
 import uuid
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError
 from .cluster import fits, fixed_cluster, node_totals, short_resources
 from .rank import Rank
-
-LOST = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
-
-
-def is_worker_loss(e: BaseException) -> bool:
-    """A failure from losing a worker or its objects (not an error of the computation itself)."""
-    if isinstance(e, RayTaskError):
-        return isinstance(getattr(e, "cause", None), LOST)
-    return isinstance(e, LOST)
+from .recovery import is_worker_loss
 
 
 class GroupLost(RuntimeError):

@@ -8,6 +8,8 @@ bank lives on the ranks, sharded by tensor, and each rank checkpoints its shard 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -76,14 +78,14 @@ class SpmdMatcher:
         return [], {}, self.record
 
     # -- a step ----------------------------------------------------------------------------------------
-    def step(self, s, prev, requests, count, *, fresh, init, max_sweeps, tol, rtol, seed):
+    def step(self, s, prev, requests, count, *, fresh, init, options):
         b = self.b
         persist = b.state_dir if (not fresh and b.state_dir is not None) else None
         for attempt in range(b.max_recoveries + 1):
             start = {g: p.cpu().numpy() for g, p in prev.items()}
             args = {"s": s, "ts": [r.t for r in requests], "count": count, "diff": perm_diff(self.synced, start),
-                    "fresh": fresh, "warm": init is not None, "max_sweeps": max_sweeps, "tol": tol, "rtol": rtol,
-                    "seed": seed, "persist": persist}
+                    "fresh": fresh, "warm": init is not None, "options": dataclasses.asdict(options),
+                    "persist": persist}
             if init is not None and any(not torch.equal(init[g].cpu(), prev[g].cpu()) for g in prev):
                 raise ValueError("the Ray backend warm-starts from the previous step's permutation only")
             b._count(args)

@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 
 from ..data import Dataset, load_data
+from ..perm import SolveOptions
 from ..runtime import set_torch_threads
-from ..transfer.bank_shard import apply_diff
+from ..transfer.bank_shard import apply_diff, perm_diff
 from ..transfer.collective import RankMatcher
 from ..transfer.worker import TransferWorker
 
@@ -104,11 +105,10 @@ class Rank:
             return None
         raise ValueError(f"unknown command {kind!r}")
 
-    def _step(self, s, ts, count, diff, fresh, warm, max_sweeps, tol, rtol, seed, persist):
+    def _step(self, s, ts, count, diff, fresh, warm, options, persist):
         apply_diff(self.matcher.perm, diff)
         before = {g: p.clone() for g, p in self.matcher.perm.items()}
-        perm, info = self.matcher.step(s, ts, count, fresh=fresh, warm=warm, max_sweeps=max_sweeps, tol=tol,
-                                       rtol=rtol, seed=seed)
+        perm, info = self.matcher.step(s, ts, count, fresh=fresh, warm=warm, options=SolveOptions(**options))
         if persist:
             self.matcher.persist(persist, s)
         self.history[s] = {g: p.clone() for g, p in perm.items()}
@@ -120,8 +120,6 @@ class Rank:
         dist.all_gather(shares, share)
         if self.rank:
             return None
-        from ..transfer.bank_shard import perm_diff
-
         changed = perm_diff({g: p.numpy() for g, p in before.items()}, {g: p.numpy() for g, p in perm.items()})
         return {"diff": changed, "info": info, "busy": float(sum(shares)) / self.world}
 

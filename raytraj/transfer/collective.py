@@ -18,9 +18,10 @@ on GPU), never through the caller. The shard plan (``sharding.py``) fixes who do
   solver adds them in term order (the unsharded bank's sum, bit for bit) and solves the LAP, so the
   class's groups are solved on their solvers at the same time. Each new assignment is broadcast
   from its solver: O(sum of widths) numbers per class.
-* The coordinate descent runs on every rank alike (same seeded order, same broadcast results), so
-  no rank waits for an answer from outside the group. The objective adds each rank's float64
-  partial in rank order (equal to one process's to the last bits; it scales ``rtol`` only).
+* The solve flow is ``perm.solve`` itself, with this rank as its ``Costs``: it runs on every rank
+  alike (same seeded order, same broadcast results), so no rank waits for an answer from outside
+  the group. The objective adds each rank's float64 partial in rank order (equal to one process's
+  to the last bits; it scales ``rtol`` and judges block starts).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..perm import PermutationSpec, identity_permutation, solve_laps_serial
-from ..perm.matching import (assignment_gain, block_groups, block_start, block_term, coordinate_descent, sum_terms)
 from ..finite import is_finite
+from ..perm import PermutationSpec, SolveOptions, identity_permutation, solve, solve_laps_serial
+from ..perm.descent import assignment_gain, sum_terms
+from ..perm.matching import block_term
 from .bank_shard import BankShard
 from .sharding import ShardPlan, split_units
 from .worker import TransferWorker
@@ -71,9 +73,10 @@ class RankMatcher:
         self.busy = {"grad_s": 0.0, "grad_wall_s": 0.0, "solve_s": 0.0}
 
     # -- one step ------------------------------------------------------------------------------
-    def step(self, s: int, ts: list[int], count: int, *, fresh: bool, warm: bool, max_sweeps: int, tol: float,
-             rtol: float, seed: int) -> tuple[dict, dict]:
-        """Gradients at points ``ts`` under ``self.perm``, into the bank (a new one if ``fresh``), then the solve."""
+    def step(self, s: int, ts: list[int], count: int, *, fresh: bool, warm: bool,
+             options: SolveOptions) -> tuple[dict, dict]:
+        """Gradients at points ``ts`` under ``self.perm``, into the bank (a new one if ``fresh``), then
+        ``perm.solve`` from ``self.perm`` (``warm``) or the identity, with this rank as its ``Costs``."""
         t0 = time.perf_counter()
         if fresh:
             self.shard.reset()
@@ -83,8 +86,7 @@ class RankMatcher:
         self.busy["grad_wall_s"] += grad_s
         t1 = time.perf_counter()
         init = self.perm if warm else identity_permutation(self.spec)
-        perm, info = self._solve({g: p.clone() for g, p in init.items()}, max_sweeps=max_sweeps, tol=tol, rtol=rtol,
-                                 seed=seed)
+        perm, info = solve(self.spec, self, options, init={g: p.clone() for g, p in init.items()})
         info["pairs"] = self.pairs
         info["grad_s"] = grad_s
         self.busy["solve_s"] += time.perf_counter() - t1
@@ -99,11 +101,15 @@ class RankMatcher:
         t0 = time.perf_counter()
         sums = {}  # request -> (2 * numel,) float64: target then source
         for r, batch_ids in mine.items():
-            continues = holders[r][0] != self.rank
-            # A request begun on a lower rank: keep each batch's term until that rank's sum arrives.
-            parts = self.worker.gradient_terms(self.perm, s, ts[r], [[b] for b in batch_ids] if continues
-                                               else [batch_ids], count)
-            sums[r] = [self._flat(t, src) for t, src in parts]
+            batches = self.worker.gradient_batches(self.perm, s, ts[r], batch_ids, count)
+            if holders[r][0] != self.rank:
+                # A request begun on a lower rank: keep each batch's gradients until that rank's sum arrives.
+                sums[r] = [self._flat(*pair) for _, pair in batches]
+            else:
+                acc = torch.zeros(2 * self.numel, dtype=torch.float64, device=self.device)
+                for _, pair in batches:  # from zero, in batch order: as mean_gradients adds them
+                    acc += self._flat(*pair)
+                sums[r] = [acc]
         self.busy["grad_s"] += time.perf_counter() - t0
         sends, finals = [], {}
         for r, terms in sums.items():
@@ -121,7 +127,7 @@ class RankMatcher:
                 buf = acc.to(self.comm)
                 sends.append((dist.isend(buf, dst=hs[i + 1], tag=2 * r), buf))
             else:
-                finals[r] = (acc / count).float()  # finish_sums, on the flat vector (elementwise, so equal)
+                finals[r] = (acc / count).float()  # mean_gradients' means, on the flat vector (elementwise)
         # Scatter: the rank holding a request's last unit sends each owner its slice of the means.
         for r, mean in finals.items():
             for k in range(self.world):
@@ -160,22 +166,8 @@ class RankMatcher:
             out[n] = vec[o:o + size].reshape(self.shapes[n])
         return out
 
-    # -- the solve: terms to each group's solver, assignments broadcast --------------------------
-    def _solve(self, init, **solve_args):
-        """Block start (heads), coordinate descent, and again from a better block start, as ``PairBank.solve``."""
-        start = self._block_start(init)
-        perm, info = coordinate_descent(self.spec, self._solve_class, init=start, objective=self.objective,
-                                        device=self.device, **solve_args)
-        info["objective"] = self.objective(perm)
-        restart = self._block_start(perm)
-        if restart is perm:
-            return perm, info
-        perm, more = self._solve({g: p.cpu() for g, p in restart.items()}, **solve_args)
-        for key in ("sweeps", "laps", "cost_s", "lap_s"):
-            more[key] += info[key]
-        return perm, more
-
-    def _solve_class(self, todo: list[str], perm):
+    # -- the Costs of the solve (perm.descent.Costs): terms to each group's solver, answers broadcast --
+    def solve_class(self, todo: list[str], perm):
         t0 = time.perf_counter()
         bank = self.shard.bank
         sends, recvs = [], {}
@@ -226,43 +218,46 @@ class RankMatcher:
             results.append((buf[:-2].astype(np.int64), float(buf[-2]), float(buf[-1])))
         return results, time.perf_counter() - t0 - lap_s, lap_s
 
-    def objective(self, perm) -> float:
-        """sum over pairs of <target, perm(source)>: every rank's float64 partial, added in rank order."""
-        bank = self.shard.bank
-        mine = torch.tensor([bank.objective(perm) if bank.num_pairs else 0.0], dtype=torch.float64, device=self.comm)
-        parts = [torch.empty_like(mine) for _ in range(self.world)]
-        dist.all_gather(parts, mine)
+    def _in_rank_order(self, mine: float) -> float:
+        """Every rank's float64 value, added in rank order (the same sum on every rank)."""
+        value = torch.tensor([mine], dtype=torch.float64, device=self.comm)
+        parts = [torch.empty_like(value) for _ in range(self.world)]
+        dist.all_gather(parts, value)
         return float(sum(float(p) for p in parts))
 
-    def _block_start(self, perm):
-        """``block_start`` with each tensor's block scores broadcast from its owner and added in spec order."""
-        if not block_groups(self.spec):
-            return perm
+    def objective(self, perm) -> float:
+        """The permuted part of sum over pairs of <target, perm(source)>: the ranks' partials in rank order."""
         bank = self.shard.bank
+        return self._in_rank_order(bank.permuted_objective(perm) if bank.num_pairs else 0.0)
 
-        def scores_of(outer, inners, at):
-            within = {}
-            for inner, members in inners.items():
-                m = None
-                for name, axis in members:
-                    owner = self.plan.owner.get(name)
-                    if owner is None:
-                        continue
-                    if owner == self.rank:
-                        c = block_term(bank, at, name, axis).to(self.comm).contiguous()
-                        shape = torch.tensor(c.shape, dtype=torch.int64, device=self.comm)
-                    else:
-                        shape = torch.empty(4, dtype=torch.int64, device=self.comm)
-                    dist.broadcast(shape, src=owner)
-                    if owner != self.rank:
-                        c = torch.empty(tuple(shape.tolist()), dtype=torch.float64, device=self.comm)
-                    dist.broadcast(c, src=owner)
-                    m = c if m is None else m + c
-                if m is not None:
-                    within[inner] = m.cpu().numpy()
-            return within
+    def constant(self) -> float:
+        """The part no permutation touches, the ranks' partials in rank order."""
+        return self._in_rank_order(self.shard.bank.constant)
 
-        return block_start(self.spec, perm, scores_of, self.objective)
+    def block_scores(self, outer, inners, perm) -> dict:
+        """Per inner group, the sum over its tensors in spec order of each one's block scores, broadcast
+        from the tensor's owner: one bank's ``block_scores``, bit for bit."""
+        bank = self.shard.bank
+        within = {}
+        for inner, members in inners.items():
+            m = None
+            for name, axis in members:
+                owner = self.plan.owner.get(name)
+                if owner is None:
+                    continue
+                if owner == self.rank:
+                    c = block_term(bank, perm, name, axis).to(self.comm).contiguous()
+                    shape = torch.tensor(c.shape, dtype=torch.int64, device=self.comm)
+                else:
+                    shape = torch.empty(4, dtype=torch.int64, device=self.comm)
+                dist.broadcast(shape, src=owner)
+                if owner != self.rank:
+                    c = torch.empty(tuple(shape.tolist()), dtype=torch.float64, device=self.comm)
+                dist.broadcast(c, src=owner)
+                m = c if m is None else m + c
+            if m is not None:
+                within[inner] = m.cpu().numpy()
+        return within
 
     # -- checkpoint ------------------------------------------------------------------------------
     def persist(self, location: str, step: int) -> None:
