@@ -22,6 +22,7 @@ The "before" rows run the same script on a checkout of the previous, driver-orch
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pickle
@@ -130,8 +131,14 @@ def measured_run(src, out, cfg, workers, meter):
 
     t0, c0 = time.perf_counter(), time.process_time()
     options = {"workers": workers, "cpus_per_worker": 1} if workers else None
-    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", backend_options=options,
-                 progress=False, on_eval=sample)
+    if "ray_config" in inspect.signature(transfer).parameters:
+        from raytraj.ray_config import RayConfig
+
+        ray = {"ray_config": RayConfig(**options) if options else None}
+    else:  # the previous design's checkout takes its options as a dict
+        ray = {"backend_options": options}
+    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", progress=False,
+                 on_eval=sample, **ray)
     wall = time.perf_counter() - t0
     steady = [s for s in samples if s["step"] >= 2]  # on_eval(s) runs once step s+1 is done
     row = {"wall_s": wall, "driver_cpu_s": time.process_time() - c0, "timing": m["timing"],
@@ -158,10 +165,10 @@ def traffic_cases(work):
     mlp = source(work, "mlp512", "mlp", "mnist1d", 2, hidden=[512, 512])
     resnet = source(work, "resnet20", "resnet20", "digits", 1, width=0.5)
     return [
-        ("MLP-512 FGMT T=12, grad_batches=4", mlp,
-         TransferConfig(method="fgmt", steps=12, grad_batches=4, seed=0)),
-        ("ResNet-20 w0.5 GMT T=6", resnet,
-         TransferConfig(method="gmt", steps=6, grad_batches=1, seed=0, bn_batches=2)),
+        ("MLP-512 FGMT T=8, grad_batches=4", mlp,
+         TransferConfig(method="fgmt", steps=8, grad_batches=4, seed=0)),
+        ("ResNet-20 w0.5 GMT T=5", resnet,
+         TransferConfig(method="gmt", steps=5, grad_batches=1, seed=0, bn_batches=2)),
     ]
 
 
@@ -224,7 +231,7 @@ def main():
     ap.add_argument("--work", default="runs/bench-scale")
     ap.add_argument("--out", default="benchmarks/results/scale.md")
     ap.add_argument("--before", help="a checkout of the previous design's raytraj package, for the before rows")
-    ap.add_argument("--steps", type=int, default=4, help="T of the wall-time runs")
+    ap.add_argument("--steps", type=int, default=3, help="T of the wall-time runs")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--traffic-ranks", type=int, default=2)
     ap.add_argument("--part", choices=["traffic"], help=argparse.SUPPRESS)  # the before rows' subprocess
@@ -236,18 +243,23 @@ def main():
         return
     loads = [load()]
     t0 = time.time()
+    work = os.path.abspath(args.work)
+    partial = os.path.join(work, "partial.json")
+    after = part_traffic(work, args.traffic_ranks)
+    loads.append(load())
+    json.dump({"after": after}, open(partial, "w"))
     before = None
     if args.before:
-        path = os.path.join(args.work, "before.json")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([args.before, HERE])}
+        path = os.path.join(work, "before.json")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(args.before), HERE])}
+        # Run from the checkout: Ray's workers put the driver's working directory first on their path.
         subprocess.run([sys.executable, os.path.abspath(__file__), "--part", "traffic", "--json", path, "--work",
-                        os.path.join(args.work, "before"), "--traffic-ranks", str(args.traffic_ranks)], env=env,
-                       check=True)
+                        os.path.join(work, "before"), "--traffic-ranks", str(args.traffic_ranks)], env=env,
+                       cwd=os.path.abspath(args.before), check=True)
         before = json.load(open(path))
         loads.append(load())
-    after = part_traffic(args.work, args.traffic_ranks)
-    loads.append(load())
-    scaling = part_scaling(args.work, args.steps, [int(c) for c in args.workers.split(",")])
+    json.dump({"after": after, "before": before}, open(partial, "w"))
+    scaling = part_scaling(work, args.steps, [int(c) for c in args.workers.split(",")])
     loads.append(load())
     took = time.time() - t0
     write(args, before, after, scaling, loads, took)

@@ -126,16 +126,16 @@ def test_ranks_land_on_both_nodes_and_agree_with_local(two_nodes, digits_source,
 def test_killing_the_worker_node_during_a_step_changes_nothing(two_nodes, digits_source, tmp_path, monkeypatch):
     # Runs last in this module: it kills the second node.
     src = str(digits_source / "source")
-    cfg = TransferConfig(method="fgmt", steps=6, grad_batches=256, batch_size=256, seed=7)
+    cfg = TransferConfig(method="fgmt", steps=6, grad_batches=128, batch_size=256, seed=7)
     calm = transfer(src, str(tmp_path / "calm"), cfg, target_seed=2, progress=False)
     events = {}
     command = WorkerGroup.command
 
     def command_then_kill(self, kind, args):
-        # Step 4's command: the node dies 0.3 s into it, while the ranks compute.
+        # Step 4's command: the node dies 0.1 s into it, while the ranks compute.
         if kind == "step" and args["s"] == 4 and "killed" not in events:
             def kill():
-                time.sleep(0.3)
+                time.sleep(0.1)
                 events["killed"] = time.monotonic()
                 end(two_nodes["worker"], signal.SIGKILL)
 
