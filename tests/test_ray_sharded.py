@@ -229,22 +229,3 @@ def test_transformer_heads_get_the_local_block_start_on_ray(cluster, tmp_path_fa
     remote = _run(src, root / "ray2", cfg, workers=2)
     _same_run(root / "local", root / "ray2", local, remote)
 
-
-def test_an_actual_trajectory_pins_only_the_points_in_use(cluster, digits_source):
-    from raytraj.distributed.trajectory import PointPublisher
-    from raytraj.trajectory import open_trajectory
-
-    traj = open_trajectory(str(digits_source / "source"), "actual")
-    publisher = PointPublisher(traj, keep=2)
-    worker_side = publisher.for_workers
-    for s in range(1, traj.num_steps + 1):  # FGMT's pattern: the gradient at s-1, the evaluation at s
-        for asked in (s - 1, s):
-            refs = publisher.points(asked)
-            worker_side.offer(refs)
-            assert torch.equal(worker_side.point(asked)["layers.0.weight"], traj.point(asked)["layers.0.weight"])
-            assert set(worker_side.refs) == {0, asked}  # a worker holds what its call was handed, no more
-        assert len(publisher.pinned()) <= 3 and 0 in publisher.pinned()  # the start and the last two
-    assert traj.num_steps >= 4  # ... so the old points were let go
-    # GMT asks for every point up to s at once: all of them stay while it does.
-    assert publisher.points(*range(traj.num_steps)).keys() == set(range(traj.num_steps))
-    assert publisher.pinned() == list(range(traj.num_steps))

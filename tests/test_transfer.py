@@ -61,6 +61,7 @@ def test_planted_permutation_is_reproduced_exactly_mlp(tmp_path, method):
     assert_reproduces_the_permuted_source(tmp_path, store, problem, star, cfg, tmp_path / method)
 
 
+@pytest.mark.slow  # a ResNet-20 transfer end to end
 def test_planted_permutation_is_reproduced_exactly_resnet_with_batchnorm(tmp_path):
     store, problem, star, init = planted(tmp_path, "resnet20", {"width": 0.25}, epochs=2)
     cfg = TransferConfig(method="fgmt", steps=3, seed=4, bn_batches=3)
