@@ -1,157 +1,324 @@
-"""Scale-out transfer: driver traffic per step (old design against the sharded one) and wall time
-against workers, on a local multi-node ``ray.cluster_utils`` cluster.
+"""Scale-out transfer, measured from outside the backend's own accounting: driver bytes and calls
+per step, each rank's busy share, and wall time against the local backend.
 
-    python benchmarks/bench_scale.py --out benchmarks/results/scale.md
+    git archive <previous design's commit> raytraj | tar -x -C /tmp/before   # optional: the "before" rows
+    python benchmarks/bench_scale.py --before /tmp/before --out benchmarks/results/scale.md
 
-1. Traffic, 2 workers: MLP-512 (MNIST-1D) FGMT T=30, and ResNet-20 (digits, width 1) GMT T=10.
-   "new" is what this backend's meter counted (payload bytes: tensors and arrays, 8 per scalar,
-   100 per object reference, 300 per remote call). "old" is the previous design's flow, counted
-   the same way from the same runs: per step the float64 gradient sums of both models for every
-   pair and batch split came into the driver, plus the permutation put once. It leaves out the
-   cost matrices the old design shipped to its LAP tasks, so the ratio is if anything generous to it.
-2. Wall time against 1, 2 and 4 workers for a gradient-heavy GMT setting (wide MLP, grad_batches=8 of 1024),
-   with gradient, solve and evaluation time and the workers' busy share.
+Meters (none of them is the backend's own count):
+
+* driver TCP bytes: the kernel's per-socket counters (``ss -tinp``: bytes_sent + bytes_received)
+  of every TCP socket this process holds, sampled after each evaluated step. Ray's calls to actors
+  and their results go over these sockets; large objects go through the node's object store instead
+  (shared memory), so ``ray.put`` and ``ray.get`` are counted too:
+* put/get bytes: every ``ray.put`` argument and ``ray.get`` result this process makes, pickled;
+* calls: every actor method and task this process submits (Ray's ``_remote``);
+* rank CPU: each rank's process CPU seconds (user + sys) from ``/proc/PID/stat``, over wall time.
+
+Steady state is the mean over the steps after the first two (start-up and the first solve).
+The "before" rows run the same script on a checkout of the previous, driver-orchestrated design
+(``--before DIR``), in a subprocess with that checkout first on the path.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import pickle
+import re
 import shutil
+import subprocess
+import sys
 import time
 
-import ray
-import torch
-from ray.cluster_utils import Cluster
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK = os.sysconf("SC_CLK_TCK")
 
-from raytraj import fs
-from raytraj.distributed.backend import CALL_BYTES
-from raytraj.runfolder import RunFolder
-from raytraj.train import train_from_args
-from raytraj.trajectory import TrajectoryStore
-from report import write_report
-from raytraj.ray_config import RayConfig
-from raytraj.transfer import TransferConfig, transfer
+
+def tcp_bytes(pid: int) -> int:
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line.startswith(("\t", " ")):
+            mine = f"pid={pid}," in line
+            continue
+        if mine:
+            total += sum(int(v) for v in re.findall(r"bytes_(?:sent|received):(\d+)", line))
+    return total
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (FileNotFoundError, ProcessLookupError):
+        return float("nan")
+
+
+class RayMeter:
+    """Counts what this process asks of Ray, at Ray's own API."""
+
+    def __init__(self):
+        import ray
+        import ray.actor
+        import ray.remote_function
+
+        self.calls = self.put = self.got = 0
+        self.paused = False
+        meter = self
+        for cls in (ray.actor.ActorMethod, ray.remote_function.RemoteFunction):
+            original = cls._remote
+
+            def counted(self, *a, _original=original, **k):
+                if not meter.paused:
+                    meter.calls += 1
+                return _original(self, *a, **k)
+
+            cls._remote = counted
+        put, get = ray.put, ray.get
+
+        def counted_put(value, *a, **k):
+            if not meter.paused:
+                meter.put += _size(value)
+            return put(value, *a, **k)
+
+        def counted_get(refs, *a, **k):
+            value = get(refs, *a, **k)
+            if not meter.paused:
+                meter.got += _size(value)
+            return value
+
+        ray.put, ray.get = counted_put, counted_get
+
+
+def _size(obj) -> int:
+    try:
+        return len(pickle.dumps(obj, protocol=5))
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def rank_pids(meter) -> list[int]:
+    """The pids of this run's rank (or worker) actors, asked of them with the meter paused."""
+    import ray
+
+    meter.paused = True
+    try:
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("raytraj-"))
+        return [ray.get(ray.get_actor(n).describe.remote())["pid"] for n in names]
+    finally:
+        meter.paused = False
+
+
+def measured_run(src, out, cfg, workers, meter):
+    """One transfer with samples after each evaluated step; per-step rates over the steady state."""
+    from raytraj.runfolder import RunFolder
+    from raytraj.transfer import transfer
+
+    shutil.rmtree(out, ignore_errors=True)
+    samples, pids = [], []
+    pid = os.getpid()
+
+    def sample(step, acc):
+        if workers and not pids:
+            pids.extend(rank_pids(meter))
+        samples.append({"step": step, "t": time.perf_counter(), "tcp": tcp_bytes(pid) if workers else 0,
+                        "calls": meter.calls, "put": meter.put, "got": meter.got,
+                        "cpu": [cpu_s(p) for p in pids]})
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    options = {"workers": workers, "cpus_per_worker": 1} if workers else None
+    if "ray_config" in inspect.signature(transfer).parameters:
+        from raytraj.ray_config import RayConfig
+
+        ray = {"ray_config": RayConfig(**options) if options else None}
+    else:  # the previous design's checkout takes its options as a dict
+        ray = {"backend_options": options}
+    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", progress=False,
+                 on_eval=sample, **ray)
+    wall = time.perf_counter() - t0
+    steady = [s for s in samples if s["step"] >= 2]  # on_eval(s) runs once step s+1 is done
+    row = {"wall_s": wall, "driver_cpu_s": time.process_time() - c0, "timing": m["timing"],
+           "perm": RunFolder(out).perm()["final"], "val_acc": m["val_acc"], "ranks": workers or 0,
+           "metered": m.get("traffic", {}).get("driver_bytes")}
+    if workers and len(steady) >= 2:
+        a, b = steady[0], steady[-1]
+        steps = b["step"] - a["step"]
+        dt = b["t"] - a["t"]
+        row.update({"steps_measured": steps, "tcp_per_step": (b["tcp"] - a["tcp"]) / steps,
+                    "calls_per_step": (b["calls"] - a["calls"]) / steps,
+                    "put_get_per_step": (b["put"] + b["got"] - a["put"] - a["got"]) / steps,
+                    "rank_busy": [(cb - ca) / dt for ca, cb in zip(a["cpu"], b["cpu"])],
+                    "startup_tcp": samples[0]["tcp"], "startup_put": samples[0]["put"]})
+        ranks = m.get("traffic", {}).get("ranks")
+        if ranks:
+            row["grad_busy_reported"] = [r["grad_s"] / r["grad_wall_s"] for r in ranks if r.get("grad_wall_s")]
+    return row
+
+
+def traffic_cases(work):
+    from raytraj.transfer import TransferConfig
+
+    mlp = source(work, "mlp512", "mlp", "mnist1d", 2, hidden=[512, 512])
+    resnet = source(work, "resnet20", "resnet20", "digits", 1, width=0.5)
+    return [
+        ("MLP-512 FGMT T=8, grad_batches=4", mlp,
+         TransferConfig(method="fgmt", steps=8, grad_batches=4, seed=0)),
+        ("ResNet-20 w0.5 GMT T=5", resnet,
+         TransferConfig(method="gmt", steps=5, grad_batches=1, seed=0, bn_batches=2)),
+    ]
 
 
 def source(work, name, model, data, epochs, **model_args):
+    from raytraj import fs
+    from raytraj.train import train_from_args
+    from raytraj.trajectory import TrajectoryStore
+
     path = os.path.join(work, name)
     if not (fs.exists(fs.join(path, "trajectory.json")) and TrajectoryStore(path).complete):
         train_from_args(model, data, path, seed=1, epochs=epochs, model_args=model_args, progress=False)
     return path
 
 
-def run(src, work, name, cfg, workers=None):
-    out = os.path.join(work, name)
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    ray_config = RayConfig(workers=workers, cpus_per_worker=1) if workers else None
-    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", ray_config=ray_config,
-                 progress=False)
-    m["wall_s"] = time.perf_counter() - t0
-    m["perm"] = RunFolder(out).perm()["final"]
-    return m
+def with_cluster(fn):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Two nodes of 2 logical CPUs each: up to 4 one-CPU ranks, spread over both.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        return fn()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
-def old_driver_bytes(m, cfg, workers, params, perm_ints):
-    """Per step, what the previous RayBackend moved through the driver (see the module docstring)."""
-    out = []
-    for s in range(1, m["steps"] + 1):
-        pairs = s if cfg.method == "gmt" else 1
-        splits = 1 if pairs >= workers else max(1, min(cfg.grad_batches, -(-workers // pairs)))
-        calls = pairs * splits
-        out.append(calls * (2 * params * 8 + CALL_BYTES) + perm_ints * 8 + CALL_BYTES)
-    return out
+def part_traffic(work, ranks):
+    meter = RayMeter()
+    return with_cluster(lambda: [(label, measured_run(src, os.path.join(work, f"traffic-{i}"), cfg, ranks, meter))
+                                 for i, (label, src, cfg) in enumerate(traffic_cases(work))])
 
 
-def traffic_rows(work, workers):
-    rows = []
-    mlp = source(work, "mlp512", "mlp", "mnist1d", 3, hidden=[512, 512])
-    resnet = source(work, "resnet20", "resnet20", "digits", 1, width=1.0)
-    for label, src, cfg in [
-        ("MLP-512 FGMT T=30", mlp, TransferConfig(method="fgmt", steps=30, seed=0, eval_every=0)),
-        ("ResNet-20 GMT T=10", resnet, TransferConfig(method="gmt", steps=10, seed=0, eval_every=0, bn_batches=2)),
-    ]:
-        m = run(src, work, f"traffic-{label.split()[0]}", cfg, workers)
-        state = TrajectoryStore(src).read(0)
-        params = sum(v.numel() for v in state.values() if v.is_floating_point())
-        perm_ints = sum(len(p) for p in m["perm"].values())
-        new, wb = m["traffic"]["driver_bytes"], m["traffic"]["worker_bytes"]
-        old = old_driver_bytes(m, cfg, workers, params, perm_ints)
-        rows.append((label, params, sum(old) / len(old), sum(new) / len(new), max(new), sum(new) / sum(old),
-                     sum(wb) / len(wb)))
-    return rows
+def part_scaling(work, steps, counts):
+    from raytraj.transfer import TransferConfig
 
+    src = source(work, "mlp512", "mlp", "mnist1d", 2, hidden=[512, 512])
+    cfg = TransferConfig(method="gmt", steps=steps, grad_batches=8, batch_size=512, seed=0)
+    meter = RayMeter()
+    runs = {"local": measured_run(src, os.path.join(work, "scale-local"), cfg, None, meter)}
 
-def scaling_rows(work, steps, counts):
-    src = source(work, "mlp-wide", "mlp", "mnist1d", 2, hidden=[1024, 1024])
-    cfg = TransferConfig(method="gmt", steps=steps, grad_batches=8, batch_size=1024, seed=0, eval_every=0)
-    runs = {"local": run(src, work, "scale-local", cfg)}
-    for n in counts:
-        runs[f"ray, {n} workers"] = run(src, work, f"scale-ray{n}", cfg, n)
+    def ray_rows():
+        for n in counts:
+            runs[f"ray, {n} ranks"] = measured_run(src, os.path.join(work, f"scale-ray{n}"), cfg, n, meter)
+
+    with_cluster(ray_rows)
     return runs
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split()[:3].__str__()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/bench-scale")
     ap.add_argument("--out", default="benchmarks/results/scale.md")
-    ap.add_argument("--steps", type=int, default=5, help="T of the wall-time runs")
+    ap.add_argument("--before", help="a checkout of the previous design's raytraj package, for the before rows")
+    ap.add_argument("--steps", type=int, default=3, help="T of the wall-time runs")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--traffic-ranks", type=int, default=2)
+    ap.add_argument("--part", choices=["traffic"], help=argparse.SUPPRESS)  # the before rows' subprocess
+    ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    counts = [int(c) for c in args.workers.split(",")]
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    # Two nodes of 2 logical CPUs each: up to 4 one-CPU workers, spread over both.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
-        t0 = time.time()
-        traffic = traffic_rows(args.work, 2)
-        scaling = scaling_rows(args.work, args.steps, counts)
-        took = time.time() - t0
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    if args.part:
+        with open(args.json, "w") as f:
+            json.dump(part_traffic(args.work, args.traffic_ranks), f)
+        return
+    loads = [load()]
+    t0 = time.time()
+    work = os.path.abspath(args.work)
+    partial = os.path.join(work, "partial.json")
+    after = part_traffic(work, args.traffic_ranks)
+    loads.append(load())
+    json.dump({"after": after}, open(partial, "w"))
+    before = None
+    if args.before:
+        path = os.path.join(work, "before.json")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(args.before), HERE])}
+        # Run from the checkout: Ray's workers put the driver's working directory first on their path.
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--part", "traffic", "--json", path, "--work",
+                        os.path.join(work, "before"), "--traffic-ranks", str(args.traffic_ranks)], env=env,
+                       cwd=os.path.abspath(args.before), check=True)
+        before = json.load(open(path))
+        loads.append(load())
+    json.dump({"after": after, "before": before}, open(partial, "w"))
+    scaling = part_scaling(work, args.steps, [int(c) for c in args.workers.split(",")])
+    loads.append(load())
+    took = time.time() - t0
+    write(args, before, after, scaling, loads, took)
+
+
+def write(args, before, after, scaling, loads, took):
+    import ray
+    import torch
+
+    from report import write_report
+
+    cmd = f"python benchmarks/bench_scale.py --out {args.out} --steps {args.steps} --workers {args.workers}" + (
+        " --before DIR" if args.before else "")
     lines = [
-        "# Scale-out transfer: driver traffic and wall time against workers", "",
-        f"Command: `python benchmarks/bench_scale.py --out {args.out} --steps {args.steps} --workers {args.workers}` "
-        f"({time.strftime('%Y-%m-%d')}, {took / 60:.0f} min; a shared machine with {os.cpu_count()} cores, busy "
-        f"with other jobs; torch {torch.__version__}, ray {ray.__version__}). A two-node `ray.cluster_utils` "
-        "cluster with 2 logical CPUs per node on those cores.", "",
-        "## Driver traffic per step, 2 workers", "",
-        "| transfer | parameters | old design, bytes/step | new, bytes/step (mean) | new, max | new / old | "
-        "among workers, bytes/step |",
-        "|---|---|---|---|---|---|---|",
+        "# Scale-out transfer: driver traffic, calls, busy ranks and wall time, measured from outside", "",
+        f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}, {took / 60:.0f} min; a shared machine with "
+        f"{os.cpu_count()} cores, load average (1, 5, 15 min) at the start and after each part: "
+        f"{' / '.join(loads)}; torch {torch.__version__}, ray {ray.__version__}). A two-node `ray.cluster_utils` "
+        "cluster with 2 logical CPUs per node on those cores; every rank holds 1 CPU.", "",
+        "Meters: driver TCP = the kernel's byte counters of the driver's TCP sockets (`ss -tinp`); put/get = "
+        "pickled sizes of every `ray.put` and `ray.get` the driver makes; calls = every actor call or task the "
+        "driver submits (counted at Ray's API); rank CPU = each rank process's user+sys seconds over wall "
+        "time (`/proc/PID/stat`). Per step = the mean over the steps after the first two. `metered` = what the "
+        "backend's own `traffic.driver_bytes` says for the same steps.", "",
+        f"## Driver traffic per step, {args.traffic_ranks} ranks", "",
+        "| transfer | design | driver TCP bytes/step | put+get bytes/step | calls/step | metered bytes/step | "
+        "rank CPU share | same perm as the other design |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for label, params, old, new, new_max, ratio, wb in traffic:
-        lines.append(f"| {label} | {params:,} | {old:,.0f} | {new:,.0f} | {new_max:,} | {100 * ratio:.2f}% | "
-                     f"{wb:,.0f} |")
-    lines += ["", "## Wall time against workers", "",
-              f"GMT T={args.steps}, MNIST-1D, MLP 1024-1024, grad_batches=8 of 1024 samples (so step s has 8s "
-              "gradient units per model), val evaluated at the last step only. Seconds. grad = the reduce-scattered "
-              "gradients, "
-              "solve = the distributed sweeps, busy = mean share of wall time each worker computed; "
-              "comm+sched = grad + solve - the busiest worker's compute.", "",
-              "| run | wall s | ratio to local | setup s | grad s | solve s | eval s | workers busy | comm+sched s | "
-              "same perm as local |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, (label, new) in enumerate(after):
+        rows = [("before", before[i][1])] if before else []
+        rows.append(("SPMD (this)", new))
+        for name, r in rows:
+            metered = r["metered"][2:] if r["metered"] else []
+            same = "-" if not before else str(before[i][1]["perm"] == new["perm"])
+            lines.append(f"| {label} | {name} | {r['tcp_per_step']:,.0f} | {r['put_get_per_step']:,.0f} | "
+                         f"{r['calls_per_step']:.1f} | {sum(metered) / max(1, len(metered)):,.0f} | "
+                         f"{' / '.join(f'{100 * b:.0f}%' for b in r['rank_busy'])} | {same} |")
+    lines += ["", "## Wall time against ranks", "",
+              f"GMT T={args.steps}, MNIST-1D, MLP 512-512, grad_batches=8 of 512 samples (step s has 8s gradient "
+              "units per model, so units >= ranks), val evaluated after each step. Seconds. rank CPU share = "
+              "each rank's CPU over the steady steps' wall time; gradient busy (reported) = each rank's compute "
+              "time over its gradient phase's wall time, as the ranks report it.", "",
+              "| run | wall s | ratio to local | setup s | grad s | solve s | rank CPU share | gradient busy (reported) "
+              "| driver TCP bytes/step | calls/step | same perm as local |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = scaling["local"]
     for name, m in scaling.items():
         t = m["timing"]
-        tr = m.get("traffic")
-        busy = f"{100 * sum(tr['busy_s']) / (len(tr['busy_s']) * m['wall_s']):.0f}%" if tr else "-"
-        comm = f"{t['grad_s'] + t['solve_s'] - max(tr['busy_s']):.1f}" if tr else "-"
+        cpu = " / ".join(f"{100 * b:.0f}%" for b in m.get("rank_busy", [])) or "-"
+        grad = " / ".join(f"{100 * b:.0f}%" for b in m.get("grad_busy_reported", [])) or "-"
+        tcp = f"{m['tcp_per_step']:,.0f}" if "tcp_per_step" in m else "-"
+        calls = f"{m['calls_per_step']:.1f}" if "calls_per_step" in m else "-"
         lines.append(f"| {name} | {m['wall_s']:.1f} | {m['wall_s'] / base['wall_s']:.2f} | {t['setup_s']:.1f} | "
-                     f"{t['grad_s']:.1f} | {t['solve_s']:.1f} | {t['eval_s']:.1f} | {busy} | {comm} | "
+                     f"{t['grad_s']:.1f} | {t['solve_s']:.1f} | {cpu} | {grad} | {tcp} | {calls} | "
                      f"{m['perm'] == base['perm']} |")
     write_report(args.out, lines)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"traffic": traffic, "scaling": {k: {"wall_s": v["wall_s"], "timing": v["timing"],
-                                                       "traffic": v.get("traffic")} for k, v in scaling.items()}},
-                  f, indent=1)
+        json.dump({"before": before, "after": after, "scaling": scaling, "loads": loads}, f, indent=1)
 
 
 if __name__ == "__main__":

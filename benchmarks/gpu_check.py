@@ -11,8 +11,11 @@ For an MLP and a BatchNorm ResNet-20 on digits it trains a source on the CPU, th
   4. trains two epochs on cuda;
   5. times the batched torch auction on cuda against scipy on the CPU at n = 512, 1024, 2048
      (a colour class of 4 random matrices) and checks they reach the same optimum.
-The Ray actors run this same TransferWorker on the GPU they hold, so this covers them too
-(Ray itself does not fit in the device check's upload budget). Exits 1 if a check fails.
+  6. runs the Ray backend's rank code (``RankMatcher``) in a one-rank NCCL process group on cuda and
+     compares its permutations with the local matcher's on cuda.
+The Ray ranks run this same TransferWorker and RankMatcher on the GPU they hold, with NCCL as their
+process group's backend, so this covers them too (Ray itself does not fit in the device check's
+upload budget). Exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -87,6 +90,51 @@ def check_case(name, overrides, root, lines) -> bool:
     return ok
 
 
+def nccl_check(root, lines) -> bool:
+    """The Ray backend's ranks on a GPU: a one-rank NCCL process group runs ``RankMatcher`` (the collective
+    step: broadcasts, all-gathers, the command channel) for 3 FGMT steps on cuda; True if its permutations
+    equal the local matcher's on cuda. One GPU holds one NCCL rank, so the point-to-point sums across ranks
+    need a machine with 2 or more GPUs (or the CPU's gloo path, which the tests cover)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from raytraj.perm import SolveOptions
+    from raytraj.transfer.engine import _solve_seed as solve_seed
+    from raytraj.transfer.backend import GradRequest
+    from raytraj.transfer.collective import RankMatcher
+    from raytraj.transfer.local import LocalMatcher
+    from raytraj.transfer.sharding import plan_shards
+
+    src = os.path.join(root, "mlp-src")
+    cfg = TransferConfig(method="fgmt", steps=3, grad_batches=2, seed=0)
+    problem = prepare(src, cfg, target_seed=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
+                                          if k in problem.param_names}, 1)
+        rank = RankMatcher(local_worker(problem, cfg, "cuda"), problem.spec, plan, 0, cfg.normalize)
+        local = LocalMatcher(local_worker(problem, cfg, "cuda"), problem.spec, cfg)
+        prev = {g: torch.arange(n) for g, n in problem.spec.sizes.items()}
+        same = True
+        for s in (1, 2, 3):
+            kw = dict(fresh=False, options=SolveOptions(max_sweeps=cfg.max_sweeps, tol=cfg.tol, rtol=cfg.rtol,
+                                                        seed=solve_seed(cfg.seed, s)))
+            a, _ = rank.step(s, [s - 1], cfg.grad_batches, warm=True, **kw)
+            b, _ = local.step(s, prev, [GradRequest(t=s - 1, step=s)], cfg.grad_batches, init=prev, **kw)
+            same &= all(torch.equal(a[g].cpu(), b[g].cpu()) for g in b)
+            prev = b
+        backend = dist.get_backend()
+    finally:
+        dist.destroy_process_group()
+    lines += ["", f"| NCCL rank on cuda | process group backend {backend} | 3 FGMT steps equal the local matcher on "
+              f"cuda: {same} | |"]
+    return same and backend == "nccl"
+
+
 def lap_timing(lines, sizes=(512, 1024, 2048), batch=4) -> bool:
     """GPU auction against CPU scipy on one colour class of random matrices; True if the optima agree."""
     import numpy as np
@@ -127,6 +175,7 @@ def main():
              f"cuDNN TF32 {torch.backends.cudnn.allow_tf32}.", "", "| model | | | |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as root:
         ok = all([check_case(name, overrides, root, lines) for name, overrides in CASES])
+        ok &= nccl_check(root, lines)
     ok &= lap_timing(lines)
     lines += ["", f"result: {'PASS' if ok else 'FAIL'}"]
     report = "\n".join(lines)

@@ -217,6 +217,10 @@ class PairBank:
                                                      perm)))
         return out
 
+    def term_names(self, group: str) -> list[str]:
+        """The tensor of each of ``group``'s cost terms, in the order of :meth:`cost_terms`' indices."""
+        return [name for name, _ in self._static_terms[group]] + [term.name for term in self._dynamic[group]]
+
     def cost(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A_group under the current permutations of the other groups."""
         return sum_terms(self.spec.sizes[group], [c for _, c in self.cost_terms(group, perm)], self.device)
@@ -320,22 +324,26 @@ def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
     """This bank's share of one outer group's block scores: per inner group, the (H, d, H, d) float64
     sum over the tensors it holds of target block a dim j against source block b dim k, the source's
     other axes under ``perm``. A bank holding a subset of the tensors (a worker's shard) gives its part."""
-    plain = bank._plain
     out = {}
     for inner, members in inners.items():
         m = None
         for name, at in members:
             if name not in bank.targets:
                 continue
-            t, s = bank.targets[name].view(), bank.sources[name].view()  # (P, *dims), dims at+1, at+2 = (H, d)
-            for axis, g in enumerate(plain.axes[name]):
-                if g is not None and axis not in (at, at + 1):
-                    s = s.index_select(axis + 1, perm[g].to(s.device))  # same shape, axis reordered
-            c = contract_axes(t, s, (at + 1, at + 2))  # (H, d, H, d) float64: target a, j x source b, k
+            c = block_term(bank, perm, name, at)
             m = c if m is None else m + c
         if m is not None:
             out[inner] = m.cpu().numpy()
     return out
+
+
+def block_term(bank: PairBank, perm: Mapping[str, torch.Tensor], name: str, at: int) -> torch.Tensor:
+    """One tensor's (H, d, H, d) float64 share of :func:`block_scores` (``name`` must be in the bank)."""
+    t, s = bank.targets[name].view(), bank.sources[name].view()  # (P, *dims), dims at+1, at+2 = (H, d)
+    for axis, g in enumerate(bank._plain.axes[name]):
+        if g is not None and axis not in (at, at + 1):
+            s = s.index_select(axis + 1, perm[g].to(s.device))  # same shape, axis reordered
+    return contract_axes(t, s, (at + 1, at + 2))  # (H, d, H, d) float64: target a, j x source b, k
 
 
 # On the CPU, the summed dimension of a contraction is cut into chunks of this many entries. MKL

@@ -1,19 +1,15 @@
 """One worker's share of a pair bank: the ``PairBank`` terms of the tensors it owns (pure; no Ray).
 
 A shard is a ``PairBank`` fed only the owned tensors of each pair, so its cost terms, caches
-and their refresh schedule are exactly those of the same terms in an unsharded bank. It keeps
-a replica of the current permutation, updated by small diffs, and can
-
-* contract its terms of a group into (term index, n x n matrix) parts,
-* reduce every shard's parts of a group, in term order, into the group's cost matrix and solve
-  its LAP: the sum is the unsharded bank's ``cost`` bit for bit,
-* write its pairs and caches to the run folder's ``state/shards/`` and read them back, so a
-  lost worker (or a resumed run, with any worker count) rebuilds its shard.
+and their refresh schedule are exactly those of the same terms in an unsharded bank: summing
+every shard's terms of a group in term order gives the unsharded bank's ``cost`` bit for bit
+(``transfer/collective.py`` does that on each group's solver rank). A shard writes its pairs and
+caches to the run folder's ``state/shards/`` and reads them back, so a lost rank (or a resumed
+run, with any rank count) rebuilds its shard. Permutations travel as small diffs (``perm_diff``).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -21,8 +17,7 @@ import torch
 
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..perm import PairBank, PermutationSpec, identity_permutation, solve_laps_serial
-from ..perm.descent import assignment_gain, sum_terms
+from ..perm import PairBank, PermutationSpec
 
 Diff = dict[str, tuple[np.ndarray, np.ndarray]]  # group -> (changed positions, their new values)
 
@@ -52,47 +47,14 @@ class BankShard:
     def __init__(self, spec: PermutationSpec, owned: Sequence[str], normalize: bool, device=None):
         self.spec, self.owned, self.normalize, self.device = spec, set(owned), normalize, device
         self.bank = PairBank(spec, normalize=normalize, device=device)
-        self.perm = {g: p.to(device) if device is not None else p for g, p in identity_permutation(spec).items()}
 
     def reset(self) -> None:
         self.bank = PairBank(self.spec, normalize=self.normalize, device=self.device)
-
-    def sync(self, diff: Diff) -> None:
-        apply_diff(self.perm, diff)
 
     def add(self, target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> None:
         mine = [n for n in target if n in self.owned]
         if mine:
             self.bank.add({n: target[n] for n in mine}, {n: source[n] for n in mine})
-
-    def parts(self, groups: Sequence[str]) -> list[list[tuple[int, torch.Tensor]]]:
-        """Per group, this shard's cost terms under the replica permutation (on the CPU, to ship)."""
-        return [[(i, c.cpu()) for i, c in self.bank.cost_terms(g, self.perm)] for g in groups]
-
-    def solve(self, group: str, parts: Sequence[list[tuple[int, torch.Tensor]]]):
-        """Reduce every shard's parts of ``group`` in term order and solve its LAP.
-
-        Returns (diff of the group's assignment, value of the new one, value of the current one,
-        LAP seconds): only O(n) numbers leave the worker.
-        """
-        terms = sorted((i, c) for part in parts for i, c in part)
-        if len({i for i, _ in terms}) != len(terms):
-            raise RuntimeError(f"group {group}: two shards sent the same cost term; the shard plan is broken")
-        a = sum_terms(self.spec.sizes[group], [c for _, c in terms]).double().numpy()
-        t0 = time.perf_counter()
-        new = solve_laps_serial([a])[0]
-        lap_s = time.perf_counter() - t0
-        p_new, value_new, value_old = assignment_gain(a, self.perm[group], new)
-        old = self.perm[group].cpu().numpy()
-        return perm_diff({group: old}, {group: p_new}), value_new, value_old, lap_s
-
-    def objective(self) -> float:
-        """This shard's share of the permuted part of sum over pairs of <target, perm(source)>."""
-        return self.bank.permuted_objective(self.perm) if self.bank.num_pairs else 0.0
-
-    def constant(self) -> float:
-        """This shard's share of the part no permutation touches."""
-        return self.bank.constant
 
     # -- checkpoint ----------------------------------------------------------------------------
     def save(self, location: str, worker: int, step: int, target: Mapping[str, torch.Tensor] | None,
@@ -107,10 +69,11 @@ class BankShard:
         if step >= 2 and fs.exists(stale):
             fs.remove(stale)
 
-    def restore(self, record: dict) -> None:
-        """Rebuild the bank from a shard record (written by any number of workers)."""
+    def restore(self, record: dict, rank: tuple[int, int] | None = None) -> None:
+        """Rebuild the bank from a shard record (written by any number of workers). ``rank``
+        (index, world size): files written by a group of this size are this rank's own, so only those are read."""
         self.reset()
-        pairs, cache = read_shards(record, self.owned)
+        pairs, cache = read_shards(record, self.owned, rank)
         for target, source in pairs:
             self.add(target, source)
         self.bank.load_cache_state(cache)
@@ -137,16 +100,24 @@ def _term_tensor(key: str) -> str:
     return key.split("/")[1].rsplit(":", 1)[0]
 
 
-def read_shards(record: dict, names=None) -> tuple[list[tuple[dict, dict]], dict]:
-    """The pairs and caches a shard record names, limited to tensors ``names`` (all when None)."""
+def read_shards(record: dict, names=None, rank: tuple[int, int] | None = None) -> tuple[list[tuple[dict, dict]], dict]:
+    """The pairs and caches a shard record names, limited to tensors ``names`` (all when None).
+
+    With ``rank`` = (index, world size), files written by a group of that size are read only for
+    that index: the shard plan depends on the world size alone, so they hold all of its tensors.
+    """
     if not record:
         return [], {}
     keep = (lambda n: True) if names is None else (lambda n: n in names)
     loc = record["location"]
+
+    def writers(count: int) -> range:
+        return range(rank[0], rank[0] + 1) if rank is not None and count == rank[1] else range(count)
+
     pairs = []
     for step, workers in record["pairs"]:
         target, source = {}, {}
-        for w in range(workers):
+        for w in writers(workers):
             tensors, _ = load_checkpoint(pair_path(loc, step, w))
             for key, v in tensors.items():
                 side, name = key.split(".", 1)
@@ -155,7 +126,7 @@ def read_shards(record: dict, names=None) -> tuple[list[tuple[dict, dict]], dict
         pairs.append((target, source))
     cache = {}
     step, workers = record["cache"]
-    for w in range(workers):
+    for w in writers(workers):
         tensors, _ = load_checkpoint(cache_path(loc, step, w))
         cache.update({k: v for k, v in tensors.items() if keep(_term_tensor(k))})
     return pairs, cache

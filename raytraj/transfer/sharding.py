@@ -3,8 +3,9 @@
 * Tensors are owned by layer: the parameter list, in model order, is cut into N contiguous
   runs of about equal size. A worker keeps the pair-bank terms of the tensors it owns and ends
   each gradient reduce-scatter holding their summed gradients.
-* Group g's LAP is solved on the worker that owns the most of g's terms (by term size); the
-  others send it their partial terms.
+* Group g's LAP is solved on one of the workers holding its terms, the others send it theirs.
+  The groups of a colour class (solved at the same time) go to different workers where they can,
+  each to the one holding most of its terms (by size) among those still free in its class.
 * A step's gradient work, (request, batch) units in order, is cut into N contiguous runs, one
   per worker; each worker sums its units per request, in float64.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..perm import PermutationSpec
+from ..perm import PermutationSpec, color_groups
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,23 @@ def plan_shards(spec: PermutationSpec, shapes: dict[str, tuple[int, ...]], worke
     # Tensor i goes to the worker whose equal share of the running total holds its midpoint.
     mid = np.cumsum(sizes) - sizes / 2
     owner = {n: min(workers - 1, int(m / sizes.sum() * workers)) for n, m in zip(names, mid)}
-    solver, contributors = {}, {}
+    solver, contributors, weights = {}, {}, {}
     for g, members in spec.groups.items():
         weight = np.zeros(workers)
         for name, _ in members:
             if name in owner:
                 weight[owner[name]] += sizes[names.index(name)]
         contributors[g] = tuple(int(w) for w in np.flatnonzero(weight))
-        solver[g] = int(np.argmax(weight))  # ties: the lowest index
+        weights[g] = weight
+    # The groups of one colour class are solved at the same time: on different workers where their
+    # contributors allow, each on the heaviest contributor not yet solving one of its class (ties: lowest index).
+    for cls in color_groups(spec):
+        taken: set[int] = set()
+        for g in sorted(cls, key=lambda g: -spec.sizes[g]):
+            w = weights[g]
+            free = [k for k in contributors[g] if k not in taken]
+            solver[g] = max(free, key=lambda k: (w[k], -k)) if free else int(np.argmax(w))
+            taken.add(solver[g])
     return ShardPlan(workers, owner, solver, contributors)
 
 
