@@ -39,4 +39,4 @@ def test_the_cli_builds_it_without_importing_ray(tmp_path):
             "assert 'ray' not in sys.modules, 'imported ray'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines()[-1] == "raytraj transfer: error: workers must be an integer >= 1 (--workers), got 0"
+    assert r.stderr.strip().splitlines()[-1] == "raytraj transfer: error: --workers must be a whole number >= 1, got 0"
