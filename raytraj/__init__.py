@@ -1,7 +1,8 @@
 """raytraj: transfer the learning trajectories of neural networks, on one machine or a Ray cluster.
 
 Data flows one way: train -> trajectory store -> transfer -> evaluate. The subpackages hold
-each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``); the Ray layer
+each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``; ``raytraj.transfer_model`` is
+the Python API of a transfer on models and data as objects); the Ray layer
 (``raytraj.distributed``, ``raytraj.tune``) is imported only when used.
 
 Every public name is imported from its module on first use (``raytraj.lazy``), so that
@@ -22,6 +23,8 @@ _NAMES = {
                     ".trajectory"),
     **dict.fromkeys(["ENSEMBLE_RECIPES", "EnsembleRecipe"], ".recipes"),
     "TransferConfig": ".transfer.config",
+    **dict.fromkeys(["TransferResult", "transfer_model"], ".transfer.api"),
+    "RayConfig": ".ray_config",
     "finetune": ".transfer.finetune",
     # importing these imports Ray
     "RayBackend": ".distributed",

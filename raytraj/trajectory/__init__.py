@@ -9,8 +9,8 @@ from ..lazy import lazy_exports
 _NAMES = {
     "TrajectoryRecorder": ".recorder",
     **dict.fromkeys(["SCHEDULES", "lambdas"], ".schedule"),
-    **dict.fromkeys(["SCHEMA_VERSION", "TrajectoryError", "TrajectoryStore", "TrajectoryWriter", "parse_ref",
-                     "read_state"], ".store"),
+    **dict.fromkeys(["SCHEMA_VERSION", "TrajectoryError", "TrajectoryStore", "TrajectoryWriter", "is_store",
+                     "parse_ref", "read_state"], ".store"),
     **dict.fromkeys(["ActualTrajectory", "LinearTrajectory", "Trajectory", "open_trajectory"], ".view"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)
