@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError
+from .config import ConfigError, check_number
 from .ray_errors import root_cause
 
 # The user-error classes by module: the ones whose module is loaded are caught (an exception of a
@@ -146,6 +146,11 @@ def _backend_options(args) -> dict:
     """``device`` for --backend local, or ``ray_config`` (a RayConfig) from the Ray flags."""
     from .ray_config import RayConfig
 
+    for option, value, rule in (("--workers", args.workers, {"minimum": 1, "integer": True}),
+                                ("--cpus-per-worker", args.cpus_per_worker, {"above": 0}),
+                                ("--gpus-per-worker", args.gpus_per_worker, {"minimum": 0}),
+                                ("--placement-timeout", args.placement_timeout, {"above": 0})):
+        check_number(option, value, **rule)
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
@@ -292,6 +297,7 @@ def cmd_distill(args):
 
 def cmd_sweep(args):
     from .tune import format_results, parse_params, run_sweep
+    from .tune.sweep import format_best
 
     params = parse_params(args.param)
     target = {"target_seed": args.target_seed} if args.target_init is None else \
@@ -300,7 +306,8 @@ def cmd_sweep(args):
                      search=args.search, scheduler=args.scheduler, finetune_epochs=args.finetune_epochs,
                      finetune_lr=args.finetune_lr, **_tune_options(args))
     print(format_results(rows, list(params)))
-    print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
+    print(format_best(rows, list(params)))
+    print(f"wrote {args.out}/results.parquet, results.csv, best.json")
 
 
 def add_user_code_args(q, spec: bool = False) -> None:
@@ -560,18 +567,100 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)
+    inf = sub.add_parser("info", help="what a trajectory store or a transfer run folder holds")
+    inf.add_argument("path", help="a trajectory store, a transfer run folder, an ensemble or a sweep folder")
+    inf.set_defaults(func=cmd_info)
+    _add_everywhere(sub)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"raytraj {__version__}")
     return p
+
+
+def _add_everywhere(sub) -> None:
+    """--threads on every command, --overwrite on those that write a folder."""
+    todo = [(name, q) for name, q in sub.choices.items()]
+    while todo:
+        name, q = todo.pop()
+        nested = [a for a in q._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            todo += [(name, c) for c in nested[0].choices.values()]
+            continue
+        q.add_argument("--threads", type=int, metavar="N",
+                       help="torch threads of this process (default: the CPUs not busy by the load average, at "
+                            "least 1: torch's default of every CPU runs several times slower on a busy machine)")
+        if name in WRITERS:
+            q.add_argument("--overwrite", action="store_true",
+                           help="delete what --out holds (a raytraj output) and start afresh")
+
+
+def cmd_info(args):
+    from .info import describe
+
+    print(describe(args.path))
+
+
+# Commands that write a folder (--out): it is locked for the run, gets a log.txt, and may be --overwrite-n.
+WRITERS = ("train", "transfer", "finetune", "ensemble", "sweep", "distill", "quickstart", "analyze")
+
+
+def _run(args) -> None:
+    """The command, with --threads applied and its --out locked and logged (see raytraj/outfolder.py)."""
+    from .outfolder import default_threads, inputs_of, output_folder
+
+    import torch
+
+    check_number("--threads", args.threads, minimum=1, integer=True)
+    torch.set_num_threads(args.threads or default_threads())
+    if args.command not in WRITERS:
+        return args.func(args)
+    with output_folder(args.out, args.argv, overwrite=args.overwrite, inputs=inputs_of(args), what=args.command):
+        args.func(args)
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends a run as Ctrl-C does: state saved, one line, how to
+    resume. It is passed on as SIGINT, so that whoever handles SIGINT now (Python, or Tune, which
+    stops its trials cleanly) handles it."""
+    import os
+    import signal
+
+    def on_term(signum, frame):
+        _terminated.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+_terminated: list[int] = []
+
+
+def _saved_nothing(args) -> bool:
+    """An interrupted command whose --out holds no work (none, or only its own bookkeeping)."""
+    from . import fs
+    from .runfolder import CONFIG
+    from .writelock import BOOKKEEPING
+
+    out = getattr(args, "out", None)
+    if args.command not in WRITERS or not out:
+        return False
+    try:
+        return all(n in BOOKKEEPING or n == CONFIG for n in fs.listdir(out))
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        _sigterm_as_ctrl_c()
     try:
         try:
             from .progress import interval_s
 
             interval_s()  # a bad RAYTRAJ_PROGRESS_S fails now, not at the first progress line
-            args.func(args)
+            _run(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
             if cause is e or not (isinstance(cause, (*user_errors(), OSError)) or out_of_memory(cause)):
@@ -581,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
-        print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        print(f"raytraj {args.command}: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as e:
         message = out_of_memory(e)
@@ -589,11 +678,17 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug
         print(f"raytraj {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
-              f"command{hint} to continue"), file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if _terminated else "interrupted"
+        if str(e):
+            what = str(e)
+        elif _saved_nothing(args):
+            what = "nothing was saved yet: run the same command again to start"
+        else:
+            what = f"what was done is saved: run the same command{hint} to continue"
+        print(f"raytraj {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if _terminated else 130
     return 0
 
 
@@ -618,8 +713,11 @@ def out_of_memory(e: BaseException) -> str | None:
             "more memory")
 
 
-def _os_error(e: OSError) -> str:
-    """One line naming the file and the cause, with the fix where there is an obvious one."""
+def _os_error(e: OSError, out: str | None = None) -> str:
+    """One line naming the file and the cause, with the fix where there is an obvious one.
+
+    ``out`` is the command's output location: a file there that cannot be written calls for
+    another --out; anywhere else (a source, a store, a cache) for that file's permissions."""
     import errno
     import re
 
@@ -638,7 +736,22 @@ def _os_error(e: OSError) -> str:
              errno.EACCES: "choose an --out you may write to", errno.ENOTDIR: "a file stands where a folder is "
              "needed; choose another --out", errno.EEXIST: "choose another --out"}
     fix = fixes.get(code, "check the path and the storage it is on")
+    named = getattr(e, "filename", None) or next(iter(re.findall(r"'(/[^']+)'", text)), None)
+    if code in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST) and not _within(named, out):
+        fix = {errno.ENOTDIR: "a file stands where a folder is needed: check the path",
+               errno.EEXIST: "a file stands in the way: check the path"}.get(
+            code, "this user may not read or write it: fix its permissions (chmod) or run as its owner")
     return f"{text}; {fix}"
+
+
+def _within(path: str | None, out: str | None) -> bool:
+    """Is ``path`` the output location ``out`` or inside it? (Unknown paths count as inside.)"""
+    from . import fs
+
+    if not path or not out:
+        return bool(out) and not path
+    here, there = fs.absolute(out).rstrip("/"), fs.absolute(path).rstrip("/")
+    return there == here or there.startswith(here + "/")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     final.safetensors   the model at step T
     perm.json           the best and final permutations
     state/              resumable progress (see transfer/checkpointing.py)
+    log.txt             what each command run here printed (the CLI's; see outfolder.py)
+    .raytraj-lock       the one-writer lock (see writelock.py)
 """
 
 from __future__ import annotations

@@ -78,6 +78,8 @@ def parse_data(text: str) -> DataConfig:
         raise ConfigError("digits takes no argument; use digits or digits[0-4]")
     elif name not in ("digits", "mnist1d"):
         if not arg:
+            if name != "npz" and not _torchvision_name(name):
+                raise ConfigError(f"unknown data {text!r}; choose {KNOWN}")
             raise ConfigError(f"data {name!r} needs a path: {name}:PATH")
         fields["path"] = arg
     if classes:
@@ -140,6 +142,19 @@ def _describe_options(cfg: DataConfig) -> str:
     parts += [f",{key}={getattr(cfg, field):g}" for key, field in _OPTIONS.items()
               if field in _DEFAULTS and getattr(cfg, field) != _DEFAULTS[field]]
     return "".join(parts)
+
+
+KNOWN = ("digits, digits[0-4], mnist1d[:N], npz:PATH, a torchvision dataset already on disk (e.g. cifar10:ROOT, "
+         "fashionmnist:ROOT), or your data function package.module:function")
+
+
+def _torchvision_name(name: str) -> bool:
+    """Is ``name`` a torchvision dataset class (lower case)? False when torchvision is not installed."""
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        return False
+    return any(k.lower() == name and isinstance(getattr(tvd, k), type) for k in dir(tvd))
 
 
 def _names_function(text: str) -> bool:

@@ -115,6 +115,21 @@ def load_data(config: DataConfig | str) -> Dataset:
     )
 
 
+def fingerprint(data: Dataset) -> dict:
+    """What identifies the tensors a dataset holds: each split's shape and a hash of inputs and labels.
+    A store records it when it is made; a later command that loads other data for the same
+    reference (a data function that changes between calls, an edited file) is caught by it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in SPLITS:
+        for t in (data.x[s], data.y[s]):
+            h.update(str((s, tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"sha256": h.hexdigest()[:16], "shapes": {s: list(data.x[s].shape) for s in SPLITS},
+            "num_classes": data.num_classes}
+
+
 def _take_samples(arrays: dict, cfg: DataConfig) -> dict:
     """``n=N``: N of the file's training samples, drawn once from the split seed (before the val split;
     its test arrays are kept whole)."""

@@ -33,9 +33,20 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         check_reachable(address or os.environ["RAY_ADDRESS"])
         ray.init(address=address, log_to_driver=True, **env)
     else:
+        _watch_once()  # the local instance's processes die with this one, even on SIGKILL
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
                  **env)
     return True
+
+
+_watchdog = []
+
+
+def _watch_once() -> None:
+    from ..watchdog import watch
+
+    if not _watchdog:
+        _watchdog.append(watch())
 
 
 def check_address(address: str, where: str = "--address") -> None:

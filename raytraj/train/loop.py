@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import ConfigError, to_dict
-from ..data import Dataset, epoch_batches
+from ..config import ConfigError, check_seed, to_dict
+from ..data import Dataset, epoch_batches, fingerprint
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
@@ -28,6 +28,7 @@ from ..runfolder import RunFolder
 from ..runtime import resolve_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter, is_store
 from ..trajectory.store import MANIFEST
+from ..writelock import locks_output
 from .recipe import TrainConfig
 
 TRAIN_STATE = "train_state.safetensors"
@@ -87,6 +88,7 @@ def initial_state(model_cfg, seed: int, init: Mapping[str, torch.Tensor] | None,
     return {k: body[k].clone() for k in own}
 
 
+@locks_output("out", what="training run")
 def train(
     model_cfg,
     data: Dataset,
@@ -117,11 +119,13 @@ def train(
 
 def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *, init, init_info, new_head, device,
            soft_targets, soft_info, progress, head) -> TrainResult:
+    check_seed("--seed", seed)
     device = resolve_device(device)
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
     meta = {
-        "model": model_to_dict(model_cfg), "data": to_dict(data.config), "recipe": to_dict(recipe), "seed": seed,
+        "model": model_to_dict(model_cfg), "data": to_dict(data.config), "data_fingerprint": fingerprint(data),
+        "recipe": to_dict(recipe), "seed": seed,
         "init": init_info, "new_head": new_head, **({"soft_targets": soft_info} if soft_targets is not None else {}),
     }
     state_path = fs.join(out, TRAIN_STATE)

@@ -2,8 +2,8 @@
 
 ``transfer`` runs a transfer into a run folder (what ``raytraj transfer`` does);
 ``transfer_model`` is the Python API on models and data as objects (also ``raytraj.transfer_model``).
-Names are imported on first use (``raytraj.lazy``): the CLI reads TransferConfig's defaults
-without loading torch and scipy.
+Names are imported on first use (``raytraj.lazy``): the CLI reads TransferConfig's defaults without
+loading torch and scipy.
 """
 
 from ..lazy import lazy_exports

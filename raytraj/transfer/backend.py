@@ -35,9 +35,6 @@ class GradRequest:
 
 
 class Handle(Protocol):
-    """An evaluation's result to come. A handle whose value is already known may say so with a true
-    ``ready`` attribute: the engine then reads it within its step (the progress line shows it at once)."""
-
     def result(self) -> Any: ...
 
 

@@ -54,9 +54,9 @@ def run_transfer(
     pending: dict[int, object] = {}
 
     def collect(before: int):
-        # A handle already done (``ready``: the local backend's) is read at once; another backend's
-        # evaluation runs on while the next step computes, and is read then.
-        for s in sorted(k for k in pending if k < before or getattr(pending[k], "ready", False)):
+        # A handle already done (the local backend's) is read at once; another backend's evaluation
+        # runs on while the next step computes, and is read then.
+        for s in sorted(k for k in pending if k < before or hasattr(pending[k], "value")):  # holds its value
             t0 = time.perf_counter()
             acc = pending.pop(s).result()
             state.timing["eval_s"] += time.perf_counter() - t0

@@ -13,7 +13,7 @@ import ray
 from ray import tune
 
 from .. import fs
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..distributed.cluster import connect, fits, fixed_cluster, node_totals
 from ..progress import meter, timestamp
 from ..ray_errors import describe
@@ -84,6 +84,25 @@ def check_trusted_storage(path: str) -> None:
                               f"code in it; `chmod o-w {p}` if you trust its content")
 
 
+def check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent) -> None:
+    """Values Tune would take (and hang on, or fail on with a traceback): refused before anything starts."""
+    check_number("--cpus-per-trial", cpus_per_trial, above=0)
+    check_number("--gpus-per-trial", gpus_per_trial, minimum=0)
+    check_number("--max-concurrent", max_concurrent, minimum=1, integer=True)
+
+
+def say_trials(name: str, trials: int, cpus_per_trial: float, gpus_per_trial: float,
+               max_concurrent: int | None) -> None:
+    """One line before Tune starts: how many trials, and how many the cluster runs at once."""
+    total = ray.cluster_resources()
+    at_once = int(total.get("CPU", 0) // cpus_per_trial) if cpus_per_trial else trials
+    if gpus_per_trial:
+        at_once = min(at_once, int(total.get("GPU", 0) // gpus_per_trial))
+    at_once = max(1, min(at_once, max_concurrent or at_once, trials))
+    print(f"{name}: {trials} trials, {at_once} at a time on this cluster ({total.get('CPU', 0):g} CPUs, "
+          f"{total.get('GPU', 0):g} GPUs): about {-(-trials // at_once)} rounds", flush=True)
+
+
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,
                    cpus_per_trial: float, gpus_per_trial: float | None, tune_config: tune.TuneConfig,
                    max_failures: int = 2, address: str | None = None, settings: dict | None = None,
@@ -98,6 +117,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
         runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for the user's own modules.
         trials: how many trials the experiment holds, for the progress count (default: Tune's count).
     """
+    check_trial_options(cpus_per_trial, gpus_per_trial, tune_config.max_concurrent_trials)
     settings = json.loads(json.dumps(settings or {}))  # as it reads back: tuples become lists
     record = settings_path(out, name)
     root = storage_root(out, storage)
@@ -114,6 +134,8 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     if gpus_per_trial is None:
         gpus_per_trial = default_gpus_per_trial()
     check_trial_fits(cpus_per_trial, gpus_per_trial)
+    if trials:
+        say_trials(name, trials, cpus_per_trial, gpus_per_trial, tune_config.max_concurrent_trials)
     trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if resume:
@@ -189,7 +211,11 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
         best = f"best val {r['best_val_acc']:.2f}%" if r.get("best_val_acc") is not None else "no evaluation"
-        if r.get(FINISHED):
+        if r.get(FINISHED) and r.get("finetune_val_acc") is not None:
+            # what the trial hands over is the trained-on model: its val first, the transfer's after
+            self._say(trial, f"finished: val {r['finetune_val_acc']:.2f}% after the training after the transfer "
+                             f"(the transfer's {best} at step {r.get('best_step')}){self._count(trials, trial)}")
+        elif r.get(FINISHED):
             self._say(trial, f"finished: {best} (step {r.get('best_step')}){self._count(trials, trial)}")
         else:
             self._say(trial, f"stopped early by the scheduler at step {r.get('step')}: {best}"

@@ -27,7 +27,8 @@ from ..trajectory import is_store
 from ..transfer import TransferConfig
 from ..recipes import check_finetune
 from ..transfer.problem import check_targets
-from .runner import refuse_unfinished, result_rows, run_experiment
+from ..writelock import locks_output
+from .runner import check_trial_options, refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
 # Searched besides TransferConfig's fields: the subsequent training of each trial's transfer.
@@ -79,6 +80,7 @@ def _typed(name: str, text: str, hint):
         raise ConfigError(f"--param {name}: {text!r} is not a valid {kind.__name__}") from None
 
 
+@locks_output("out", what="sweep")
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
@@ -107,6 +109,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         target = {**target, "target_init": fs.absolute(target["target_init"])}
     if is_store(out):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
+    check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent)
     check_targets(source, [target], base.seed)  # the source is usable, its model rebuilds, the target differs
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
@@ -191,6 +194,12 @@ def format_results(rows: list[dict], params: list[str]) -> str:
     out = [line, "-" * len(line)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(out)
+
+
+def format_best(rows: list[dict], params: list[str]) -> str:
+    """The best trial as the table's own row under its header (rows are sorted best first)."""
+    header, _, row = format_results(rows, params).splitlines()[:3]
+    return f"best:\n{header}\n{row}"
 
 
 def _fmt(v) -> str:
