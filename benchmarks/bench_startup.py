@@ -1,7 +1,11 @@
 """CPU seconds of the CLI's start-up: ``raytraj --help``, a subcommand's help, an argument error,
 and, for scale, ``import torch`` alone and the first import of a command's work.
 
-    python benchmarks/bench_startup.py [--repeats 5]
+    python benchmarks/bench_startup.py [--repeats 5] [--checkout DIR]
+
+``--checkout DIR`` measures the raytraj source in DIR (e.g. an older commit's ``git archive``)
+instead of the installed one: children run with ``python -S`` and ``PYTHONPATH=DIR:site-packages``,
+so that an editable install does not shadow it. Compare two checkouts in one session.
 
 Each case runs in a fresh process; its CPU time (user + sys) is read from the kernel's
 accounting of the finished child (``os.wait4``), a meter outside raytraj. The median of the
@@ -14,6 +18,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import site
 import sys
 
 CASES = {
@@ -26,9 +31,15 @@ CASES = {
 }
 
 
-def cpu_seconds(argv: list[str]) -> tuple[float, int]:
+def cpu_seconds(argv: list[str], checkout: str | None = None) -> tuple[float, int]:
     """User + sys CPU seconds of one child process, and its exit code."""
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env, flags, cwd = os.environ, [], None
+    if checkout:
+        cwd = os.path.abspath(checkout)  # not this folder, whose raytraj/ would come first on the path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(checkout), *site.getsitepackages()])}
+        flags = ["-S"]
+    proc = subprocess.Popen([sys.executable, *flags, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return usage.ru_utime + usage.ru_stime, proc.returncode
@@ -37,11 +48,13 @@ def cpu_seconds(argv: list[str]) -> tuple[float, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--checkout", help="measure the raytraj source in this folder (see above)")
     args = p.parse_args()
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; median of {args.repeats} runs")
+    print(f"{args.checkout or 'installed raytraj'}: load average {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f}; median of {args.repeats} runs")
     print("| command | CPU s (user+sys) | exit code |\n|---|---|---|")
     for name, argv in CASES.items():
-        runs = [cpu_seconds(argv) for _ in range(args.repeats)]
+        runs = [cpu_seconds(argv, args.checkout) for _ in range(args.repeats)]
         print(f"| `{name}` | {statistics.median(t for t, _ in runs):.3f} | {runs[0][1]} |", flush=True)
 
 

@@ -25,12 +25,12 @@ import time
 
 import torch
 
-from raytraj import fs
+from raytraj import compare, fs
+from raytraj.compare import transferred
 from raytraj.plot import plot_runs
 from raytraj.runfolder import RunFolder
-from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
-from raytraj.transfer import TransferConfig, transfer
+from raytraj.transfer import TransferConfig
 from raytraj.transfer.finetune import finetune
 
 SEED_PAIRS = [(101, 102), (201, 202), (301, 302)]
@@ -42,14 +42,8 @@ RECIPES = {  # per dataset: epochs, lr, weight decay of the source training
 MODEL = {"hidden": [512, 512]}
 
 
-def trained(path, data, seed, progress=False, model="mlp", model_args=MODEL, **kw):
-    if not (fs.exists(fs.join(path, "trajectory.json")) and TrajectoryStore(path).complete):
-        train_from_args(model, data, path, seed=seed, model_args=model_args, progress=progress, **kw)
-    return TrajectoryStore(path)
-
-
-def transferred(src, out, cfg, **kw):
-    return RunFolder(out).load_or_run(lambda resume: transfer(src, out, cfg, resume=resume, progress=False, **kw))
+def trained(path, data, seed, model_args=MODEL, **kw):
+    return compare.trained(path, data, seed, model_args=model_args, **kw)
 
 
 def run_scenario(work, name, dataset, pretrained, steps, ft_epochs):

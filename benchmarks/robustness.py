@@ -72,9 +72,30 @@ def edit_manifest(store: Path, fn) -> None:
     (store / "trajectory.json").write_text(json.dumps(m))
 
 
+def row_line(row, root: Path) -> str:
+    name, code, text, tb, s, note = row
+    text = text.replace("|", "\\|").replace("`", "'").replace(str(root), "$T")
+    text = "ok" if code == 0 and not text.startswith("raytraj ") else text  # a success's last line is Ray's
+    return f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |"
+
+
+def merge_rows(path: Path, new: list[str]) -> None:
+    """Replace the rows of the first table whose case matches, append the others to that table."""
+    lines = path.read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("| --- "))
+    end = next(i for i in range(first + 1, len(lines) + 1) if i == len(lines) or not lines[i].startswith("| "))
+    names = {ln.split(" | ")[0]: ln for ln in new}
+    table = [names.pop(ln.split(" | ")[0], ln) for ln in lines[first + 1:end]]
+    lines[first + 1:end] = table + [ln for ln in new if ln.split(" | ")[0] in names]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(new))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/tmp/raytraj-robustness")
+    ap.add_argument("--only", choices=["environment"],
+                    help="run only these cases and update their rows in robustness.md")
     args = ap.parse_args()
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
@@ -108,6 +129,36 @@ def main():
         code, err, s = run(argv, timeout=timeout, env=env)
         rows.append((name, code, first_error(err), "Traceback" in err, s, note))
         print(rows[-1], flush=True)
+
+    def environment_cases():
+        """The machine and the environment as bad input."""
+        xsrc = [*xfer, "--source", str(src)]
+        case("`--device cuda` on a machine without CUDA", [*xsrc, "--device", "cuda", "--out", str(root / "dc")])
+        case("`--device garbage`", [*xsrc, "--device", "garbage", "--out", str(root / "dg")])
+        case("`RAY_ADDRESS=garbage:xyz`, `transfer --backend ray`", [*xsrc, "--backend", "ray", "--out",
+                                                                     str(root / "ra")], env={"RAY_ADDRESS": "garbage:xyz"})
+        case("`RAY_ADDRESS=garbage:xyz`, `ensemble`", ["ensemble", "--source", str(src), "--members", "1", "--out",
+                                                      str(root / "re")], env={"RAY_ADDRESS": "garbage:xyz"})
+        from raytraj.runtime import available_memory
+
+        width = int((available_memory() // 4) ** 0.5) + 1  # one width x width float32 matrix exceeds free memory
+        case(f"a model larger than free memory (`hidden=[{width},{width}]`)",
+             [*train, "--model-arg", f"hidden=[{width},{width}]", "--out", str(root / "big")])
+        case("`RAYTRAJ_PROGRESS_S=ten`", [*train, "--out", str(root / "ps")], env={"RAYTRAJ_PROGRESS_S": "ten"})
+        from safetensors.torch import save_file
+
+        from raytraj.trajectory import TrajectoryStore
+
+        state = TrajectoryStore(str(src)).read(3)
+        state.pop("head.bias")
+        save_file(state, str(root / "bare.safetensors"))
+        case("`analyze interpolate SRC bare.safetensors` lacking a tensor", [
+            "analyze", "interpolate", str(src), str(root / "bare.safetensors"), "--out", str(root / "an"), "--quiet"])
+
+    if args.only == "environment":
+        environment_cases()
+        merge_rows(Path(__file__).resolve().parent / "results" / "robustness.md", [row_line(r, root) for r in rows])
+        return
 
     case("`--epochs 0`", ["train", "--model", "mlp", "--data", "digits", "--epochs", "0", "--out", str(root / "e0")])
     case("`--epochs -3`", ["train", "--model", "mlp", "--data", "digits", "--epochs", "-3", "--out", str(root / "e1")])
@@ -239,6 +290,8 @@ def main():
     case("... then the same command without it, no `--resume`", ["ensemble", "--source", str(src), "--members", "1",
                                                                   "--steps", "3", "--out", str(root / "gpus")])
 
+    environment_cases()
+
     # Ctrl-C mid-transfer, then --resume with the source spelled relatively.
     long = ["transfer", "--target-seed", "5", "--method", "fgmt", "--steps", "150", "--eval-every", "0", "--quiet"]
     p = subprocess.Popen([*PY, *long, "--source", str(src), "--out", str(root / "cut")], stderr=subprocess.PIPE,
@@ -270,10 +323,7 @@ def main():
         "| case | exit | what the user sees (last line of stderr) | traceback | s | note |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, code, text, tb, s, note in rows:
-        text = text.replace("|", "\\|").replace("`", "'").replace(str(root), "$T")
-        text = "ok" if code == 0 and not text.startswith("raytraj ") else text  # a success's last line is Ray's
-        lines.append(f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |")
+    lines += [row_line(r, root) for r in rows]
     lines += [
         "",
         "Ray and Tune faults, and the one-writer, fingerprint and message cases, run as tests "
@@ -347,6 +397,11 @@ TESTED_ROWS = [
     "| the sweep's `best:` line; an ensemble trial with training after | the table's own row under its header (a raw dict before); `finished: val V% after the training after the transfer (the transfer's best val B% at step S)` | `test_sweep_best_is_a_table_row_and_ensemble_lines_show_the_trained_on_val` |",
     "| `raytraj --version`, `raytraj info PATH`, `log.txt`, `--threads 1`, `--threads 0` | the version; model, data, steps, method, best and fingerprints; the command's output in the run folder; torch at 1 thread; exit 2 | `test_version_info_log_and_threads` |",
     '| the interpolation plot of an MLP | its title no longer claims BatchNorm recalibration (said only for a model with BatchNorm) | `test_self_permuted_has_zero_barrier_after_alignment_only` |',
+    "| an edited `perm.json` (a repeated or out-of-range index, a missing or unknown group, a list of the wrong "
+    "length, non-integers), read by `RunFolder.perm()` | one line naming the file, the group and the fix, never "
+    "used | `tests/test_perm_file.py::test_an_edited_perm_json_is_refused` |",
+    "| the same edits to the permutations a transfer's saved progress holds, then `--resume` | exit 2, one line "
+    "naming the step | `tests/test_perm_file.py::test_an_edited_saved_permutation_is_refused_on_resume` |",
 ]
 
 

@@ -375,6 +375,29 @@ def _runtime_env(args) -> dict | None:
     return env or None
 
 
+def _add_recipe_args(q) -> None:
+    """The training recipe's options, with TrainConfig's defaults (--epochs apart)."""
+    recipe = _train_defaults()
+    for flag, typ, what in (("--lr", float, "initial learning rate"), ("--batch-size", int, "mini-batch size"),
+                            ("--save-every", int, "record every N iterations, 0: every epoch"),
+                            ("--weight-decay", float, "SGD weight decay"), ("--momentum", float, "SGD momentum"),
+                            ("--warmup-epochs", float, "linear warm-up epochs")):
+        name = flag[2:].replace("-", "_")
+        q.add_argument(flag, type=typ, default=recipe[name], help=f"{what} (default {recipe[name]:g})")
+
+
+def cmd_compare(args):
+    from .compare import compare, format_table, parse_pairs
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    r = compare(args.out, model=args.model, data=args.data, pretrain_data=args.pretrain_data,
+                pairs=parse_pairs(args.pairs), methods=methods, steps=args.steps, seed=args.seed,
+                finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                model_args=_key_values(args.model_arg), recipe=_recipe(args), progress=not args.quiet)
+    print(format_table(r))
+    print(f"wrote {args.out}/compare.json and {r['plot']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -395,13 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="trajectory store: a folder, s3://... or gs://...")
     t.add_argument("--init", help="start from STORE[:STEP] (fine-tuning a pre-trained model)")
     t.add_argument("--new-head", action="store_true", help="re-initialise the classifier head (seeded)")
-    recipe = _train_defaults()
-    for flag, typ, what in (("--lr", float, "initial learning rate"), ("--batch-size", int, "mini-batch size"),
-                            ("--save-every", int, "record every N iterations, 0: every epoch"),
-                            ("--weight-decay", float, "SGD weight decay"), ("--momentum", float, "SGD momentum"),
-                            ("--warmup-epochs", float, "linear warm-up epochs")):
-        name = flag[2:].replace("-", "_")
-        t.add_argument(flag, type=typ, default=recipe[name], help=f"{what} (default {recipe[name]:g})")
+    _add_recipe_args(t)
     t.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,256]")
     common(t)
     t.set_defaults(func=cmd_train)
@@ -533,6 +550,29 @@ def build_parser() -> argparse.ArgumentParser:
     sw_target.add_argument("--target-init")
     sw.add_argument("--new-head", action="store_true")
     sw.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare", help="a scenario end to end: source, Naive/FGMT/Oracle with fair seeds, the "
+                                       "trained references and the training after; one table, one plot")
+    c.add_argument("--model", required=True, help=f"{', '.join(ZOO)}, or your factory package.module:function")
+    c.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[512,512]")
+    c.add_argument("--data", required=True, help="the data the source and target train on (pre-trained: fine-tune on)")
+    c.add_argument("--pretrain-data", help="pre-trained scenario: pre-train both inits on this data first, then "
+                   "fine-tune them on --data with new heads (e.g. --pretrain-data 'digits[0-4]' --data 'digits[5-9]')")
+    c.add_argument("--pairs", default="1-2", help="source-target init seeds, e.g. 1-2 or 101-102,201-202 (the table "
+                   "averages over pairs; default 1-2)")
+    c.add_argument("--methods", default="naive,fgmt,oracle", help="transfer methods, comma-separated, among "
+                   f"{', '.join(methods)} (default naive,fgmt,oracle)")
+    c.add_argument("--steps", type=int, help=f"T of every transfer (default {defaults['steps']})")
+    c.add_argument("--seed", type=int, default=defaults["seed"], help="the transfers' --seed S; with "
+                   f"--pretrain-data also the seed of the target's new head (default {defaults['seed']})")
+    c.add_argument("--epochs", type=int, required=True, help="epochs of every training (pre-training included)")
+    _add_recipe_args(c)
+    c.add_argument("--finetune-epochs", type=int, default=1, help="epochs of the training after, from FGMT, Naive "
+                   "and the target init (0: none; default 1)")
+    c.add_argument("--finetune-lr", type=float, help="its initial lr (default: the recipe's --lr)")
+    c.add_argument("--out", required=True, help="a folder for every stage (an interrupted comparison continues)")
+    common(c)
+    c.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("spec", help="infer and check a model's permutation spec, and print its coverage")
     s.add_argument("--data", help="bundled data or a data function package.module:function (default digits)")

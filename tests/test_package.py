@@ -4,11 +4,17 @@ import subprocess
 import sys
 
 
+def modules_after(code: str) -> set[str]:
+    """The top-level modules a fresh interpreter has imported after running ``code``."""
+    done = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(*{{m.split('.')[0] for m in sys.modules}})"],
+                          check=True, capture_output=True, text=True)
+    return set(done.stdout.split())
+
+
 def test_algorithms_do_not_import_ray():
-    code = ("import sys, raytraj, raytraj.perm, raytraj.transfer, raytraj.trajectory, raytraj.train, raytraj.cli; "
-            "raytraj.transfer.transfer; assert 'ray' not in sys.modules, sorted(m for m in sys.modules if "
-            "m.startswith('ray.'))[:5]")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import raytraj, raytraj.perm, raytraj.transfer, raytraj.trajectory, raytraj.train, raytraj.cli; "
+            "raytraj.transfer.transfer; raytraj.perm.match")
+    assert "ray" not in modules_after(code)
 
 
 def test_public_api_is_reexported():
@@ -22,10 +28,9 @@ def test_public_api_is_reexported():
 
 def test_the_cli_parses_without_torch_scipy_pyarrow_or_ray():
     # `raytraj --help` and argument errors must answer at once (benchmarks/bench_startup.py times them)
-    code = ("import sys, raytraj, raytraj.cli; raytraj.cli.build_parser(); "
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'pyarrow', 'ray', 'numpy'}); "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    heavy = {"torch", "scipy", "pyarrow", "ray", "numpy"}
+    assert not modules_after("import raytraj.cli; raytraj.cli.build_parser()") & heavy
+    assert {"torch", "pyarrow"} <= modules_after("import raytraj.transfer.run")  # the check can fail
 
 
 def test_the_cli_lists_the_zoo():

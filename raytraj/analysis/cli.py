@@ -87,7 +87,7 @@ def add_analyze_parser(sub) -> None:
 
     i = asub.add_parser("interpolate", help="loss and accuracy along (1-a)A + aB, and the barrier")
     i.add_argument("a", help="run folder, STORE[:STEP] or .safetensors")
-    i.add_argument("b", help="run folder, STORE[:STEP] or .safetensors")
+    i.add_argument("b", help="run folder, STORE[:STEP] or .safetensors (a bare one takes the model and data of A)")
     i.add_argument("--points", type=int, default=25)
     i.add_argument("--align", default="none", choices=["weights", "none"], help="weights: weight-match B to A")
     i.add_argument("--data", help="score on this data (default: A's)")

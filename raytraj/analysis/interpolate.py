@@ -20,7 +20,7 @@ from ..writelock import locks_output
 from .align import align_weights
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
-from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_model
+from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_models
 
 
 def barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
@@ -66,7 +66,7 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
     check_points(points)
     if align not in ("weights", "none"):
         raise AnalysisError(f"--align must be weights or none, got {align!r}")
-    ma, mb = load_model(a), load_model(b)
+    ma, mb = load_models([a, b])
     check_same_architecture([ma, mb])
     dataset = load_data(data_config([ma, mb], data))
     check_data_fits(ma.model, dataset)

@@ -5,7 +5,9 @@ A model reference is any of
 * a transfer run folder (``metrics.json`` + ``best.safetensors``): its best-on-val model;
 * a trajectory store folder (``trajectory.json``): its last step, or ``STORE:STEP``;
 * a ``.safetensors`` file that raytraj wrote (a run's ``best``/``final``), whose record names
-  the trajectory store it came from.
+  the trajectory store it came from;
+* a bare ``.safetensors`` file of tensors (a state dict saved elsewhere): it takes its model and
+  data from the other models compared (:func:`load_models`), and must have their tensors.
 
 The store supplies the model config and the data config, so user models need nothing more
 than a recorded run.
@@ -34,9 +36,9 @@ class ModelRef:
     ref: str  # what the user wrote
     label: str  # short name for plots
     state: dict[str, torch.Tensor]
-    model: dict  # model config as stored ({"name": ..., **fields})
-    data: dict  # data config as stored
-    store: str  # the trajectory store the config comes from
+    model: dict | None  # model config as stored ({"name": ..., **fields}); None: a bare safetensors file
+    data: dict | None  # data config as stored
+    store: str | None  # the trajectory store the config comes from
     step: int | None
 
 
@@ -48,9 +50,8 @@ def load_model(ref: str) -> ModelRef:
     """The model ``ref`` names (see the module docstring)."""
     if ref.endswith(".safetensors"):
         state, info = load_checkpoint(ref)
-        if "source" not in info:
-            raise AnalysisError(f"{ref} has no raytraj record of the store it came from; pass the run folder or "
-                                "STORE:STEP instead")
+        if "source" not in info:  # bare tensors: model and data come from the other models (load_models)
+            return ModelRef(ref, _label(ref).removesuffix(".safetensors"), state, None, None, None, None)
         store = TrajectoryStore(info["source"])
         return ModelRef(ref, _label(os.path.dirname(ref) or ref, f"/{_label(ref).removesuffix('.safetensors')}"),
                         state, store.meta["model"], store.meta["data"], store.location, info.get("step"))
@@ -62,6 +63,39 @@ def load_model(ref: str) -> ModelRef:
     state, store, step = read_state(ref)
     label = _label(store.location) + ("" if step == store.last_step else f":{step}")
     return ModelRef(ref, label, state, store.meta["model"], store.meta["data"], store.location, step)
+
+
+def load_models(refs: list[str]) -> list[ModelRef]:
+    """The models ``refs`` name; a bare ``.safetensors`` file takes the model and data of the first
+    model that records them, and must hold exactly that model's tensors and shapes."""
+    models = [load_model(r) for r in refs]
+    donor = next((m for m in models if m.model is not None), None)
+    for m in models:
+        if m.model is not None:
+            continue
+        if donor is None:
+            raise AnalysisError(f"{m.ref} holds bare tensors and no other model names an architecture and data; "
+                                "pass at least one run folder, STORE[:STEP] or raytraj .safetensors")
+        _check_tensors_fit(m, donor)
+        m.state = {k: v.to(donor.state[k].dtype) for k, v in m.state.items()}
+        m.model, m.data, m.store = donor.model, donor.data, donor.store
+    return models
+
+
+def _check_tensors_fit(bare: ModelRef, donor: ModelRef) -> None:
+    want, have = donor.state, bare.state
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    shapes = [f"{k} {tuple(have[k].shape)} vs {tuple(want[k].shape)}" for k in want
+              if k in have and have[k].shape != want[k].shape]
+    floats = [k for k in want if k in have and want[k].is_floating_point() != have[k].is_floating_point()]
+    if missing or extra or shapes or floats:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+                 "wrong shapes " + ", ".join(shapes[:3]) if shapes else "",
+                 f"integer/float mismatch {floats[:3]}" if floats else ""]
+        name = donor.model.get("name", "?")
+        raise AnalysisError(f"the tensors of {bare.ref} do not fit the {name} model of {donor.ref} ("
+                            + "; ".join(p for p in parts if p) + "); give a state dict of that architecture")
 
 
 def check_same_architecture(models: list[ModelRef]) -> None:

@@ -27,7 +27,7 @@ from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
 from .interpolate import check_points
-from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_model
+from .models import AnalysisError, check_data_fits, check_same_architecture, data_config, load_models
 
 
 def _dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
@@ -113,7 +113,7 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
     check_points(grid, "--grid")
     if margin < 0:
         raise AnalysisError(f"--margin must be >= 0, got {margin}")
-    models = [load_model(r) for r in (a, b, c)]
+    models = load_models([a, b, c])
     check_same_architecture(models)
     labels = list(labels) if labels else [m.label for m in models]
     if len(labels) != 3:

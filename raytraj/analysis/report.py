@@ -22,7 +22,7 @@ from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
 from .interpolate import barrier, check_points
-from .models import AnalysisError, check_same_architecture, data_config, load_model
+from .models import AnalysisError, check_same_architecture, data_config, load_models
 
 
 def _run(path: str) -> dict:
@@ -79,8 +79,7 @@ def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None,
     target = target or _default_target(runs)
     interpolations = None
     if target:
-        tgt = load_model(target)
-        models = [load_model(r) for r in runs]
+        tgt, *models = load_models([target, *runs])  # --target may be a bare safetensors file
         check_same_architecture([tgt, *models])
         dataset = load_data(data_config([tgt]))
         states = [m.state for m in models]
