@@ -94,7 +94,8 @@ def _add_solver_args(q) -> None:
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
                    help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
-                   "GPU, else scipy)")
+                   "GPU, else exact scipy for groups narrower than 1024 units and the sparse top-k solver from there; "
+                   "scipy: exact at every width; sparse: top-k at every width; see benchmarks/results/cost.md)")
     q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed "
                    f"(default {defaults['val_subset']}: all of val)")
 
@@ -109,8 +110,20 @@ def _add_schedule_args(q, defaults: dict, schedules) -> None:
                    help=f"gradient mini-batch size (default {defaults['batch_size']})")
     q.add_argument("--seed", type=int, default=defaults["seed"],
                    help=f"seeds the batches and the solver's order (default {defaults['seed']})")
-    q.add_argument("--eval-every", type=int, default=defaults["eval_every"],
-                   help=f"evaluate every k steps (0: only the last; default {defaults['eval_every']})")
+    q.add_argument("--eval-every", type=_eval_every, default=defaults["eval_every"], metavar="{auto,K}",
+                   help="evaluate every K steps (0: only the last; default auto: about ten steps spread over the "
+                   "run and every step of its last sixth)")
+
+
+def _eval_every(text: str) -> int:
+    from .transfer.config import AUTO_EVAL
+
+    if text == "auto":
+        return AUTO_EVAL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
 
 
 def _solver_fields(args) -> dict:
