@@ -105,3 +105,23 @@ def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_sou
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "whole" / "perm.json").read_text()) == \
         json.loads((tmp_path / "cut" / "perm.json").read_text())
+
+
+def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source, tmp_path, monkeypatch):
+    # Caches that outweigh 3.5 steps' pairs: the progress file (with the caches) is written every 4th step.
+    monkeypatch.setattr(checkpointing, "CACHE_WEIGHT", 3.5)
+    src = str(digits_source / "source")
+    cfg = TransferConfig(method="fgmt", steps=7, seed=3)
+    whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
+    real_save = _cut_at(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
+    state = tmp_path / "cut" / "state"
+    assert load_checkpoint(str(state / checkpointing.PROGRESS))[1]["step"] == 4  # steps 5, 6 are redone
+    assert (state / "pairs-000006.safetensors").exists()
+    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
+    assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
+    a = load_checkpoint(str(tmp_path / "whole" / "final.safetensors"))[0]
+    b = load_checkpoint(str(tmp_path / "cut" / "final.safetensors"))[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

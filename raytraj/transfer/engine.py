@@ -45,7 +45,8 @@ class Checkpointer(Protocol):
 
     def load(self) -> tuple[TransferState, list[tuple[dict, dict]], dict] | None: ...
 
-    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict) -> None: ...
+    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict,
+             final: bool = False) -> None: ...
 
 
 def solve_seed(seed: int, step: int) -> int:
@@ -146,5 +147,5 @@ def run_transfer(
     collect(before=num_steps + 1)
     if checkpointer:
         _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
-        checkpointer.save(state, [], cache)
+        checkpointer.save(state, [], cache, final=True)
     return state
