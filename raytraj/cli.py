@@ -90,12 +90,15 @@ def _add_solver_args(q) -> None:
                    help=f"... or at most TOL in absolute terms (default {defaults['tol']:g}, the official code's)")
     q.add_argument("--step-sweeps", type=int, help="at most N sweeps in each step but the last, which goes on from "
                    f"there (default {defaults['step_sweeps']}; 0: no cap)")
-    from .transfer.config import LAP_SOLVERS
+    from .transfer.config import BANK_DTYPES, LAP_SOLVERS
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
                    help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
                    "GPU, else exact scipy for groups narrower than 1024 units and the sparse top-k solver from there; "
                    "scipy: exact at every width; sparse: top-k at every width; see benchmarks/results/cost.md)")
+    q.add_argument("--bank-dtype", choices=BANK_DTYPES,
+                   help=f"how the pair bank stores gradient pairs (default {defaults['bank_dtype']}: half the memory "
+                   "of float32; contractions run in float32)")
     q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed "
                    f"(default {defaults['val_subset']}: all of val)")
 
@@ -127,7 +130,8 @@ def _eval_every(text: str) -> int:
 
 
 def _solver_fields(args) -> dict:
-    return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset", "bank_dtype")
+            if getattr(args, k, None) is not None}
 
 
 def _backend_options(args) -> dict:

@@ -9,6 +9,7 @@ from ..perm.lap import LAP_SOLVERS
 from ..trajectory import SCHEDULES
 
 METHODS = ("fgmt", "gmt", "naive", "oracle")
+BANK_DTYPES = ("bfloat16", "float16", "float32")
 # T of the commands that run many short transfers (the Tune commands' members and trials, the
 # quickstart); a single transfer defaults to the paper's TransferConfig.steps.
 QUICK_STEPS = 20
@@ -44,6 +45,9 @@ class TransferConfig:
     eval_every: int = -1
     val_subset: int = 0  # evaluate on this many val samples, drawn once from the seed (0: all of val)
     bn_batches: int = 10  # training batches to recalibrate BatchNorm stats at each evaluated step
+    # How FGMT/GMT's pair bank stores the gradient pairs: bfloat16 halves the bank (and the pairs
+    # in state/); its contractions still run in float32 and accumulate in float64.
+    bank_dtype: str = "bfloat16"
     eval_batch_size: int = 512
 
     def __post_init__(self):
@@ -56,6 +60,8 @@ class TransferConfig:
         for name in ("grad_batches", "batch_size", "max_sweeps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bank_dtype not in BANK_DTYPES:
+            raise ConfigError(f"unknown bank_dtype {self.bank_dtype!r}; choose one of {BANK_DTYPES}")
         if self.lap not in LAP_SOLVERS:
             raise ConfigError(f"unknown LAP solver {self.lap!r}; choose one of {LAP_SOLVERS}")
         for name in ("tol", "rtol"):
