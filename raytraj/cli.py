@@ -157,7 +157,7 @@ def cmd_transfer(args):
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
                  backend=args.backend, backend_options=_backend_options(args), resume=args.resume,
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
-                 head=args.head_module)
+                 head=args.head_module, keep_state=args.keep_state)
     print(format_table([m]))
     from .runfolder import RunFolder
 
@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
+    x.add_argument("--keep-state", action="store_true",
+                   help="keep --out/state (the gradient pairs and progress) after the run succeeds; it is removed")
     x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level")
     x.add_argument("--backend", default="local", choices=["local", "ray"])
     x.add_argument("--address", help="Ray cluster: auto, or ray://HOST:PORT (default: start a local one)")

@@ -82,7 +82,7 @@ def test_progress_file_size_does_not_grow_with_the_number_of_steps(digits_source
     for steps in (40, 600):
         out = tmp_path / f"t{steps}"
         transfer(src, str(out), TransferConfig(method="naive", steps=steps, eval_every=0), target_seed=4,
-                 progress=False)
+                 progress=False, keep_state=True)
         sizes[steps] = (out / "state" / checkpointing.PROGRESS).stat().st_size
     # every permutation in the progress file: 15x the bytes for 15x the steps
     assert sizes[600] < 3 * sizes[40], sizes
@@ -125,3 +125,12 @@ def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source
     a = load_checkpoint(str(tmp_path / "whole" / "final.safetensors"))[0]
     b = load_checkpoint(str(tmp_path / "cut" / "final.safetensors"))[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_state_is_removed_after_success_unless_kept(digits_source, tmp_path):
+    src = str(digits_source / "source")
+    argv = ["transfer", "--source", src, "--target-seed", "4", "--method", "fgmt", "--steps", "2", "--quiet", "--out"]
+    assert main([*argv, str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "state").exists() and (tmp_path / "plain" / "metrics.json").exists()
+    assert main([*argv, str(tmp_path / "kept"), "--keep-state"]) == 0
+    assert (tmp_path / "kept" / "state" / "pairs-000002.safetensors").exists()

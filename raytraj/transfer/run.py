@@ -64,8 +64,13 @@ def transfer(
     spec=None,
     head: str = HEAD,
     problem: Problem | None = None,
+    keep_state: bool = False,
 ) -> dict:
     """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
+
+    ``keep_state`` keeps the run folder's ``state/`` (FGMT's gradient pairs, the progress) after
+    the run succeeds; by default it is removed then, as only a resume reads it (1.1 GB for an
+    MLP of width 2048).
 
     ``force`` transfers a source that ends at chance level, which is otherwise refused.
     ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
@@ -145,6 +150,8 @@ def transfer(
         **cluster,
     }
     fs.atomic_write_json(folder.metrics_path, metrics)
+    if not keep_state:  # finished: nothing resumes from it any more
+        fs.remove(folder.state_dir)
     return metrics
 
 
