@@ -105,6 +105,8 @@ def _add_solver_args(q) -> None:
 
 def _add_schedule_args(q, defaults: dict, schedules) -> None:
     """The transfer options every transfer command shares, with TransferConfig's defaults."""
+    from .transfer.config import AUTO_EVAL
+
     q.add_argument("--schedule", default=defaults["schedule"], choices=schedules,
                    help=f"how the T steps sample the trajectory (default {defaults['schedule']})")
     q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"],
@@ -114,8 +116,9 @@ def _add_schedule_args(q, defaults: dict, schedules) -> None:
     q.add_argument("--seed", type=int, default=defaults["seed"],
                    help=f"seeds the batches and the solver's order (default {defaults['seed']})")
     q.add_argument("--eval-every", type=_eval_every, default=defaults["eval_every"], metavar="{auto,K}",
-                   help="evaluate every K steps (0: only the last; default auto: about ten steps spread over the "
-                   "run and every step of its last sixth)")
+                   help="evaluate every K steps (0: only the last; default "
+                   f"{'auto' if defaults['eval_every'] == AUTO_EVAL else defaults['eval_every']}; auto: about ten "
+                   "steps spread over the run and every step of its last sixth)")
 
 
 def _eval_every(text: str) -> int:
