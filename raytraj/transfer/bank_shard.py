@@ -22,7 +22,7 @@ import torch
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..perm import PairBank, PermutationSpec, identity_permutation, solve_laps_serial
-from ..perm.matching import assignment_gain, sum_terms
+from ..perm.descent import assignment_gain, sum_terms
 
 Diff = dict[str, tuple[np.ndarray, np.ndarray]]  # group -> (changed positions, their new values)
 
@@ -49,13 +49,14 @@ def apply_diff(perm: dict, diff: Diff) -> None:
 
 
 class BankShard:
-    def __init__(self, spec: PermutationSpec, owned: Sequence[str], normalize: bool, device=None):
-        self.spec, self.owned, self.normalize, self.device = spec, set(owned), normalize, device
-        self.bank = PairBank(spec, normalize=normalize, device=device)
+    def __init__(self, spec: PermutationSpec, owned: Sequence[str], normalize: bool, device=None,
+                 dtype: torch.dtype = torch.float32):
+        self.spec, self.owned, self.normalize, self.device, self.dtype = spec, set(owned), normalize, device, dtype
+        self.bank = PairBank(spec, normalize=normalize, device=device, dtype=dtype)
         self.perm = {g: p.to(device) if device is not None else p for g, p in identity_permutation(spec).items()}
 
     def reset(self) -> None:
-        self.bank = PairBank(self.spec, normalize=self.normalize, device=self.device)
+        self.bank = PairBank(self.spec, normalize=self.normalize, device=self.device, dtype=self.dtype)
 
     def sync(self, diff: Diff) -> None:
         apply_diff(self.perm, diff)
@@ -87,8 +88,12 @@ class BankShard:
         return perm_diff({group: old}, {group: p_new}), value_new, value_old, lap_s
 
     def objective(self) -> float:
-        """This shard's share of sum over pairs of <target, perm(source)>."""
-        return self.bank.objective(self.perm) if self.bank.num_pairs else 0.0
+        """This shard's share of the permuted part of sum over pairs of <target, perm(source)>."""
+        return self.bank.permuted_objective(self.perm) if self.bank.num_pairs else 0.0
+
+    def constant(self) -> float:
+        """This shard's share of the part no permutation touches."""
+        return self.bank.constant
 
     # -- checkpoint ----------------------------------------------------------------------------
     def save(self, location: str, worker: int, step: int, target: Mapping[str, torch.Tensor] | None,

@@ -24,9 +24,8 @@ from __future__ import annotations
 from .. import fs
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..perm import perm_from_lists, perm_to_lists
-from .engine import TransferState
-
-PROGRESS = "progress.safetensors"
+from ..runfolder import PROGRESS
+from .state import TransferState
 CHUNK = 256  # steps per chunk file
 CACHE_WEIGHT = 1.0  # the progress file waits until the pairs since the last one weigh this x the caches
 
@@ -92,9 +91,8 @@ class RunCheckpointer:
                 "chunks": self._chunks, "tail": tail, "shards": state.shards}
         save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
 
-    def load(self):
-        if not self.exists():
-            return None
+    def _read(self) -> tuple[dict, dict, dict]:
+        """(cached contractions, progress info, every record so far) from the progress, chunk and tail."""
         cache, info = load_checkpoint(fs.join(self.location, PROGRESS))
         try:
             records = {"perms": [], "solves": [], "val_acc": {}, "pair_steps": []}
@@ -109,6 +107,18 @@ class RunCheckpointer:
         except (KeyError, TypeError, FileNotFoundError) as e:
             raise CheckpointError(f"{self.location} holds damaged transfer progress ({e!r}); delete the run "
                                   "folder to start over") from e
+        return cache, info, records
+
+    def evaluations(self) -> dict[int, float]:
+        """Val accuracy of every step evaluated so far ({} before the first save); reads no pairs."""
+        if not self.exists():
+            return {}
+        return {int(k): v for k, v in RunCheckpointer(self.location, self.chunk)._read()[2]["val_acc"].items()}
+
+    def load(self):
+        if not self.exists():
+            return None
+        cache, info, records = self._read()
         # Pair files of steps after the progress file's (written before a crash) are redone: left out.
         self.pair_steps = [p for p in records["pair_steps"] if p <= info["step"]]
         pairs = []
