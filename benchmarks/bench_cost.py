@@ -189,6 +189,47 @@ def main():
         report(results, args.report)
 
 
+def resnet50_terms() -> tuple[int, list[int]]:
+    """torchvision's ResNet-50: its parameter count, and the width n of each cost term that depends on
+    other groups' permutations (an n x n float64 cache each): both axes of every block conv and
+    projection shortcut (the stem conv, BatchNorm and the classifier have one permuted axis)."""
+    sizes, c_in = [], 64  # the stem's 64 channels feed the first block
+    for w, c, blocks in ((64, 256, 3), (128, 512, 4), (256, 1024, 6), (512, 2048, 3)):
+        for b in range(blocks):
+            sizes += [w, c_in, w, w, c, w]  # conv1 (c_in -> w), conv2 (w -> w), conv3 (w -> c): out and in
+            if b == 0:
+                sizes += [c, c_in]  # the projection shortcut (c_in -> c)
+            c_in = c
+    return 25_557_032, sizes
+
+
+def transformer_terms() -> tuple[int, list[int]]:
+    """A 100M-parameter pre-LN transformer from raytraj's zoo (depth 14, width 768, 12 heads, MLP x4):
+    parameter count and dynamic cost-term widths, read off a PairBank built on its inferred spec."""
+    import torch
+
+    from raytraj.models import build_model, config_for_data
+    from raytraj.perm import PairBank, infer_spec
+
+    model = build_model(config_for_data("transformer", (16, 256), 10, depth=14, width=768, heads=12, mlp_ratio=4),
+                        0)
+    bank = PairBank(infer_spec(model, torch.randn(2, 16, 256)))
+    sizes = [bank._plain.sizes[g] for g, terms in bank._dynamic.items() for _ in terms]
+    return sum(p.numel() for p in model.parameters()), sizes
+
+
+def projected(params: int, sizes: list[int], steps: int = 30) -> dict:
+    """Bank bytes at T steps: today's (float32, slots doubling from 4, so 32 for T=30, and 16 more held
+    while they are copied at the 17th pair) against a bfloat16 bank of exactly T slots; both keep the
+    n x n float64 caches."""
+    slots = 4
+    while slots < steps:
+        slots *= 2
+    cache = sum(8 * n * n for n in sizes)
+    return {"params": params, "cache": cache, "today": 2 * slots * params * 4 + cache,
+            "today_peak": 2 * (slots + slots // 2) * params * 4 + cache, "new": 2 * steps * params * 2 + cache}
+
+
 def report(results: dict, out: str) -> None:
     lines = ["| model | run | transfer CPU s | ÷ training | best val (step) | evaluated steps | LAPs | LAP s "
              "| eval s | peak RSS MB | written MB | bank MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +256,13 @@ def report(results: dict, out: str) -> None:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {t['n']} | {t['count']} | {t['exact_s'] * 1e3:.0f} | {t['sparse_s'] * 1e3:.0f} | "
                   f"{t['sparse_s'] / t['exact_s']:.2f} | {t['gap_mean']:.1e} | {t['gap_max']:.1e} |" for t in laps]
+    lines += ["", "| model | params | caches GB | today's bank GB (peak) | bf16, T slots GB | new ÷ today (÷ peak) |",
+              "|---|---|---|---|---|---|"]
+    for name, (params, sizes) in (("ResNet-50", resnet50_terms()), ("transformer 100M", transformer_terms())):
+        p = projected(params, sizes)
+        lines.append(f"| {name} | {params / 1e6:.1f}M | {p['cache'] / 1e9:.2f} | {p['today'] / 1e9:.1f} "
+                     f"({p['today_peak'] / 1e9:.1f}) | {p['new'] / 1e9:.1f} | {p['new'] / p['today']:.2f} "
+                     f"({p['new'] / p['today_peak']:.2f}) |")
     lines += ["", "Load average (1 min) at each start: " + ", ".join(f"{t} {v:.1f}" for t, v in results["load"])]
     text = "\n".join(lines) + "\n"
     with open(out, "w") as f:

@@ -58,7 +58,12 @@ class LocalMatcher:
         return self.bank.memory_bytes()
 
     def snapshot(self):
-        return self._new, self.bank.cache_state(), {}
+        new = self._new
+        if not self.normalize and self.dtype != torch.float32:
+            # The bank keeps only the rounded values, so a resume that adds these back rebuilds it bit for bit
+            # (normalising divides by the unrounded norms first: those pairs stay as they came).
+            new = [tuple({k: v.to(self.dtype) for k, v in side.items()} for side in pair) for pair in new]
+        return new, self.bank.cache_state(), {}
 
     def restore(self, pairs, cache, shards):
         if shards:  # a run begun on the Ray backend, resumed here
