@@ -35,11 +35,35 @@ import time
 
 MNIST1D = dict(epochs=30, lr=0.1, weight_decay=1e-4)
 DIGITS = dict(epochs=20, lr=0.05, weight_decay=5e-4)
+FMNIST = dict(epochs=6, lr=0.05, weight_decay=5e-4)
+FMNIST_IDX = "/usr/share/datasets/fashion-mnist"
 MODELS = {  # name -> (zoo model, data, model args, training recipe)
     **{f"mlp{w}": ("mlp", "mnist1d:20000", {"hidden": [w, w]}, MNIST1D) for w in (256, 512, 1024, 2048, 4096)},
     "conv8bn-0.25": ("conv", "digits", {"width": 0.25, "batch_norm": True}, DIGITS),
+    # Fashion-MNIST's first 20,000 training images (18,000 train + 2,000 val) and its 10,000 test images,
+    # converted once by fashion_npz() from the idx files of the dataset-fashion-mnist package
+    "fmnist-conv8bn-0.25": ("conv", "npz:FMNIST", {"width": 0.25, "batch_norm": True}, FMNIST),
     "resnet20-0.5": ("resnet20", "digits", {"width": 0.5}, DIGITS),
 }
+
+
+def fashion_npz(work: str) -> str:
+    """Fashion-MNIST as an ``npz:`` file (20,000 training images, the 10,000 test images), made once."""
+    import gzip
+
+    import numpy as np
+
+    path = os.path.join(os.path.abspath(work), "fashion-20k.npz")
+    if not os.path.exists(path):
+        def idx(name, offset):
+            with gzip.open(os.path.join(FMNIST_IDX, name)) as f:
+                return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+        x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:20000].astype(np.float32) / 255
+        xt = idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
+        np.savez(path, x_train=x, y_train=idx("train-labels-idx1-ubyte.gz", 8)[:20000].astype(np.int64),
+                 x_test=xt, y_test=idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    return path
 
 
 def meters() -> dict:
@@ -60,6 +84,7 @@ def one(job: dict) -> dict:
 
     warnings.simplefilter("ignore")
     model, data, model_args, recipe = MODELS[job["model"]]
+    data = data.replace("FMNIST", job.get("fmnist", ""))
     from raytraj.transfer import TransferConfig, transfer
 
     if job["kind"] == "train":
@@ -161,13 +186,19 @@ def main():
         if key not in results:
             print(time.strftime("%H:%M:%S"), key, flush=True)
             results[key] = {**run_one(job, pythonpath), "load": os.getloadavg()[0]}
-            json.dump(results, open(path, "w"), indent=1)
+            # another invocation may have written meanwhile (e.g. the baseline's runs): keep its entries
+            disk = json.load(open(path)) if os.path.exists(path) else {}
+            results.update({k: v for k, v in disk.items() if k not in results})
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(path + ".tmp", path)
         return results[key]
 
     for name in [m for m in args.models.split(",") if m]:
         root = os.path.join(os.path.abspath(args.work), name)
         src = os.path.join(root, "source")
-        record(f"{name}/train", {"kind": "train", "model": name, "out": src}, here)
+        extra = {"fmnist": fashion_npz(args.work)} if "FMNIST" in MODELS[name][1] else {}
+        record(f"{name}/train", {"kind": "train", "model": name, "out": src, **extra}, here)
         runs = {"new": {}}
         if args.baseline:
             runs["today"] = {}
@@ -178,7 +209,7 @@ def main():
                 continue
             out = os.path.join(root, run.replace(" ", "").replace(",", "-"))
             record(f"{name}/{run}", {"kind": "transfer", "model": name, "source": src, "out": out, "cfg": cfg,
-                                     "warm": True}, args.baseline if run == "today" else here)
+                                     "warm": True, **extra}, args.baseline if run == "today" else here)
     for w in [w for w in args.laps.split(",") if w]:
         name = f"mlp{w}"
         root = os.path.join(os.path.abspath(args.work), name)

@@ -95,8 +95,8 @@ def _add_solver_args(q) -> None:
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
                    help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
-                   "GPU, else exact scipy for groups narrower than 1024 units and the sparse top-k solver from there; "
-                   "scipy: exact at every width; sparse: top-k at every width; see benchmarks/results/cost.md)")
+                   "GPU, else exact scipy; sparse: restricted to a few candidates per row and column, within 0.1%% of "
+                   "the optimum; see benchmarks/results/cost.md)")
     q.add_argument("--bank-dtype", choices=BANK_DTYPES,
                    help=f"how the pair bank stores gradient pairs (default {defaults['bank_dtype']}: half the memory "
                    "of float32; contractions run in float32)")

@@ -81,10 +81,10 @@ def test_bad_input_is_refused():
 
 
 def test_choice_of_solver():
-    from raytraj.perm.lap import solve_laps_by_width, solve_laps_sparse
+    from raytraj.perm.lap import solve_laps_sparse
 
-    assert lap_solver("auto", "cpu") is solve_laps_by_width
-    assert lap_solver("auto", None) is solve_laps_by_width
+    assert lap_solver("auto", "cpu") is solve_laps_serial
+    assert lap_solver("auto", None) is solve_laps_serial
     assert lap_solver("auto", "cuda:0") is solve_laps_auction
     with pytest.warns(RuntimeWarning, match="slower than scipy"):  # the auction on a CPU
         assert lap_solver("auction", "cpu") is solve_laps_auction

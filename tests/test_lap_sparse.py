@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from raytraj.perm.lap import solve_laps_by_width, solve_laps_sparse, sparse_assignment
+from raytraj.perm.lap import solve_laps_sparse, sparse_assignment
 
 
 def _value(a, cols):
@@ -47,8 +47,8 @@ def test_the_current_assignment_keeps_it_feasible_and_is_never_beaten_downward()
     assert sorted(got.tolist()) == list(range(n)) and _value(a, got) >= _value(a, np.arange(n)) - 1e-9
 
 
-def test_by_width_is_exact_below_the_threshold():
+def test_narrow_matrices_are_solved_exactly_and_bad_values_named():
     a = _lowrank(64, 5, noise=0.01)
-    assert (solve_laps_by_width([a])[0] == linear_sum_assignment(a, maximize=True)[1]).all()
+    assert (solve_laps_sparse([a], dense_below=100)[0] == linear_sum_assignment(a, maximize=True)[1]).all()
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         solve_laps_sparse([np.full((3, 3), np.nan)])

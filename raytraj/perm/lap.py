@@ -4,10 +4,11 @@ torch auction for devices.
 Coordinate descent solves one maximum-weight assignment per permutation group. scipy's
 ``linear_sum_assignment`` is the fastest exact CPU solver we measured, but it is cubic: a 2048-wide
 group costs seconds per solve. :func:`solve_laps_sparse` solves the assignment restricted to each
-row's and each column's ``k`` best entries plus the group's current assignment (scipy's sparse
-Jonker-Volgenant, ``min_weight_full_bipartite_matching``): the current assignment keeps the
-restricted problem feasible, and makes its answer never worse than the current one, so coordinate
-descent still rises monotonically. On a GPU, :func:`solve_laps_auction` solves all same-sized
+row's and each column's ``k`` best entries at approximate prices, plus the group's current
+assignment (scipy's sparse Jonker-Volgenant, ``min_weight_full_bipartite_matching``): the current
+assignment keeps the restricted problem feasible and its answer never worse than the current one,
+so coordinate descent still rises monotonically. On the CPU it measured no faster than the exact
+solve up to 2048 units, so it is opt-in (``--lap sparse``). On a GPU, :func:`solve_laps_auction` solves all same-sized
 matrices of a colour class as one batch where they live: a Jacobi auction (Bertsekas) with
 epsilon-scaling.
 
@@ -34,13 +35,13 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 # passed the groups' current assignments; one marked ``on_device`` gets torch tensors where they live.
 LapSolver = Callable[..., list]
 
-# Candidates per row and per column of the sparse solver, and its Sinkhorn iterations (see
-# sparse_assignment; the trade-off is measured in benchmarks/results/cost.md).
+# Candidates per row and per column of the sparse solver, its Sinkhorn iterations and last temperature
+# (see sparse_assignment). On gradient-matching costs of MLPs 1024 and 2048 wide it ends within 0.1% of
+# the optimum, but is no faster than scipy's exact solve there (benchmarks/results/cost.md): ``auto``
+# keeps scipy on the CPU.
 SPARSE_K = 32
 SPARSE_ITERS = 5
 SPARSE_TAU = 0.02
-# Below this width the exact dense solve costs about what building the sparse graph does.
-SPARSE_FROM = 1024
 
 
 def _check_finite(costs) -> None:
@@ -112,6 +113,7 @@ def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = No
         current: per matrix, the group's current assignment (kept feasible; see above), or None.
         k: candidates per row and per column.
         dense_below: solve matrices narrower than this exactly.
+        iters: Sinkhorn iterations for the candidates' prices.
     """
     _check_finite(costs)
     current = list(current) if current is not None else [None] * len(costs)
@@ -124,14 +126,6 @@ def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = No
 
 
 solve_laps_sparse.takes_current = True  # type: ignore[attr-defined]
-
-
-def solve_laps_by_width(costs: Sequence[np.ndarray], current: Sequence | None = None) -> list[np.ndarray]:
-    """Exact scipy below :data:`SPARSE_FROM` units, the sparse solver from there (``--lap auto`` on a CPU)."""
-    return solve_laps_sparse(costs, current, dense_below=SPARSE_FROM)
-
-
-solve_laps_by_width.takes_current = True  # type: ignore[attr-defined]
 
 
 def solve_laps_auction(costs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -265,9 +259,8 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
     """The LAP solver for ``name`` (see :data:`LAP_SOLVERS`) when the cost matrices live on ``device``.
 
     Args:
-        name: ``scipy`` exact; ``sparse`` the top-k solver at every width; ``auction`` the torch
-            auction; ``auto`` the auction when ``device`` is a GPU, else exact scipy below
-            :data:`SPARSE_FROM` units and the sparse solver from there.
+        name: ``scipy`` exact; ``sparse`` the candidate-restricted solver; ``auction`` the torch
+            auction; ``auto`` the auction when ``device`` is a GPU, else ``default``.
         device: where the pair bank keeps its tensors (None: the CPU).
         default: the exact CPU solver (a backend may spread scipy's LAPs over workers).
     """
@@ -284,6 +277,4 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
         return solve_laps_auction
     if name != "auto":
         raise ValueError(f"unknown LAP solver {name!r}; choose one of {LAP_SOLVERS}")
-    if on_gpu:
-        return solve_laps_auction
-    return solve_laps_by_width if default is solve_laps_serial else default
+    return solve_laps_auction if on_gpu else default
