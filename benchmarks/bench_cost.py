@@ -17,7 +17,7 @@ Per model it trains the source (the cost denominator), then runs FGMT T=30 with 
 
 * today: the baseline checkout's defaults;
 * new: this checkout's defaults;
-* new, exact LAPs (``--lap scipy``), where the defaults pick the sparse solver (MLPs from 1024 wide).
+* new-sparse: the defaults with ``--lap sparse`` (MLPs from 1024 wide).
 
 ``--laps W,...`` also records the exact solves' cost matrices of a transfer (``--lap scipy``) on the
 MLP source of each width and re-solves them with the sparse solver: time per LAP and objective gap.
@@ -203,11 +203,12 @@ def main():
         if args.baseline:
             runs["today"] = {}
         if name.startswith("mlp") and int(name[3:]) >= 1024:
-            runs["new, exact LAPs"] = {"lap": "scipy"}
+            runs["new-sparse"] = {"lap": "sparse"}  # the sparse LAP against the exact default, same run otherwise
+            runs["new-exact"] = {"lap": "scipy"}  # the default, named (a run of `new` predating that default)
         for run, cfg in runs.items():
             if args.runs and run not in args.runs.split(","):
                 continue
-            out = os.path.join(root, run.replace(" ", "").replace(",", "-"))
+            out = os.path.join(root, run)
             record(f"{name}/{run}", {"kind": "transfer", "model": name, "source": src, "out": out, "cfg": cfg,
                                      "warm": True, **extra}, args.baseline if run == "today" else here)
     for w in [w for w in args.laps.split(",") if w]:

@@ -88,15 +88,15 @@ def test_progress_file_size_does_not_grow_with_the_number_of_steps(digits_source
     assert sizes[600] < 3 * sizes[40], sizes
 
 
-def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpointing, "CHUNK", 2)
+def _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, check_cut):
+    """FGMT T=7 cut after step 5's save, ``check_cut(state dir)``, then resumed: the uninterrupted run, bit for bit."""
     src = str(digits_source / "source")
     cfg = TransferConfig(method="fgmt", steps=7, seed=3)
     whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
     real_save = _cut_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
-    assert len(list((tmp_path / "cut" / "state").glob("chunk-*.json"))) >= 2
+    check_cut(tmp_path / "cut" / "state")
     monkeypatch.setattr(RunCheckpointer, "save", real_save)
     resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
     assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
@@ -107,25 +107,25 @@ def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_sou
         json.loads((tmp_path / "cut" / "perm.json").read_text())
 
 
+def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpointing, "CHUNK", 2)
+
+    def two_chunks(state):
+        assert len(list(state.glob("chunk-*.json"))) >= 2
+
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, two_chunks)
+
+
 def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source, tmp_path, monkeypatch):
     # Caches that outweigh a few steps' pairs: the progress file (with the caches) is written every few steps
     # (every 3rd here: a bf16 pair of this MLP is 36 kB, its caches 64 kB).
     monkeypatch.setattr(checkpointing, "CACHE_WEIGHT", 1.5)
-    src = str(digits_source / "source")
-    cfg = TransferConfig(method="fgmt", steps=7, seed=3)
-    whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
-    real_save = _cut_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
-    state = tmp_path / "cut" / "state"
-    saved = load_checkpoint(str(state / checkpointing.PROGRESS))[1]["step"]
-    assert 0 < saved < 5 and (state / "pairs-000005.safetensors").exists()  # the steps after `saved` are redone
-    monkeypatch.setattr(RunCheckpointer, "save", real_save)
-    resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
-    assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
-    a = load_checkpoint(str(tmp_path / "whole" / "final.safetensors"))[0]
-    b = load_checkpoint(str(tmp_path / "cut" / "final.safetensors"))[0]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def progress_behind(state):
+        saved = load_checkpoint(str(state / checkpointing.PROGRESS))[1]["step"]
+        assert 0 < saved < 5 and (state / "pairs-000005.safetensors").exists()  # the steps after it are redone
+
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, progress_behind)
 
 
 def test_state_is_removed_after_success_unless_kept(digits_source, tmp_path):
