@@ -175,12 +175,14 @@ def main():
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return
+    if args.report:  # the table from what earlier invocations recorded; runs nothing
+        report(json.load(open(os.path.join(args.work, "results.json"))), args.report, args.work)
+        return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(args.work, exist_ok=True)
     path = os.path.join(args.work, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
-    if not args.report:
-        results.setdefault("load", []).append([time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]])
+    results.setdefault("load", []).append([time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]])
 
     def record(key, job, pythonpath):
         if key not in results:
@@ -217,8 +219,6 @@ def main():
         record(f"{name}/train", {"kind": "train", "model": name, "out": os.path.join(root, "source")}, here)
         record(f"{name}/laps", {"kind": "laps", "model": name, "source": os.path.join(root, "source"),
                                 "out": os.path.join(root, "laps"), "cfg": {"lap": "scipy", "eval_every": 0}}, here)
-    if args.report:
-        report(results, args.report)
 
 
 def resnet50_terms() -> tuple[int, list[int]]:
@@ -262,7 +262,25 @@ def projected(params: int, sizes: list[int], steps: int = 30) -> dict:
             "today_peak": 2 * (slots + slots // 2) * params * 4 + cache, "new": 2 * steps * params * 2 + cache}
 
 
-def report(results: dict, out: str) -> None:
+def schedule_rows(work: str) -> list[str]:
+    """On today's runs (val at every step): the best val over every step against over eval_steps(30) only,
+    the same curve, so the difference is the schedule's alone."""
+    from raytraj.transfer.config import eval_steps
+
+    rows = []
+    for name in MODELS:
+        path = os.path.join(work, name, "today", "metrics.json")
+        if not os.path.exists(path):
+            continue
+        val = json.load(open(path))["val_acc"]
+        steps = eval_steps(len(val))
+        best, sched = max(val), max(val[s - 1] for s in steps)
+        rows.append(f"| {name} | {best:.2f} (step {val.index(best) + 1}) | {sched:.2f} "
+                    f"(step {[s for s in steps if val[s - 1] == sched][0]}) | {sched - best:+.2f} |")
+    return rows
+
+
+def report(results: dict, out: str, work: str) -> None:
     lines = ["| model | run | transfer CPU s | ÷ training | best val (step) | evaluated steps | LAPs | LAP s "
              "| eval s | peak RSS MB | written MB | bank MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
@@ -288,6 +306,8 @@ def report(results: dict, out: str) -> None:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {t['n']} | {t['count']} | {t['exact_s'] * 1e3:.0f} | {t['sparse_s'] * 1e3:.0f} | "
                   f"{t['sparse_s'] / t['exact_s']:.2f} | {t['gap_mean']:.1e} | {t['gap_max']:.1e} |" for t in laps]
+    lines += ["", "| model | best val, every step | best val, auto schedule (13 of 30 steps) | change |",
+              "|---|---|---|---|", *schedule_rows(work)]
     lines += ["", "| model | params | caches GB | today's bank GB (peak) | bf16, T slots GB | new ÷ today (÷ peak) |",
               "|---|---|---|---|---|---|"]
     for name, (params, sizes) in (("ResNet-50", resnet50_terms()), ("transformer 100M", transformer_terms())):
