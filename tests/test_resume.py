@@ -14,28 +14,17 @@ from raytraj.config import ConfigError
 from raytraj.data import load_data
 from raytraj.models import config_for_data
 from raytraj.train import TrainConfig, train
-from raytraj.transfer import RunCheckpointer, TransferConfig, transfer
+from raytraj.transfer import TransferConfig, transfer
 
 
-def _cut_at(monkeypatch, step):
-    real_save = RunCheckpointer.save
-
-    def die(self, state, new_pairs, cache):
-        real_save(self, state, new_pairs, cache)
-        if state.step == step:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunCheckpointer, "save", die)
-    return real_save
-
-
-def test_resume_accepts_the_source_spelled_relative_or_absolute(digits_source, tmp_path, monkeypatch):
+def test_resume_accepts_the_source_spelled_relative_or_absolute(digits_source, tmp_path, monkeypatch,
+                                                                cut_transfer_at):
     monkeypatch.chdir(digits_source)
     cfg = TransferConfig(method="naive", steps=6, eval_every=0)
-    real_save = _cut_at(monkeypatch, 3)
+    lift = cut_transfer_at(3)
     with pytest.raises(KeyboardInterrupt):
         transfer("source", str(tmp_path / "run"), cfg, target_seed=4, progress=False)
-    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    lift()
     m = transfer(str(digits_source / "source"), str(tmp_path / "run"), cfg, target_seed=4, resume=True,
                  progress=False)
     assert m["steps"] == 6 and m["source"] == str(digits_source / "source")
@@ -88,16 +77,16 @@ def test_progress_file_size_does_not_grow_with_the_number_of_steps(digits_source
     assert sizes[600] < 3 * sizes[40], sizes
 
 
-def _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, check_cut):
+def _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, check_cut):
     """FGMT T=7 cut after step 5's save, ``check_cut(state dir)``, then resumed: the uninterrupted run, bit for bit."""
     src = str(digits_source / "source")
     cfg = TransferConfig(method="fgmt", steps=7, seed=3)
     whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
-    real_save = _cut_at(monkeypatch, 5)
+    lift = cut_transfer_at(5)
     with pytest.raises(KeyboardInterrupt):
         transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
     check_cut(tmp_path / "cut" / "state")
-    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    lift()
     resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
     assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
     a = load_checkpoint(str(tmp_path / "whole" / "final.safetensors"))[0]
@@ -107,16 +96,18 @@ def _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, check_cut
         json.loads((tmp_path / "cut" / "perm.json").read_text())
 
 
-def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch):
+def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch,
+                                                                      cut_transfer_at):
     monkeypatch.setattr(checkpointing, "CHUNK", 2)
 
     def two_chunks(state):
         assert len(list(state.glob("chunk-*.json"))) >= 2
 
-    _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, two_chunks)
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, two_chunks)
 
 
-def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source, tmp_path, monkeypatch):
+def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source, tmp_path, monkeypatch,
+                                                                   cut_transfer_at):
     # Caches that outweigh a few steps' pairs: the progress file (with the caches) is written every few steps
     # (every 3rd here: a bf16 pair of this MLP is 36 kB, its caches 64 kB).
     monkeypatch.setattr(checkpointing, "CACHE_WEIGHT", 1.5)
@@ -125,7 +116,7 @@ def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source
         saved = load_checkpoint(str(state / checkpointing.PROGRESS))[1]["step"]
         assert 0 < saved < 5 and (state / "pairs-000005.safetensors").exists()  # the steps after it are redone
 
-    _cut_and_resumed_equal_whole(digits_source, tmp_path, monkeypatch, progress_behind)
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, progress_behind)
 
 
 def test_state_is_removed_after_success_unless_kept(digits_source, tmp_path):

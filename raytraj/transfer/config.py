@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..config import ConfigError, check_seed
 from ..perm.lap import LAP_SOLVERS
 from ..trajectory import SCHEDULES
 
@@ -99,6 +99,7 @@ class TransferConfig:
         for name in ("bn_batches", "val_subset", "step_sweeps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_seed("seed", self.seed)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 

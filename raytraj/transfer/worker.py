@@ -26,7 +26,7 @@ from ..finite import nonfinite_names
 from ..models import build_model
 from ..perm import PermutationSpec
 from ..perm.apply import permute_tensor
-from ..runtime import default_device
+from ..runtime import resolve_device
 from ..trajectory import Trajectory
 
 
@@ -74,7 +74,7 @@ class TransferWorker:
     def __init__(self, model_cfg, data: Dataset, spec: PermutationSpec, trajectory: Trajectory,
                  target_init: Mapping[str, torch.Tensor], *, seed: int, batch_size: int, bn_batches: int,
                  eval_batch_size: int = 512, val_subset: int = 0, device: torch.device | str | None = None):
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.model = build_model(model_cfg, 0).to(self.device)
         self.data = data
         self.spec = spec
