@@ -6,6 +6,7 @@ so a permutation maps source units into target order.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -63,15 +64,15 @@ def permute_tensor(t: torch.Tensor, axes, perm: Mapping[str, torch.Tensor], skip
 def segmented_index(perm: Mapping[str, torch.Tensor], entry: tuple, length: int) -> torch.Tensor:
     """The gather index of a segmented axis: new[b * d + j] = old[perm[outer][b] * d + perm[inner][j]].
 
-    A None part of ``entry`` stays in place; ``length`` is the axis length, n_outer * d.
+    More parts nest row-major the same way. A None part stays in place; ``length`` is the axis length.
     """
-    outer = perm[entry[0]] if entry[0] is not None else None
-    inner = perm[entry[1]] if entry[1] is not None else None
-    if outer is None:
-        outer = torch.arange(length // len(inner), device=inner.device)
-    if inner is None:
-        inner = torch.arange(length // len(outer), device=outer.device)
-    return (outer[:, None] * len(inner) + inner[None, :].to(outer.device)).reshape(-1)
+    known = math.prod(len(perm[g]) for g in entry if g is not None)
+    device = next(perm[g].device for g in entry if g is not None)
+    index = torch.zeros(1, dtype=torch.long, device=device)
+    for g in entry:
+        part = perm[g].to(device) if g is not None else torch.arange(length // known, device=device)
+        index = (index[:, None] * len(part) + part[None, :]).reshape(-1)
+    return index
 
 
 def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:
