@@ -1,113 +1,326 @@
-"""Transfer cost against training cost, before and after the cheap-solve changes, in CPU seconds.
+"""Transfer cost against training cost as models grow: LAP solvers, evaluation, the bank, disk, timing.
 
-    PYTHONPATH=. python benchmarks/bench_cost.py --work runs/cost --out benchmarks/results/cost.md [--samples 20000]
+    PYTHONPATH=. python benchmarks/bench_cost.py --work runs/cost --baseline BASELINE_SRC [--models ...]
+    PYTHONPATH=. python benchmarks/bench_cost.py --work runs/cost --report benchmarks/results/cost.md
 
-One process, one torch thread, CPU time (``time.process_time``) so that a busy shared machine
-slows the wall clock but not the ratios. For MNIST-1D at each --samples it trains the MLP 512-512
-source with the reproduce.py recipe (30 epochs), then runs FGMT T=30 on it:
+BASELINE_SRC is a checkout of the code before these changes (``git archive a445375 | tar -x -C DIR``):
+its FGMT defaults are "today's" (exact scipy LAPs, val at every step, float32 bank doubling its
+capacity, caches written to state/ at every step and state/ kept).
 
-* before: the official stopping rule (absolute tol 1e-7), val evaluated at every step;
-* the relative rule (rtol 1e-3) solving every step to it, val at every step on a 1000-sample subset;
-* the defaults (rtol 1e-3, at most 3 sweeps in every step but the last), the same evaluation;
-* the defaults with val only at the last step (the old cost table's setting).
+Every measurement runs in a fresh subprocess with one torch thread (``--one``), which reports
+the CPU seconds of its work (``time.process_time``: user + sys, so a loaded machine slows the wall
+clock but hardly the ratios), its peak RSS (``ru_maxrss``) and the bytes it wrote (``wchar`` of
+/proc/self/io: every write call, files and pipes, counted by the kernel, not by raytraj). Results
+go to WORK/results.json, one entry per (model, run), so an interrupted benchmark continues.
 
-A short untimed transfer runs first, so that no timed run pays the process's one-time imports.
+Per model it trains the source (the cost denominator), then runs FGMT T=30 with target seed 2:
 
-It also times the LAP solvers on the CPU (scipy against the torch auction) on random matrices.
+* today: the baseline checkout's defaults;
+* new: this checkout's defaults;
+* new-sparse: the defaults with ``--lap sparse`` (MLPs from 1024 wide).
+
+``--laps W,...`` also records the exact solves' cost matrices of a transfer (``--lap scipy``) on the
+MLP source of each width and re-solves them with the sparse solver: time per LAP and objective gap.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
+import resource
+import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
-from reproduce import RECIPES, MODEL  # noqa: E402
-
-from raytraj import fs  # noqa: E402
-from raytraj.perm import solve_laps_auction, solve_laps_serial  # noqa: E402
-from raytraj.train import train_from_args  # noqa: E402
-from raytraj.trajectory import TrajectoryStore  # noqa: E402
-from raytraj.transfer import TransferConfig, transfer  # noqa: E402
-
-VARIANTS = {
-    "before (tol 1e-7, full val every step)": dict(rtol=0.0, step_sweeps=0),
-    "rtol 1e-3, uncapped steps, val subset 1000 every step": dict(val_subset=1000, step_sweeps=0),
-    "defaults (rtol 1e-3, step_sweeps 3), val subset 1000 every step": dict(val_subset=1000),
-    "defaults, eval only at the last step": dict(eval_every=0),
+MNIST1D = dict(epochs=30, lr=0.1, weight_decay=1e-4)
+DIGITS = dict(epochs=20, lr=0.05, weight_decay=5e-4)
+FMNIST = dict(epochs=6, lr=0.05, weight_decay=5e-4)
+FMNIST_IDX = "/usr/share/datasets/fashion-mnist"
+MODELS = {  # name -> (zoo model, data, model args, training recipe)
+    **{f"mlp{w}": ("mlp", "mnist1d:20000", {"hidden": [w, w]}, MNIST1D) for w in (256, 512, 1024, 2048, 4096)},
+    "conv8bn-0.25": ("conv", "digits", {"width": 0.25, "batch_norm": True}, DIGITS),
+    # Fashion-MNIST's first 20,000 training images (18,000 train + 2,000 val) and its 10,000 test images,
+    # converted once by fashion_npz() from the idx files of the dataset-fashion-mnist package
+    "fmnist-conv8bn-0.25": ("conv", "npz:FMNIST", {"width": 0.25, "batch_norm": True}, FMNIST),
+    "resnet20-0.5": ("resnet20", "digits", {"width": 0.5}, DIGITS),
 }
 
 
-def cpu_timed(fn):
-    t0 = time.process_time()
-    out = fn()
-    return out, time.process_time() - t0
+def fashion_npz(work: str) -> str:
+    """Fashion-MNIST as an ``npz:`` file (20,000 training images, the 10,000 test images), made once."""
+    import gzip
+
+    import numpy as np
+
+    path = os.path.join(os.path.abspath(work), "fashion-20k.npz")
+    if not os.path.exists(path):
+        def idx(name, offset):
+            with gzip.open(os.path.join(FMNIST_IDX, name)) as f:
+                return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+        x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:20000].astype(np.float32) / 255
+        xt = idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
+        np.savez(path, x_train=x, y_train=idx("train-labels-idx1-ubyte.gz", 8)[:20000].astype(np.int64),
+                 x_test=xt, y_test=idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    return path
 
 
-def lap_rows(sizes, reps=2):
-    rows = []
-    g = torch.Generator().manual_seed(0)
-    for n in sizes:
-        mats = [torch.randn(n, n, generator=g, dtype=torch.float64) for _ in range(reps)]
-        _, scipy_s = cpu_timed(lambda: solve_laps_serial([m.numpy() for m in mats]))
-        _, auction_s = cpu_timed(lambda: solve_laps_auction(mats))
-        rows.append(f"| {n} | {scipy_s / reps * 1e3:.1f} | {auction_s / reps * 1e3:.1f} | {auction_s / scipy_s:.0f}x |")
-    return rows
+def meters() -> dict:
+    io = {}
+    with open("/proc/self/io") as f:
+        for line in f:
+            k, v = line.split(":")
+            io[k] = int(v)
+    return {"cpu_s": time.process_time(), "wchar": io["wchar"]}
+
+
+def one(job: dict) -> dict:
+    """Run one job in this process; what it cost, by the kernel's and the process's meters."""
+    import torch
+
+    torch.set_num_threads(1)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    model, data, model_args, recipe = MODELS[job["model"]]
+    data = data.replace("FMNIST", job.get("fmnist", ""))
+    from raytraj.transfer import TransferConfig, transfer
+
+    if job["kind"] == "train":
+        from raytraj.train import train_from_args
+
+        before = meters()
+        r = train_from_args(model, data, job["out"], seed=1, model_args=model_args, progress=False, **recipe)
+        after = meters()
+        out = {"val_acc": r.val_acc[-1]}
+    else:
+        cfg = TransferConfig(method="fgmt", steps=30, seed=0, **job.get("cfg", {}))
+        if job.get("warm"):  # the process's one-time imports and first-call costs, untimed
+            transfer(job["source"], job["out"] + "-warm", TransferConfig(steps=1, eval_every=0), target_seed=2,
+                     progress=False)
+        captured = []
+        if job["kind"] == "laps":
+            import numpy as np
+
+            import raytraj.perm.lap as lap
+
+            exact = lap.linear_sum_assignment
+            seen = [0]
+
+            def recording(a, maximize=False):  # every 4th wide matrix, at most 12 (2048^2 float64 is 32 MB)
+                seen[0] += 1
+                if len(a) >= 256 and seen[0] % 4 == 1 and len(captured) < 12:
+                    captured.append(np.array(a))
+                return exact(a, maximize=maximize)
+
+            lap.linear_sum_assignment = recording
+        before = meters()
+        m = transfer(job["source"], job["out"], cfg, target_seed=2, progress=False)
+        after = meters()
+        out = {k: m[k] for k in ("best_val_acc", "best_step", "final_val_acc", "test_acc", "timing", "solver")}
+        out["bank"] = m.get("bank")
+        out["evaluated"] = sum(v is not None for v in m["val_acc"])
+        out["state_left"] = os.path.isdir(os.path.join(job["out"], "state"))
+        if captured:
+            out["laps"] = lap_table(captured)
+    out.update({"cpu_s": after["cpu_s"] - before["cpu_s"], "written": after["wchar"] - before["wchar"],
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+    return out
+
+
+def lap_table(mats) -> dict:
+    """Exact against sparse on recorded cost matrices: CPU s per LAP, and the sparse answer's gap as a
+    fraction of the way from a random assignment's value to the optimum's (mean and max)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from raytraj.perm.lap import sparse_assignment
+
+    exact_s = sparse_s = 0.0
+    gaps = []
+    for a in mats:
+        rows = np.arange(len(a))
+        t = time.process_time()
+        ref = linear_sum_assignment(a, maximize=True)[1]
+        exact_s += time.process_time() - t
+        t = time.process_time()
+        cols = sparse_assignment(a, current=rows)
+        sparse_s += time.process_time() - t
+        best, rand = a[rows, ref].sum(), a.sum() / len(a)
+        gaps.append(float((best - a[rows, cols].sum()) / (best - rand)))
+    return {"n": len(mats[0]), "count": len(mats), "exact_s": exact_s / len(mats), "sparse_s": sparse_s / len(mats),
+            "gap_mean": float(np.mean(gaps)), "gap_max": float(np.max(gaps))}
+
+
+def run_one(job: dict, pythonpath: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{job}: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--work", default="runs/cost")
-    ap.add_argument("--out", default="benchmarks/results/cost.md")
-    ap.add_argument("--samples", default="20000", help="comma-separated MNIST-1D sizes")
-    ap.add_argument("--lap-sizes", default="64,128")
+    ap.add_argument("--baseline", help="a checkout of the code before these changes (today's defaults)")
+    ap.add_argument("--models", default="mlp256,mlp512,mlp1024,conv8bn-0.25,resnet20-0.5")
+    ap.add_argument("--laps", default="", help="MLP widths whose LAPs to compare, e.g. 1024,2048")
+    ap.add_argument("--runs", default="", help="only these runs (comma-separated names), e.g. today")
+    ap.add_argument("--report", help="write the markdown table here from WORK/results.json")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    t_all = time.time()
-    lines = ["# Cost: transfer against training (MNIST-1D, MLP 512-512, FGMT T=30)", "",
-             f"Command: `PYTHONPATH=. python benchmarks/bench_cost.py --work {args.work} --out {args.out} "
-             f"--samples {args.samples} --lap-sizes {args.lap_sizes}` ({time.strftime('%Y-%m-%d %H:%M')} UTC, "
-             f"torch {torch.__version__}, 1 torch thread, {os.cpu_count()} CPUs shared with other jobs: load average "
-             f"{os.getloadavg()[0]:.1f} at the start). Times are CPU seconds of this process (`time.process_time`), "
-             "so the ratios hold on a busy machine; every ratio compares runs of this one invocation.", "",
-             "| samples | run | transfer CPU s | / source training CPU s | LAPs / floor | best val | grad s | solve s "
-             "| eval s |", "|---|---|---|---|---|---|---|---|---|"]
-    for n in [int(s) for s in args.samples.split(",")]:
-        root = os.path.join(args.work, f"mnist1d-{n}")
-        shutil.rmtree(root, ignore_errors=True)  # CPU times are only comparable within one invocation
-        _, train_cpu = cpu_timed(lambda: train_from_args("mlp", f"mnist1d:{n}", os.path.join(root, "source"), seed=1,
-                                                         model_args=MODEL, progress=False, **RECIPES["mnist1d"]))
-        src = TrajectoryStore(os.path.join(root, "source"))
-        lines.append(f"| {n} | source training, {RECIPES['mnist1d']['epochs']} epochs | {train_cpu:.1f} | 1 | | "
-                     f"{src.meta['val_acc'][-1]:.1f} | | | |")
-        transfer(src.location, os.path.join(root, "warm-up"), TransferConfig(steps=2, eval_every=0), target_seed=2,
-                 progress=False)
-        for i, (name, kw) in enumerate(VARIANTS.items()):
-            cfg = TransferConfig(method="fgmt", steps=30, seed=0, **kw)
-            m, cpu = cpu_timed(lambda: transfer(src.location, os.path.join(root, f"fgmt-{i}"), cfg, target_seed=2,
-                                                progress=False))
-            t = m["timing"]
-            lines.append(f"| {n} | FGMT {name} | {cpu:.1f} | {cpu / train_cpu:.2f} | "
-                         f"{m['solver']['laps']}/{m['solver']['lap_floor']} = {m['solver']['laps_per_floor']:.2f} | "
-                         f"{m['best_val_acc']:.1f} | {t['grad_s']:.1f} | {t['solve_s']:.1f} | {t['eval_s']:.1f} |")
-    lines += ["", "grad, solve and eval s are the transfer's own wall-clock split (from metrics.json), shown for the "
-              "shares only. Best val of the eval-off run is the last step's (the only one evaluated).", "",
-              "LAP solvers on the CPU (random float64 matrices, ms per matrix, CPU time):", "",
-              "| n | scipy | torch auction | auction / scipy |", "|---|---|---|---|"]
-    lines += lap_rows([int(s) for s in args.lap_sizes.split(",")])
-    lines += ["", "On the CPU scipy wins by far, so `--lap auto` keeps scipy there; the auction is for cost matrices "
-              "that live on a GPU (not measured here: no GPU in this session).", "",
-              f"Wall time: {(time.time() - t_all) / 60:.1f} min."]
-    fs.atomic_write_bytes(args.out, ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
+    if args.one:
+        print(json.dumps(one(json.loads(args.one))))
+        return
+    if args.report:  # the table from what earlier invocations recorded; runs nothing
+        report(json.load(open(os.path.join(args.work, "results.json"))), args.report, args.work)
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(args.work, exist_ok=True)
+    path = os.path.join(args.work, "results.json")
+    results = json.load(open(path)) if os.path.exists(path) else {}
+    results.setdefault("load", []).append([time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]])
+
+    def record(key, job, pythonpath):
+        if key not in results:
+            print(time.strftime("%H:%M:%S"), key, flush=True)
+            results[key] = {**run_one(job, pythonpath), "load": os.getloadavg()[0]}
+            # another invocation may have written meanwhile (e.g. the baseline's runs): keep its entries
+            disk = json.load(open(path)) if os.path.exists(path) else {}
+            results.update({k: v for k, v in disk.items() if k not in results})
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(path + ".tmp", path)
+        return results[key]
+
+    for name in [m for m in args.models.split(",") if m]:
+        root = os.path.join(os.path.abspath(args.work), name)
+        src = os.path.join(root, "source")
+        extra = {"fmnist": fashion_npz(args.work)} if "FMNIST" in MODELS[name][1] else {}
+        record(f"{name}/train", {"kind": "train", "model": name, "out": src, **extra}, here)
+        runs = {"new": {}}
+        if args.baseline:
+            runs["today"] = {}
+        if name.startswith("mlp") and int(name[3:]) >= 1024:
+            runs["new-sparse"] = {"lap": "sparse"}  # the sparse LAP against the exact default, same run otherwise
+            runs["new-exact"] = {"lap": "scipy"}  # the default, named (a run of `new` predating that default)
+        for run, cfg in runs.items():
+            if args.runs and run not in args.runs.split(","):
+                continue
+            out = os.path.join(root, run)
+            record(f"{name}/{run}", {"kind": "transfer", "model": name, "source": src, "out": out, "cfg": cfg,
+                                     "warm": True, **extra}, args.baseline if run == "today" else here)
+    for w in [w for w in args.laps.split(",") if w]:
+        name = f"mlp{w}"
+        root = os.path.join(os.path.abspath(args.work), name)
+        record(f"{name}/train", {"kind": "train", "model": name, "out": os.path.join(root, "source")}, here)
+        record(f"{name}/laps", {"kind": "laps", "model": name, "source": os.path.join(root, "source"),
+                                "out": os.path.join(root, "laps"), "cfg": {"lap": "scipy", "eval_every": 0}}, here)
+
+
+def resnet50_terms() -> tuple[int, list[int]]:
+    """torchvision's ResNet-50: its parameter count, and the width n of each cost term that depends on
+    other groups' permutations (an n x n float64 cache each): both axes of every block conv and
+    projection shortcut (the stem conv, BatchNorm and the classifier have one permuted axis)."""
+    sizes, c_in = [], 64  # the stem's 64 channels feed the first block
+    for w, c, blocks in ((64, 256, 3), (128, 512, 4), (256, 1024, 6), (512, 2048, 3)):
+        for b in range(blocks):
+            sizes += [w, c_in, w, w, c, w]  # conv1 (c_in -> w), conv2 (w -> w), conv3 (w -> c): out and in
+            if b == 0:
+                sizes += [c, c_in]  # the projection shortcut (c_in -> c)
+            c_in = c
+    return 25_557_032, sizes
+
+
+def transformer_terms() -> tuple[int, list[int]]:
+    """A 100M-parameter pre-LN transformer from raytraj's zoo (depth 14, width 768, 12 heads, MLP x4):
+    parameter count and dynamic cost-term widths, read off a PairBank built on its inferred spec."""
+    import torch
+
+    from raytraj.models import build_model, config_for_data
+    from raytraj.perm import PairBank, infer_spec
+
+    model = build_model(config_for_data("transformer", (16, 256), 10, depth=14, width=768, heads=12, mlp_ratio=4),
+                        0)
+    bank = PairBank(infer_spec(model, torch.randn(2, 16, 256)))
+    sizes = [bank._plain.sizes[g] for g, terms in bank._dynamic.items() for _ in terms]
+    return sum(p.numel() for p in model.parameters()), sizes
+
+
+def projected(params: int, sizes: list[int], steps: int = 30) -> dict:
+    """Bank bytes at T steps: today's (float32, slots doubling from 4, so 32 for T=30, and 16 more held
+    while they are copied at the 17th pair) against a bfloat16 bank of exactly T slots; both keep the
+    n x n float64 caches."""
+    slots = 4
+    while slots < steps:
+        slots *= 2
+    cache = sum(8 * n * n for n in sizes)
+    return {"params": params, "cache": cache, "today": 2 * slots * params * 4 + cache,
+            "today_peak": 2 * (slots + slots // 2) * params * 4 + cache, "new": 2 * steps * params * 2 + cache}
+
+
+def schedule_rows(work: str) -> list[str]:
+    """On today's runs (val at every step): the best val over every step against over eval_steps(30) only,
+    the same curve, so the difference is the schedule's alone."""
+    from raytraj.transfer.config import eval_steps
+
+    rows = []
+    for name in MODELS:
+        path = os.path.join(work, name, "today", "metrics.json")
+        if not os.path.exists(path):
+            continue
+        val = json.load(open(path))["val_acc"]
+        steps = eval_steps(len(val))
+        best, sched = max(val), max(val[s - 1] for s in steps)
+        rows.append(f"| {name} | {best:.2f} (step {val.index(best) + 1}) | {sched:.2f} "
+                    f"(step {[s for s in steps if val[s - 1] == sched][0]}) | {sched - best:+.2f} |")
+    return rows
+
+
+def report(results: dict, out: str, work: str) -> None:
+    lines = ["| model | run | transfer CPU s | ÷ training | best val (step) | evaluated steps | LAPs | LAP s "
+             "| eval s | peak RSS MB | written MB | bank MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if key == "load" or key.endswith("/train") or key.endswith("/laps"):
+            continue
+        name, run = key.split("/")
+        train = results[f"{name}/train"]
+        bank = r.get("bank") or {}
+        lines.append(
+            f"| {name} | {run} | {r['cpu_s']:.1f} | {r['cpu_s'] / train['cpu_s']:.2f} | {r['best_val_acc']:.1f} "
+            f"({r['best_step']}) | {r['evaluated']} | {r['solver']['laps']} | {r['solver']['lap_s']:.1f} | "
+            f"{r['timing']['eval_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | {r['written'] / 2**20:.1f} | "
+            f"{(bank.get('pairs', 0) + bank.get('cache', 0)) / 2**20:.1f} |" if bank else
+            f"| {name} | {run} | {r['cpu_s']:.1f} | {r['cpu_s'] / train['cpu_s']:.2f} | {r['best_val_acc']:.1f} "
+            f"({r['best_step']}) | {r['evaluated']} | {r['solver']['laps']} | {r['solver']['lap_s']:.1f} | "
+            f"{r['timing']['eval_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | {r['written'] / 2**20:.1f} | – |")
+    lines += ["", "| model | source training CPU s | source val |", "|---|---|---|"]
+    lines += [f"| {k.split('/')[0]} | {r['cpu_s']:.1f} | {r['val_acc']:.1f} |" for k, r in results.items()
+              if k.endswith("/train")]
+    laps = [r["laps"] for k, r in results.items() if k.endswith("/laps")]
+    if laps:
+        lines += ["", "| n | matrices | exact ms/LAP | sparse ms/LAP | sparse ÷ exact | gap mean | gap max |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['n']} | {t['count']} | {t['exact_s'] * 1e3:.0f} | {t['sparse_s'] * 1e3:.0f} | "
+                  f"{t['sparse_s'] / t['exact_s']:.2f} | {t['gap_mean']:.1e} | {t['gap_max']:.1e} |" for t in laps]
+    lines += ["", "| model | best val, every step | best val, auto schedule (13 of 30 steps) | change |",
+              "|---|---|---|---|", *schedule_rows(work)]
+    lines += ["", "| model | params | caches GB | today's bank GB (peak) | bf16, T slots GB | new ÷ today (÷ peak) |",
+              "|---|---|---|---|---|---|"]
+    for name, (params, sizes) in (("ResNet-50", resnet50_terms()), ("transformer 100M", transformer_terms())):
+        p = projected(params, sizes)
+        lines.append(f"| {name} | {params / 1e6:.1f}M | {p['cache'] / 1e9:.2f} | {p['today'] / 1e9:.1f} "
+                     f"({p['today_peak'] / 1e9:.1f}) | {p['new'] / 1e9:.1f} | {p['new'] / p['today']:.2f} "
+                     f"({p['new'] / p['today_peak']:.2f}) |")
+    lines += ["", "Load average (1 min) at each start: " + ", ".join(f"{t} {v:.1f}" for t, v in results["load"])]
+    text = "\n".join(lines) + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

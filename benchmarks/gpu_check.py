@@ -116,7 +116,8 @@ def nccl_check(root, lines) -> bool:
     try:
         plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
                                           if k in problem.param_names}, 1)
-        rank = RankMatcher(local_worker(problem, cfg, "cuda"), problem.spec, plan, 0, cfg.normalize)
+        rank = RankMatcher(local_worker(problem, cfg, "cuda"), problem.spec, plan, 0, cfg.normalize,
+                           dtype=getattr(torch, cfg.bank_dtype))
         local = LocalMatcher(local_worker(problem, cfg, "cuda"), problem.spec, cfg)
         prev = {g: torch.arange(n) for g, n in problem.spec.sizes.items()}
         same = True

@@ -108,17 +108,23 @@ def _add_solver_args(q) -> None:
                         "epsilon, applied to the sweep's total gain)")
     q.add_argument("--step-sweeps", type=int, help="at most N sweeps in each step but the last, which goes on from "
                    f"there (default {defaults['step_sweeps']}; 0: no cap)")
-    from .transfer.config import LAP_SOLVERS
+    from .transfer.config import BANK_DTYPES, LAP_SOLVERS
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
                    help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
-                   "GPU, else scipy)")
+                   "GPU, else exact scipy; sparse: restricted to a few candidates per row and column, within 0.1%% of "
+                   "the optimum; see benchmarks/results/cost.md)")
+    q.add_argument("--bank-dtype", choices=BANK_DTYPES,
+                   help=f"how the pair bank stores gradient pairs (default {defaults['bank_dtype']}: half the memory "
+                   "of float32; contractions run in float32)")
     q.add_argument("--val-subset", type=int, help="evaluate each step on N val samples drawn from the seed "
                    f"(default {defaults['val_subset']}: all of val)")
 
 
 def _add_schedule_args(q, defaults: dict, schedules) -> None:
     """The transfer options every transfer command shares, with TransferConfig's defaults."""
+    from .transfer.config import AUTO_EVAL
+
     q.add_argument("--schedule", default=defaults["schedule"], choices=schedules,
                    help=f"how the T steps sample the trajectory (default {defaults['schedule']})")
     q.add_argument("--grad-batches", type=int, default=defaults["grad_batches"],
@@ -127,12 +133,26 @@ def _add_schedule_args(q, defaults: dict, schedules) -> None:
                    help=f"gradient mini-batch size (default {defaults['batch_size']})")
     q.add_argument("--seed", type=int, default=defaults["seed"],
                    help=f"seeds the batches and the solver's order (default {defaults['seed']})")
-    q.add_argument("--eval-every", type=int, default=defaults["eval_every"],
-                   help=f"evaluate every k steps (0: only the last; default {defaults['eval_every']})")
+    q.add_argument("--eval-every", type=_eval_every, default=defaults["eval_every"], metavar="{auto,K}",
+                   help="evaluate every K steps (0: only the last; default "
+                   f"{'auto' if defaults['eval_every'] == AUTO_EVAL else defaults['eval_every']}; auto: about ten "
+                   "steps spread over the run and every step of its last sixth)")
+
+
+def _eval_every(text: str) -> int:
+    from .transfer.config import AUTO_EVAL
+
+    if text == "auto":
+        return AUTO_EVAL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
 
 
 def _solver_fields(args) -> dict:
-    return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset", "bank_dtype")
+            if getattr(args, k, None) is not None}
 
 
 def checked_device(device: str) -> str:
@@ -175,7 +195,7 @@ def cmd_transfer(args):
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
                  backend=args.backend, **_backend_options(args), resume=args.resume,
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
-                 head=args.head_module)
+                 head=args.head_module, keep_state=args.keep_state)
     print(format_table([m]))
     from .runfolder import RunFolder
 
@@ -441,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
+    x.add_argument("--keep-state", action="store_true",
+                   help="keep --out/state (the gradient pairs and progress) after the run succeeds (by default it is removed then)")
     x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level, or with a "
                    "spec that permutes less than --min-coverage")
     x.add_argument("--min-coverage", type=float, default=defaults["min_coverage"], metavar="SHARE",

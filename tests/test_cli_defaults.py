@@ -19,7 +19,11 @@ def parse(*argv):
     return cli.build_parser().parse_args(list(argv))
 
 
-def shown(value):
+def shown(value, dest=None):
+    from raytraj.transfer.config import AUTO_EVAL
+
+    if dest == "eval_every" and value == AUTO_EVAL:
+        return "auto"  # the evaluation schedule's name, not its sentinel
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -59,6 +63,6 @@ def test_help_shows_each_dataclass_default(command, config):
             continue
         default = QUICK_STEPS if (command, action.dest) in (("ensemble", "steps"), ("sweep", "steps")) \
             else fields[action.dest]
-        assert f"default {shown(default)}" in (action.help or ""), (command, action.dest, action.help)
+        assert f"default {shown(default, action.dest)}" in (action.help or ""), (command, action.dest, action.help)
         checked += 1
     assert checked >= 6

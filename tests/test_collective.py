@@ -48,7 +48,8 @@ def rank_main(rank, world, port, src, method, out):
     problem = prepare(src, cfg, target_seed=2)
     plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
                                       if k in problem.param_names}, world)
-    matcher = RankMatcher(local_worker(problem, cfg, "cpu"), problem.spec, plan, rank, cfg.normalize)
+    matcher = RankMatcher(local_worker(problem, cfg, "cpu"), problem.spec, plan, rank, cfg.normalize,
+                          dtype=getattr(torch, cfg.bank_dtype))
     perms = []
     for s, ts, kw in steps(cfg):
         perm, info = matcher.step(s, ts, cfg.grad_batches, warm=True, **kw)

@@ -81,11 +81,17 @@ def test_bad_input_is_refused():
 
 
 def test_choice_of_solver():
+    from raytraj.perm.lap import solve_laps_sparse
+
     assert lap_solver("auto", "cpu") is solve_laps_serial
     assert lap_solver("auto", None) is solve_laps_serial
     assert lap_solver("auto", "cuda:0") is solve_laps_auction
-    assert lap_solver("auction", "cpu") is solve_laps_auction
+    with pytest.warns(RuntimeWarning, match="slower than scipy"):  # the auction on a CPU
+        assert lap_solver("auction", "cpu") is solve_laps_auction
     assert lap_solver("scipy", "cuda") is solve_laps_serial
+    assert lap_solver("sparse", None) is solve_laps_sparse
+    spread = object()  # a backend's own exact solver (the Ray backend spreads scipy's LAPs) stays the auto choice
+    assert lap_solver("auto", "cpu", spread) is spread
     with pytest.raises(ValueError, match="unknown LAP solver"):
         lap_solver("hungarian", "cpu")
 

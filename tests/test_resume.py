@@ -71,22 +71,21 @@ def test_progress_file_size_does_not_grow_with_the_number_of_steps(digits_source
     for steps in (40, 600):
         out = tmp_path / f"t{steps}"
         transfer(src, str(out), TransferConfig(method="naive", steps=steps, eval_every=0), target_seed=4,
-                 progress=False)
+                 progress=False, keep_state=True)
         sizes[steps] = (out / "state" / checkpointing.PROGRESS).stat().st_size
     # every permutation in the progress file: 15x the bytes for 15x the steps
     assert sizes[600] < 3 * sizes[40], sizes
 
 
-def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch,
-                                                                      cut_transfer_at):
-    monkeypatch.setattr(checkpointing, "CHUNK", 2)
+def _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, check_cut):
+    """FGMT T=7 cut after step 5's save, ``check_cut(state dir)``, then resumed: the uninterrupted run, bit for bit."""
     src = str(digits_source / "source")
     cfg = TransferConfig(method="fgmt", steps=7, seed=3)
     whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
     lift = cut_transfer_at(5)
     with pytest.raises(KeyboardInterrupt):
         transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
-    assert len(list((tmp_path / "cut" / "state").glob("chunk-*.json"))) >= 2
+    check_cut(tmp_path / "cut" / "state")
     lift()
     resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
     assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
@@ -95,3 +94,35 @@ def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_sou
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "whole" / "perm.json").read_text()) == \
         json.loads((tmp_path / "cut" / "perm.json").read_text())
+
+
+def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch,
+                                                                      cut_transfer_at):
+    monkeypatch.setattr(checkpointing, "CHUNK", 2)
+
+    def two_chunks(state):
+        assert len(list(state.glob("chunk-*.json"))) >= 2
+
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, two_chunks)
+
+
+def test_fgmt_writing_its_caches_every_few_steps_resumes_bit_exact(digits_source, tmp_path, monkeypatch,
+                                                                   cut_transfer_at):
+    # Caches that outweigh a few steps' pairs: the progress file (with the caches) is written every few steps
+    # (every 3rd here: a bf16 pair of this MLP is 36 kB, its caches 64 kB).
+    monkeypatch.setattr(checkpointing, "CACHE_WEIGHT", 1.5)
+
+    def progress_behind(state):
+        saved = load_checkpoint(str(state / checkpointing.PROGRESS))[1]["step"]
+        assert 0 < saved < 5 and (state / "pairs-000005.safetensors").exists()  # the steps after it are redone
+
+    _cut_and_resumed_equal_whole(digits_source, tmp_path, cut_transfer_at, progress_behind)
+
+
+def test_state_is_removed_after_success_unless_kept(digits_source, tmp_path):
+    src = str(digits_source / "source")
+    argv = ["transfer", "--source", src, "--target-seed", "4", "--method", "fgmt", "--steps", "2", "--quiet", "--out"]
+    assert main([*argv, str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "state").exists() and (tmp_path / "plain" / "metrics.json").exists()
+    assert main([*argv, str(tmp_path / "kept"), "--keep-state"]) == 0
+    assert (tmp_path / "kept" / "state" / "pairs-000002.safetensors").exists()

@@ -93,8 +93,9 @@ def test_the_auction_reaches_scipys_optimum_on_real_cost_matrices_and_runs_end_t
             ref = solve_laps_serial([a.numpy()])[0]
             rows = np.arange(len(ref))
             assert a.numpy()[rows, cols.numpy()].sum() == pytest.approx(a.numpy()[rows, ref].sum(), rel=1e-9)
-    m = transfer(src, str(tmp_path / "auction"), TransferConfig(steps=1, eval_every=0, lap="auction"),
-                 target_seed=2, progress=False)
+    with pytest.warns(RuntimeWarning, match="slower than scipy"):  # no GPU here: said, not refused
+        m = transfer(src, str(tmp_path / "auction"), TransferConfig(steps=1, eval_every=0, lap="auction"),
+                     target_seed=2, progress=False)
     assert m["solver"]["laps"] >= 2
 
 
@@ -136,3 +137,25 @@ def test_cli_flags_reach_the_config_and_bad_values_give_one_line(digits_source, 
                  "--rtol", "-1", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("raytraj transfer: error: rtol must be >= 0")
+
+
+def test_the_default_schedule_evaluates_spread_steps_and_every_late_one(digits_source, tmp_path, capsys):
+    from raytraj.transfer.config import AUTO_EVAL, eval_steps
+
+    assert TransferConfig().eval_every == AUTO_EVAL
+    assert eval_steps(10) == list(range(1, 11))  # short runs: every step
+    assert eval_steps(30) == [3, 6, 9, 12, 15, 18, 21, 24, 26, 27, 28, 29, 30]
+    assert len(eval_steps(1000)) == 29 and eval_steps(1000)[-20:] == list(range(981, 1001))
+    m = transfer(str(digits_source / "source"), str(tmp_path / "auto"), TransferConfig(method="naive", steps=30),
+                 target_seed=2, progress=False)
+    assert [s for s, acc in enumerate(m["val_acc"], 1) if acc is not None] == eval_steps(30)
+    argv = ["transfer", "--source", str(digits_source / "source"), "--target-seed", "2", "--method", "naive",
+            "--steps", "3", "--quiet", "--out"]
+    assert main([*argv, str(tmp_path / "cli"), "--eval-every", "auto"]) == 0
+    assert read_metrics(tmp_path / "cli")["val_acc"] != [None, None, None]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*argv, str(tmp_path / "bad"), "--eval-every", "often"])
+    assert e.value.code == 2 and "expected auto or an integer" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="eval_every must be >= 0"):
+        TransferConfig(eval_every=-2)

@@ -49,6 +49,8 @@ class Rank:
         self.device = "cuda" if self.gpu_ids and torch.cuda.is_available() else "cpu"
         self.rank, self.world, self.plan, self.normalize = rank, world, plan, normalize
         self.data = data_cfg if isinstance(data_cfg, Dataset) else load_data(data_cfg)
+        settings = dict(settings)
+        self.bank_dtype = getattr(torch, settings.pop("bank_dtype", "float32"))  # the shard's, as the local bank's
         self.args = (model_cfg, spec, trajectory, target_init, settings)
         self.worker = self._worker()
         self._evaluator = None
@@ -75,7 +77,8 @@ class Rank:
         backend = "nccl" if self.device == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-        self.matcher = RankMatcher(self.worker, self.args[1], self.plan, self.rank, self.normalize)
+        self.matcher = RankMatcher(self.worker, self.args[1], self.plan, self.rank, self.normalize,
+                                   dtype=self.bank_dtype)
 
     @ray.method(concurrency_group="spmd")
     def lead(self, command: tuple) -> dict | None:

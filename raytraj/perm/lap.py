@@ -1,9 +1,16 @@
-"""Linear assignment problems (LAPs): scipy on the CPU, and a batched torch auction for devices.
+"""Linear assignment problems (LAPs): scipy on the CPU, a sparse one for wide groups, and a batched
+torch auction for devices.
 
 Coordinate descent solves one maximum-weight assignment per permutation group. scipy's
-``linear_sum_assignment`` is the fastest CPU solver we measured, but it is serial and needs the
-cost matrix on the host. On a GPU, :func:`solve_laps_auction` solves all same-sized matrices of a
-colour class as one batch where they live: a Jacobi auction (Bertsekas) with epsilon-scaling.
+``linear_sum_assignment`` is the fastest exact CPU solver we measured, but it is cubic: a 2048-wide
+group costs seconds per solve. :func:`solve_laps_sparse` solves the assignment restricted to each
+row's and each column's ``k`` best entries at approximate prices, plus the group's current
+assignment (scipy's sparse Jonker-Volgenant, ``min_weight_full_bipartite_matching``): the current
+assignment keeps the restricted problem feasible and its answer never worse than the current one,
+so coordinate descent still rises monotonically. On the CPU it measured no faster than the exact
+solve up to 2048 units, so it is opt-in (``--lap sparse``). On a GPU, :func:`solve_laps_auction` solves all same-sized
+matrices of a colour class as one batch where they live: a Jacobi auction (Bertsekas) with
+epsilon-scaling.
 
 The auction ends with an assignment and prices p; u_i = max_j (a_ij - p_j) makes (u, p) a
 feasible dual, so  sum(u) + sum(p) - value(assignment)  bounds how far the assignment is from the
@@ -15,20 +22,110 @@ scipy instead, so the answer is always optimal up to ties.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-LapSolver = Callable[[Sequence], list]
+# (cost matrices[, current=assignments]) -> assignments. A solver marked ``takes_current`` is
+# passed the groups' current assignments; one marked ``on_device`` gets torch tensors where they live.
+LapSolver = Callable[..., list]
+
+# Candidates per row and per column of the sparse solver, its Sinkhorn iterations and last temperature
+# (see sparse_assignment). On gradient-matching costs of MLPs 1024 and 2048 wide it ends within 0.1% of
+# the optimum, but is no faster than scipy's exact solve there (benchmarks/results/cost.md): ``auto``
+# keeps scipy on the CPU.
+SPARSE_K = 32
+SPARSE_ITERS = 5
+SPARSE_TAU = 0.02
+
+
+def _check_finite(costs) -> None:
+    if not all(np.isfinite(a).all() for a in costs):  # scipy's own error names no cause
+        raise FloatingPointError("a LAP cost matrix holds NaN or inf values")
 
 
 def solve_laps_serial(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Maximum-weight assignment of each square matrix; row i goes to column result[i]."""
-    if not all(np.isfinite(a).all() for a in costs):  # scipy's own error names no cause
-        raise FloatingPointError("a LAP cost matrix holds NaN or inf values")
+    _check_finite(costs)
     return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
+
+
+def sparse_assignment(a: np.ndarray, k: int = SPARSE_K, current: np.ndarray | None = None,
+                      iters: int = SPARSE_ITERS) -> np.ndarray:
+    """The maximum-weight assignment of ``a`` among a few candidate entries per row and column.
+
+    Plain top-k candidates fail on gradient-matching costs: they are nearly low-rank, so every
+    row's largest entries sit in the same few "hub" columns, and the best assignment inside them
+    was 15-50% short of the optimum (of the way from a random assignment to it). So candidates
+    are ranked by reduced cost instead, a_ij - v_j per row and a_ij - u_i per column, with prices
+    (u, v) from ``iters`` log-domain Sinkhorn iterations at falling temperature: approximate
+    duals of the assignment LP, under which the optimum's entries rank first.
+
+    Args:
+        a: (n, n) float cost matrix.
+        k: candidates per row and per column.
+        current: (n,) an assignment kept among the candidates (row i -> column current[i]; the
+            identity when None): the candidate graph always has a perfect matching, and the answer
+            is at least as good as it.
+        iters: Sinkhorn iterations.
+
+    Returns:
+        (n,) column of each row.
+    """
+    n = a.shape[0]
+    if n <= 2 * k:
+        return linear_sum_assignment(a, maximize=True)[1]
+    z = torch.from_numpy(np.ascontiguousarray(a)).float()
+    z = (z - z.mean()) / z.std().clamp_min(1e-30)  # (n, n), unit spread: the temperatures below are relative
+    v = torch.zeros(n)
+    for tau in np.geomspace(1.0, SPARSE_TAU, max(1, iters)):  # from the costs' spread down to SPARSE_TAU of it
+        u = tau * torch.logsumexp((z - v[None, :]) / tau, 1)  # (n,) row prices
+        v = tau * torch.logsumexp((z - u[:, None]) / tau, 0)  # (n,) column prices
+    rows = torch.arange(n)
+    keep = torch.zeros((n, n), dtype=torch.bool)
+    keep[rows[:, None], (z - v[None, :]).topk(k, 1).indices] = True  # each row's k best at the column prices
+    keep[(z - u[:, None]).topk(k, 0).indices, rows[None, :]] = True  # each column's k best at the row prices
+    # A perfect matching among the candidates: the current assignment, or the identity.
+    keep[rows, rows if current is None else torch.as_tensor(np.asarray(current), dtype=torch.long)] = True
+    r, c = (t.numpy() for t in keep.nonzero(as_tuple=True))  # (E,), (E,), row-major
+    return _sparse_lap(n, r, c, a[r, c])
+
+
+def _sparse_lap(n: int, r: np.ndarray, c: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Maximum-weight perfect matching on the edges (r, c) of weight w (scipy's LAPJVsp)."""
+    # LAPJVsp reads an explicit 0 as no edge: shift every weight above zero (a constant added to
+    # every entry adds n to every perfect matching's value, so it changes no choice).
+    graph = csr_matrix((w - w.min() + 1.0, (r, c)), shape=(n, n))
+    return min_weight_full_bipartite_matching(graph, maximize=True)[1]
+
+
+def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = None, *, k: int = SPARSE_K,
+                      dense_below: int = 0, iters: int = SPARSE_ITERS) -> list[np.ndarray]:
+    """:func:`sparse_assignment` of each matrix; exact scipy for those narrower than ``dense_below``.
+
+    Args:
+        costs: square float matrices.
+        current: per matrix, the group's current assignment (kept feasible; see above), or None.
+        k: candidates per row and per column.
+        dense_below: solve matrices narrower than this exactly.
+        iters: Sinkhorn iterations for the candidates' prices.
+    """
+    _check_finite(costs)
+    current = list(current) if current is not None else [None] * len(costs)
+    out = []
+    for a, cur in zip(costs, current):
+        cur = None if cur is None else np.asarray(cur.cpu() if torch.is_tensor(cur) else cur)
+        out.append(linear_sum_assignment(a, maximize=True)[1] if len(a) < dense_below
+                   else sparse_assignment(a, k, cur, iters))
+    return out
+
+
+solve_laps_sparse.takes_current = True  # type: ignore[attr-defined]
 
 
 def solve_laps_auction(costs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -155,18 +252,29 @@ def _certified(a: torch.Tensor, row_to_col: torch.Tensor, prices: torch.Tensor, 
 auction_assignment.fallbacks = 0  # type: ignore[attr-defined]  # matrices scipy had to solve, for tests
 
 
+LAP_SOLVERS = ("auto", "scipy", "sparse", "auction")
+
+
 def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> LapSolver:
-    """The LAP solver for ``name`` (auto, scipy or auction) when the cost matrices live on ``device``.
+    """The LAP solver for ``name`` (see :data:`LAP_SOLVERS`) when the cost matrices live on ``device``.
 
     Args:
-        name: ``auto`` picks the auction when ``device`` is a GPU and ``default`` otherwise.
+        name: ``scipy`` exact; ``sparse`` the candidate-restricted solver; ``auction`` the torch
+            auction; ``auto`` the auction when ``device`` is a GPU, else ``default``.
         device: where the pair bank keeps its tensors (None: the CPU).
-        default: the CPU solver (a backend may spread scipy's LAPs over workers).
+        default: the exact CPU solver (a backend may spread scipy's LAPs over workers).
     """
+    on_gpu = device is not None and torch.device(device).type == "cuda"
     if name == "scipy":
         return default
+    if name == "sparse":
+        return solve_laps_sparse
     if name == "auction":
+        if not on_gpu:
+            warnings.warn("--lap auction on the CPU: it measured 73-269x slower than scipy there "
+                          "(benchmarks/results/cost.md); use --lap auto, scipy or sparse on a CPU", RuntimeWarning,
+                          stacklevel=2)
         return solve_laps_auction
     if name != "auto":
-        raise ValueError(f"unknown LAP solver {name!r}; choose auto, scipy or auction")
-    return solve_laps_auction if device is not None and torch.device(device).type == "cuda" else default
+        raise ValueError(f"unknown LAP solver {name!r}; choose one of {LAP_SOLVERS}")
+    return solve_laps_auction if on_gpu else default

@@ -33,15 +33,17 @@ from .spec import PermutationSpec, SpecError
 
 
 class _Stack:
-    """A growable stack of same-shaped tensors (capacity doubles, so appends are amortised O(1))."""
+    """A stack of same-shaped tensors: ``capacity`` slots up front when the count is known (FGMT: T),
+    else growing by a quarter (amortised O(1) appends; doubling left up to half the slots unused)."""
 
-    def __init__(self, shape, device, dtype):
-        self.data = torch.empty((4, *shape), device=device, dtype=dtype)  # (capacity, *shape)
+    def __init__(self, shape, device, dtype, capacity: int | None = None):
+        self.data = torch.empty((capacity or 4, *shape), device=device, dtype=dtype)  # (capacity, *shape)
         self.n = 0
 
     def append(self, t: torch.Tensor):
         if self.n == self.data.shape[0]:
-            grown = torch.empty((2 * self.n, *self.data.shape[1:]), device=self.data.device, dtype=self.data.dtype)
+            grown = torch.empty((self.n + self.n // 4 + 4, *self.data.shape[1:]), device=self.data.device,
+                                dtype=self.data.dtype)
             grown[: self.n] = self.data
             self.data = grown
         self.data[self.n] = t
@@ -49,6 +51,10 @@ class _Stack:
 
     def view(self) -> torch.Tensor:
         return self.data[: self.n]  # (n, *shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
 
 
 class _DynamicTerm:
@@ -72,6 +78,17 @@ class _DynamicTerm:
             source = source.index_select(dim, at[dim])  # (P, *dims), same shape: dim reordered
         return source
 
+    def _full(self, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The contraction over every stored pair at ``self.at``, a few pairs at a time: the permuted
+        copy of the sources (and a bf16 bank's float32 copy) is never the whole stack."""
+        value = None
+        for i in range(0, len(targets), CONTRACT_PAIRS):
+            # (c, *dims) x (c, *dims) -> (n, n)
+            part = _contract(targets[i:i + CONTRACT_PAIRS],
+                             self._permuted_source(sources[i:i + CONTRACT_PAIRS], self.at), self.axis + 1)
+            value = part if value is None else value + part
+        return value
+
     def add_pair(self, target: torch.Tensor, source: torch.Tensor) -> None:
         if self.value is not None:
             # (1, *dims) x (1, *dims) -> (n, n)
@@ -81,8 +98,7 @@ class _DynamicTerm:
         want = {dim: perm[g] for dim, g in self.others}
         if self.value is None:
             self.at = {dim: p.clone() for dim, p in want.items()}
-            # (P, *dims) x (P, *dims) -> (n, n)
-            self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
+            self.value = self._full(targets, sources)
             return self.value
         for dim, p in want.items():
             changed = (self.at[dim] != p).nonzero().flatten()  # (c,) units of dim whose source unit moved
@@ -90,10 +106,12 @@ class _DynamicTerm:
                 continue
             if 2 * len(changed) > len(p):  # most units moved: a full recompute is cheaper
                 self.at = {d: q.clone() for d, q in want.items()}
-                self.value = _contract(targets, self._permuted_source(sources, self.at), self.axis + 1)
+                self.value = self._full(targets, sources)
                 return self.value
             # (P, *dims) with c in place of dim: the new source slices minus the ones the value holds
-            diff = sources.index_select(dim, p[changed]) - sources.index_select(dim, self.at[dim][changed])
+            # upcast before subtracting: a bf16 bank's difference of two slices would round in bf16
+            diff = (_compute(sources.index_select(dim, p[changed]))
+                    - _compute(sources.index_select(dim, self.at[dim][changed])))
             for other, _ in self.others:
                 if other != dim:
                     diff = diff.index_select(other, self.at[other])
@@ -111,14 +129,19 @@ class PairBank:
         spec: the permutation spec.
         normalize: divide each pair's term for a tensor by the norms of its two sides.
         device: where the pairs and their contractions live (default: the first pair's device).
-        dtype: the pairs' dtype (contractions accumulate in float64 whatever it is).
+        dtype: how the pairs are stored. bfloat16 halves the bank; contractions always run in
+            float32 (and accumulate in float64), so only the stored values round (the cost
+            matrices' error is measured in benchmarks/results/cost.md).
+        capacity: pairs to allocate for up front (FGMT: T); more still fit, by growing.
     """
 
-    def __init__(self, spec: PermutationSpec, *, normalize: bool = False, device=None, dtype=torch.float32):
+    def __init__(self, spec: PermutationSpec, *, normalize: bool = False, device=None, dtype=torch.float32,
+                 capacity: int | None = None):
         self.spec = spec
         self.normalize = normalize
         self.device = device
         self.dtype = dtype
+        self.capacity = capacity
         self.targets: dict[str, _Stack] = {}
         self.sources: dict[str, _Stack] = {}
         self.num_pairs = 0
@@ -170,33 +193,42 @@ class PairBank:
                     f"the {side} side of a matching pair holds NaN or inf values in {bad[0]}; check what was "
                     "passed to the matching (a gradient that overflowed, or damaged weights)"
                 )
+        new = {}  # name -> (target, source) as stored, in float32 at least: (1, *dims) each
         for name in target:
-            t = target[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims), segments split
-            s = source[name].to(self.device, self.dtype).reshape(self._plain.shapes[name])  # (*dims)
+            t = target[name].to(self.device, _compute_dtype(self.dtype)).reshape(self._plain.shapes[name])  # (*dims)
+            s = source[name].to(self.device, _compute_dtype(self.dtype)).reshape(self._plain.shapes[name])  # (*dims)
             if self.normalize:
                 norm = float(t.norm() * s.norm())
                 if norm > 1e-12:
                     t = t / norm
             if name not in self.targets:
-                self.targets[name] = _Stack(t.shape, self.device, self.dtype)
-                self.sources[name] = _Stack(s.shape, self.device, self.dtype)
+                self.targets[name] = _Stack(t.shape, self.device, self.dtype, self.capacity)
+                self.sources[name] = _Stack(s.shape, self.device, self.dtype, self.capacity)
             self.targets[name].append(t)
             self.sources[name].append(s)
-        for name in target:
+            # The terms below see what a later full recompute sees: the stored (rounded) values.
+            new[name] = (_compute(self.targets[name].view()[-1:]), _compute(self.sources[name].view()[-1:]))
+        for name, (t, s) in new.items():
             if name not in self._objective_terms:
-                # (*dims) * (*dims) -> ()
-                self._constant += float((self.targets[name].view()[-1] * self.sources[name].view()[-1]).sum())
+                self._constant += float((t * s).sum())  # (1, *dims) * (1, *dims) -> ()
         for g in self.spec.sizes:
             for name, axis in self._static_terms[g]:
-                if name in target:
-                    # the new pair only: (1, *dims) -> (n, n)
-                    term = _contract(self.targets[name].view()[-1:], self.sources[name].view()[-1:], axis + 1)
+                if name in new:
+                    term = _contract(*new[name], axis + 1)  # the new pair only: (1, *dims) -> (n, n)
                     key = (name, axis)
                     self._static[key] = self._static[key] + term if key in self._static else term
             for term in self._dynamic[g]:
-                if term.name in target:
-                    term.add_pair(self.targets[term.name].view()[-1:], self.sources[term.name].view()[-1:])
+                if term.name in new:
+                    term.add_pair(*new[term.name])
         self.num_pairs += 1
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes the bank holds: the stored pairs (all allocated slots) and the cached contractions."""
+        pairs = sum(st.nbytes for stacks in (self.targets, self.sources) for st in stacks.values())
+        cached = sum(t.numel() * t.element_size() for t in self._static.values())
+        cached += sum(term.value.numel() * term.value.element_size()
+                      for terms in self._dynamic.values() for term in terms if term.value is not None)
+        return {"pairs": pairs, "cache": cached}
 
     # -- solving ------------------------------------------------------------------------------
     def cost_terms(self, group: str, perm: Mapping[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
@@ -305,7 +337,9 @@ class BankCosts:
                     "training data for extreme values, or record the source with a lower --lr")
         costs = mats if self._on_device else [a.double().cpu().numpy() for a in mats]
         t1 = time.perf_counter()
-        new = self.solve_laps(costs)
+        # A solver that keeps the current assignment feasible (the sparse one) is told it.
+        new = (self.solve_laps(costs, [perm[g] for g in todo]) if getattr(self.solve_laps, "takes_current", False)
+               else self.solve_laps(costs))
         lap_s = time.perf_counter() - t1
         return [assignment_gain(a, perm[g], p) for a, g, p in zip(costs, todo, new)], t1 - t0, lap_s
 
@@ -337,6 +371,19 @@ def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
     return out
 
 
+# Pairs per contraction of a full recompute: bounds its temporary copies to this many pairs.
+CONTRACT_PAIRS = 8
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision storage computes in float32: bf16 products and sums would round at every step."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _compute(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def block_term(bank: PairBank, perm: Mapping[str, torch.Tensor], name: str, at: int) -> torch.Tensor:
     """One tensor's (H, d, H, d) float64 share of :func:`block_scores` (``name`` must be in the bank)."""
     t, s = bank.targets[name].view(), bank.sources[name].view()  # (P, *dims), dims at+1, at+2 = (H, d)
@@ -359,6 +406,7 @@ def contract_axes(target: torch.Tensor, source: torch.Tensor, keep: tuple[int, .
 
     (P, *dims) x (P, *dims) -> (*target's kept dims, *source's kept dims)
     """
+    target, source = _compute(target), _compute(source)
     others = [d for d in range(target.dim()) if d not in keep]
     kept = [target.shape[d] for d in keep]
     summed = math.prod(target.shape[d] for d in others)

@@ -44,12 +44,13 @@ def apply_diff(perm: dict, diff: Diff) -> None:
 
 
 class BankShard:
-    def __init__(self, spec: PermutationSpec, owned: Sequence[str], normalize: bool, device=None):
-        self.spec, self.owned, self.normalize, self.device = spec, set(owned), normalize, device
-        self.bank = PairBank(spec, normalize=normalize, device=device)
+    def __init__(self, spec: PermutationSpec, owned: Sequence[str], normalize: bool, device=None,
+                 dtype: torch.dtype = torch.float32):
+        self.spec, self.owned, self.normalize, self.device, self.dtype = spec, set(owned), normalize, device, dtype
+        self.bank = PairBank(spec, normalize=normalize, device=device, dtype=dtype)
 
     def reset(self) -> None:
-        self.bank = PairBank(self.spec, normalize=self.normalize, device=self.device)
+        self.bank = PairBank(self.spec, normalize=self.normalize, device=self.device, dtype=self.dtype)
 
     def add(self, target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> None:
         mine = [n for n in target if n in self.owned]

@@ -10,6 +10,13 @@ Each save rewrites only the progress file, whose size is bounded by CHUNK steps,
 steps writes O(T) bytes in all; rewriting every permutation at every step cost O(T^2) (T=100000
 reached step 1882 in 300 s). Chunk and pair files are written before the progress file that
 counts them, each atomically, so the progress file never refers to a file that is not on disk.
+
+FGMT's cached contractions are n x n float64 per term: for wide layers they outweigh the step's
+pair (67 MB against 34 MB per step at MLP width 2048), and rewriting them at every step made the
+bytes written per step O(n^2). So the progress file, which holds them, is written only once the
+pairs written since its last write weigh as much as the caches (and at the end): the bytes per
+step stay within twice the pair's. A resumed run continues from the last progress file and redoes
+the steps after it, which recompute the same pairs (every batch is seeded), so it stays bit-exact.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from ..perm import perm_from_lists, perm_to_lists
 from ..runfolder import PROGRESS
 from .state import TransferState
 CHUNK = 256  # steps per chunk file
+CACHE_WEIGHT = 1.0  # the progress file waits until the pairs since the last one weigh this x the caches
 
 
 class RunCheckpointer:
@@ -31,6 +39,7 @@ class RunCheckpointer:
         self.pair_steps: list[int] = []  # steps whose pair file is on disk
         self._chunks = 0  # chunk files on disk
         self._flushed = {"perms": 0, "solves": 0, "val_acc": set(), "pair_steps": 0}
+        self._pair_bytes = 0  # pair bytes written since the last progress file
 
     def exists(self) -> bool:
         return fs.exists(fs.join(self.location, PROGRESS))
@@ -59,7 +68,8 @@ class RunCheckpointer:
         f["val_acc"] |= {int(k) for k in part["val_acc"]}
         f["pair_steps"] += len(part["pair_steps"])
 
-    def save(self, state: TransferState, new_pairs, cache: dict) -> None:
+    def save(self, state: TransferState, new_pairs, cache: dict, final: bool = False) -> None:
+        """Write this step's pairs; write the progress file when due (see above), and always when ``final``."""
         if new_pairs:
             tensors = {}
             for i, (target, source) in enumerate(new_pairs):
@@ -68,6 +78,10 @@ class RunCheckpointer:
             save_checkpoint(self._pair_path(state.step), tensors, {"pairs": len(new_pairs)})
             if state.step not in self.pair_steps:
                 self.pair_steps.append(state.step)
+            self._pair_bytes += sum(_nbytes(t) for pair in new_pairs for side in pair for t in side.values())
+        if not final and self._pair_bytes < CACHE_WEIGHT * sum(_nbytes(t) for t in cache.values()):
+            return  # the caches outweigh the pairs written since the last progress file: not yet
+        self._pair_bytes = 0
         tail = self._tail(state)
         if len(tail["perms"]) >= self.chunk:
             fs.atomic_write_json(self._chunk_path(self._chunks), tail)
@@ -107,7 +121,8 @@ class RunCheckpointer:
         if not self.exists():
             return None
         cache, info, records = self._read()
-        self.pair_steps = records["pair_steps"]
+        # Pair files of steps after the progress file's (written before a crash) are redone: left out.
+        self.pair_steps = [p for p in records["pair_steps"] if p <= info["step"]]
         pairs = []
         for step in self.pair_steps:
             tensors, meta = load_checkpoint(self._pair_path(step))
@@ -133,3 +148,7 @@ class RunCheckpointer:
         records["solves"] += part["solves"]
         records["val_acc"].update(part["val_acc"])
         records["pair_steps"] += part["pair_steps"]
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()

@@ -45,12 +45,13 @@ from .worker import TransferWorker
 class RankMatcher:
     """This rank's pair-bank shard and its part in each step's collectives."""
 
-    def __init__(self, worker: TransferWorker, spec: PermutationSpec, plan: ShardPlan, rank: int, normalize: bool):
+    def __init__(self, worker: TransferWorker, spec: PermutationSpec, plan: ShardPlan, rank: int, normalize: bool,
+                 dtype: torch.dtype = torch.float32):
         self.worker, self.spec, self.plan, self.rank, self.world = worker, spec, plan, rank, plan.workers
         self.device = worker.device
         # Collectives run where the backend wants their tensors: NCCL on the GPU, gloo on the CPU.
         self.comm = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        self.shard = BankShard(spec, plan.owned(rank), normalize, device=self.device)
+        self.shard = BankShard(spec, plan.owned(rank), normalize, device=self.device, dtype=dtype)  # the bank's storage
         self.perm = identity_permutation(spec)  # the permutation the last step returned (or the caller set)
         self.pairs = 0  # pairs in the (unsharded) bank
         self.last_pair = None  # this rank's tensors of the last pair added (FGMT checkpoints it)

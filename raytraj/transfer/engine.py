@@ -12,7 +12,6 @@ This module is pure: it never imports Ray. The backend decides where work runs.
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Callable
 
@@ -21,6 +20,7 @@ import numpy as np
 from ..perm import Permutation, PermutationSpec, SolveOptions, identity_permutation
 from ..progress import progress_bar
 from .backend import Backend, GradRequest
+from . import clock
 from .config import TransferConfig
 from .state import Checkpointer, TransferState
 
@@ -57,17 +57,15 @@ def run_transfer(
         # A handle already done (the local backend's) is read at once; another backend's evaluation
         # runs on while the next step computes, and is read then.
         for s in sorted(k for k in pending if k < before or pending[k].done()):
-            t0 = time.perf_counter()
-            acc = pending.pop(s).result()
-            state.timing["eval_s"] += time.perf_counter() - t0
+            with clock.phase(state.timing, "eval"):
+                acc = pending.pop(s).result()
             state.val_acc[s] = acc
             if on_eval:
                 on_eval(s, acc)
 
     def submit_eval(s: int):
-        t0 = time.perf_counter()
-        pending[s] = backend.evaluate(state.perms[s], s, "val", s)
-        state.timing["eval_s"] += time.perf_counter() - t0
+        with clock.phase(state.timing, "eval"):
+            pending[s] = backend.evaluate(state.perms[s], s, "val", s)
 
     # Evaluations lost with a restart are redone first.
     for s in range(1, state.step + 1):
@@ -95,14 +93,16 @@ def run_transfer(
         if cfg.method in ("gmt", "fgmt"):
             points = range(s) if cfg.method == "gmt" else [s - 1]
             capped = bool(cfg.step_sweeps) and cfg.warm_start and s < num_steps and cfg.step_sweeps < cfg.max_sweeps
-            t0 = time.perf_counter()
+            start = clock.now()
             options = SolveOptions(max_sweeps=cfg.step_sweeps if capped else cfg.max_sweeps, tol=cfg.tol,
                                    rtol=cfg.rtol, seed=_solve_seed(cfg.seed, s))
             perm, info = matcher.step(s, prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches,
                                       fresh=cfg.method == "gmt", init=prev if cfg.warm_start else None,
                                       options=options)
-            state.timing["grad_s"] += info["grad_s"]
-            state.timing["solve_s"] += time.perf_counter() - t0 - info["grad_s"]
+            grad = (info["grad_s"], info.get("grad_cpu_s", 0.0))  # the Ray matcher's gradients: wall only
+            clock.add(state.timing, "solve", start, minus=grad)
+            state.timing["grad_s"] = state.timing.get("grad_s", 0.0) + grad[0]
+            state.timing["grad_cpu_s"] = state.timing.get("grad_cpu_s", 0.0) + grad[1]
             state.grad_batches += 2 * len(points) * cfg.grad_batches  # both models
             state.solves.append({**{k: info[k] for k in ("sweeps", "laps", "converged", "objective", "cost_s",
                                                          "lap_s", "pairs")}, "capped": capped})
@@ -120,13 +120,17 @@ def run_transfer(
         collect(before=s)  # the previous step's evaluation overlapped this step's work
         state.step = s
         if checkpointer:
-            new_pairs, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
-            checkpointer.save(state, new_pairs, cache)
+            with clock.phase(state.timing, "checkpoint"):
+                new_pairs, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
+                checkpointer.save(state, new_pairs, cache)
         report(s - 1 if s in pending else s)  # a step is shown once its val is known
     collect(before=num_steps + 1)
     report(num_steps)
     bar.close()
+    memory = getattr(matcher, "memory", None)  # the local matcher's bank bytes
+    state.bank = memory() if memory and cfg.method in ("gmt", "fgmt") else {}
     if checkpointer:
-        _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
-        checkpointer.save(state, [], cache)
+        with clock.phase(state.timing, "checkpoint"):
+            _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
+            checkpointer.save(state, [], cache, final=True)
     return state

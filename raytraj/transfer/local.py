@@ -8,9 +8,10 @@ the CPU.
 
 from __future__ import annotations
 
-import time
+import torch
 
 from ..perm import PairBank, PermutationSpec, lap_solver
+from . import clock
 from .bank_shard import read_shards
 from .config import TransferConfig
 from .worker import TransferWorker
@@ -36,25 +37,36 @@ class LocalMatcher:
         self.worker, self.spec, self.normalize = worker, spec, cfg.normalize
         self.device = worker.device
         self.solve_laps = lap_solver(cfg.lap, self.device)
-        self.bank = self._new_bank()
+        self.dtype = getattr(torch, cfg.bank_dtype)
+        # FGMT adds one pair per step: T slots up front (GMT's bank per step is sized by its step).
+        self.bank = self._new_bank(cfg.steps if cfg.method == "fgmt" else None)
         self._new: list[tuple[dict, dict]] = []
 
-    def _new_bank(self) -> PairBank:
-        return PairBank(self.spec, normalize=self.normalize, device=self.device)
+    def _new_bank(self, capacity: int | None = None) -> PairBank:
+        return PairBank(self.spec, normalize=self.normalize, device=self.device, dtype=self.dtype, capacity=capacity)
 
     def step(self, s, prev, requests, count, *, fresh, init, options):
-        t0 = time.perf_counter()
+        start = clock.now()
         self._new = [self.worker.gradient_means(prev, r.step, r.t, count) for r in requests]
-        grad_s = time.perf_counter() - t0
+        grad = clock.now()
         if fresh:
-            self.bank = self._new_bank()
+            self.bank = self._new_bank(len(requests))
         for target, source in self._new:
             self.bank.add(target, source)
         perm, info = self.bank.solve(init=init, options=options, solve_laps=self.solve_laps)
-        return perm, {**info, "grad_s": grad_s}
+        return perm, {**info, "grad_s": grad[0] - start[0], "grad_cpu_s": grad[1] - start[1]}
+
+    def memory(self) -> dict[str, int]:
+        """The pair bank's bytes (pairs, caches)."""
+        return self.bank.memory_bytes()
 
     def snapshot(self):
-        return self._new, self.bank.cache_state(), {}
+        new = self._new
+        if not self.normalize and self.dtype != torch.float32:
+            # The bank keeps only the rounded values, so a resume that adds these back rebuilds it bit for bit
+            # (normalising divides by the unrounded norms first: those pairs stay as they came).
+            new = [tuple({k: v.to(self.dtype) for k, v in side.items()} for side in pair) for pair in new]
+        return new, self.bank.cache_state(), {}
 
     def restore(self, pairs, cache, shards):
         if shards:  # a run begun on the Ray backend, resumed here

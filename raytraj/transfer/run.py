@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch.nn as nn
@@ -19,6 +18,7 @@ from ..ray_config import RayConfig
 from ..runfolder import RunFolder
 from ..trajectory import is_store
 from ..writelock import locks_output
+from . import clock
 from .backend import Backend
 from .checkpointing import RunCheckpointer
 from .config import TransferConfig
@@ -84,6 +84,7 @@ def transfer(
     spec=None,
     head: str = HEAD,
     problem: Problem | None = None,
+    keep_state: bool = False,
 ) -> dict:
     """Transfer the trajectory recorded at ``source`` to a new init, into the run folder ``out``.
 
@@ -101,6 +102,9 @@ def transfer(
         resume: continue the unfinished run in ``out``.
         on_eval: called with (step, val accuracy) as each evaluation finishes.
         progress: show a progress bar.
+        keep_state: keep the run folder's ``state/`` (FGMT's gradient pairs, the progress) after the
+            run succeeds; by default it is removed then, as only a resume reads it (1.1 GB for an MLP
+            of width 2048).
         force: transfer a source that ends at chance level, or with a spec that permutes less than
             ``cfg.min_coverage`` of the model, which are otherwise refused.
         model, data, spec, head: override what the store records (see ``prepare``).
@@ -109,7 +113,8 @@ def transfer(
     Returns:
         The metrics dict, as written to ``metrics.json``.
     """
-    t_start, c_start = time.perf_counter(), time.process_time()
+    start = clock.now()
+    timing = {}  # this call's setup and finish phases (the steps' phases are in the state: they resume)
     # Resolved paths: a resume that spells the source relatively or absolutely is the same run.
     source, target_init, oracle_target = (p if p is None else fs.absolute(p) for p in (source, target_init,
                                                                                         oracle_target))
@@ -135,18 +140,19 @@ def transfer(
         if claimed:  # a failed start leaves no half-made run folder: the same command can run again
             fs.remove(folder.config_path)
         raise
-    setup_s = time.perf_counter() - t_start  # reading, checking, and starting the backend's workers
+    clock.add(timing, "setup", start)  # reading, checking, and starting the backend's workers
     try:
         state = run_transfer(cfg, runner, problem.spec, problem.num_steps, oracle_perm=problem.oracle_perm,
                              checkpointer=checkpointer, on_eval=on_eval, progress=progress)
         evaluated = sorted(state.val_acc)
         best = max(evaluated, key=lambda s: (state.val_acc[s], -s))  # first step reaching the maximum
         last = problem.num_steps
-        t0 = time.perf_counter()
-        # The best step is often the last: score and build that model once.
-        test_best = runner.evaluate(state.perms[best], best, "test", best).result()
-        test_final = test_best if best == last else runner.evaluate(state.perms[last], last, "test", last).result()
-        state.timing["eval_s"] += time.perf_counter() - t0
+        with clock.phase(state.timing, "eval"):
+            # The best step is often the last: score and build that model once.
+            test_best = runner.evaluate(state.perms[best], best, "test", best).result()
+            test_final = test_best if best == last else runner.evaluate(state.perms[last], last, "test",
+                                                                        last).result()
+        finish = clock.now()
         best_model = runner.materialize(state.perms[best], best, best)
         models = {"best": (best, best_model),
                   "final": (last, best_model if best == last else runner.materialize(state.perms[last], last, last))}
@@ -162,6 +168,8 @@ def transfer(
         "best_step": best, "best": perm_to_lists(state.perms[best]), "final": perm_to_lists(state.perms[last]),
         "group_sizes": problem.spec.sizes,
     })
+    clock.add(timing, "finish", finish)  # building, checking and saving the best and final models
+    wall, cpu = clock.now()
     metrics = {
         "method": cfg.method,
         "steps": problem.num_steps,
@@ -173,9 +181,11 @@ def transfer(
         "test_acc": test_best,
         "final_test_acc": test_final,
         "grad_batches": state.grad_batches,
-        # cpu_s: this call's CPU seconds in this process (all threads; a Ray backend's workers not included)
-        "timing": {**state.timing, "setup_s": setup_s, "total_s": time.perf_counter() - t_start,
-                   "cpu_s": time.process_time() - c_start},
+        # Each phase in wall seconds (<phase>_s) and this process's CPU seconds (<phase>_cpu_s: all its
+        # threads; a Ray backend's workers not included): grad, solve, eval and checkpoint over all
+        # steps, setup and finish of this call; total_s and cpu_s: this call in all.
+        "timing": {**state.timing, **timing, "total_s": wall - start[0], "cpu_s": cpu - start[1]},
+        **({"bank": state.bank} if state.bank else {}),  # the pair bank's bytes: pairs and cached contractions
         "solver": solver_summary(state.solves, len(problem.spec.sizes)),
         "source": source,
         "target": problem.target,
@@ -184,6 +194,8 @@ def transfer(
         **cluster,
     }
     fs.atomic_write_json(folder.metrics_path, metrics)
+    if not keep_state:  # finished: nothing resumes from it any more
+        fs.remove(folder.state_dir)
     return metrics
 
 

@@ -19,6 +19,7 @@ class TransferState:
     solves: list[dict] = field(default_factory=list)
     grad_batches: int = 0  # mini-batch gradients computed so far, both models counted
     shards: dict = field(default_factory=dict)  # where a sharded pair bank keeps its checkpoint (Ray backend)
+    bank: dict = field(default_factory=dict)  # the local pair bank's bytes at the end (not checkpointed)
 
 
 class Checkpointer(Protocol):
@@ -27,4 +28,5 @@ class Checkpointer(Protocol):
 
     def load(self) -> tuple[TransferState, list[tuple[dict, dict]], dict] | None: ...
 
-    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict) -> None: ...
+    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict,
+             final: bool = False) -> None: ...
