@@ -30,7 +30,7 @@ import sys
 from . import fs
 from .config import ConfigError
 from .runfolder import RunFolder
-from .trajectory import TrajectoryStore
+from .trajectory import TrajectoryStore, is_store
 
 TRANSFERS = ("naive", "fgmt", "gmt", "oracle")
 COMPARE = "compare.json"
@@ -41,7 +41,7 @@ def trained(path: str, data: str, seed: int, *, progress: bool = False, model: s
     """The complete store at ``path``, trained first if it is not there yet (resuming an unfinished one)."""
     from .train import train_from_args
 
-    if not (fs.exists(fs.join(path, "trajectory.json")) and TrajectoryStore(path).complete):
+    if not (is_store(path) and TrajectoryStore(path).complete):
         train_from_args(model, data, path, seed=seed, model_args=model_args, progress=progress, **kw)
     return TrajectoryStore(path)
 
@@ -56,7 +56,7 @@ def transferred(src: str, out: str, cfg, progress: bool = False, **kw) -> dict:
 def finetuned(run: str, out: str, epochs: int, lr: float | None, progress: bool = False) -> TrajectoryStore:
     from .transfer.finetune import finetune
 
-    if not (fs.exists(fs.join(out, "trajectory.json")) and TrajectoryStore(out).complete):
+    if not (is_store(out) and TrajectoryStore(out).complete):
         finetune(run, out, epochs=epochs, lr=lr, progress=progress)
     return TrajectoryStore(out)
 

@@ -77,6 +77,9 @@ class SpmdMatcher:
     def snapshot(self):
         return [], {}, self.record
 
+    def memory(self):
+        return {}  # the bank lives on the ranks, sharded
+
     # -- a step ----------------------------------------------------------------------------------------
     def step(self, s, prev, requests, count, *, fresh, init, options):
         b = self.b

@@ -252,11 +252,8 @@ def _certified(a: torch.Tensor, row_to_col: torch.Tensor, prices: torch.Tensor, 
 auction_assignment.fallbacks = 0  # type: ignore[attr-defined]  # matrices scipy had to solve, for tests
 
 
-LAP_SOLVERS = ("auto", "scipy", "sparse", "auction")
-
-
 def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> LapSolver:
-    """The LAP solver for ``name`` (see :data:`LAP_SOLVERS`) when the cost matrices live on ``device``.
+    """The LAP solver for ``name`` when the cost matrices live on ``device``.
 
     Args:
         name: ``scipy`` exact; ``sparse`` the candidate-restricted solver; ``auction`` the torch
@@ -276,5 +273,5 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
                           stacklevel=2)
         return solve_laps_auction
     if name != "auto":
-        raise ValueError(f"unknown LAP solver {name!r}; choose one of {LAP_SOLVERS}")
+        raise ValueError(f"unknown LAP solver {name!r}; choose auto, scipy, sparse or auction")
     return solve_laps_auction if on_gpu else default

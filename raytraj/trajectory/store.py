@@ -37,6 +37,7 @@ def is_store(location: str) -> bool:
     """Whether ``location`` holds a trajectory store (complete or not): it has a manifest."""
     return fs.exists(fs.join(location, MANIFEST))
 
+
 _TORCH_TO_NUMPY = {
     torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
     torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_,

@@ -60,6 +60,10 @@ class Matcher(Protocol):
         """Continue from a checkpoint (written by this backend or the other)."""
         ...
 
+    def memory(self) -> dict[str, int]:
+        """The pair bank's bytes in this process, by part (empty where the bank lives elsewhere)."""
+        ...
+
 
 class Backend(Protocol):
     def matcher(self, spec: PermutationSpec, cfg: TransferConfig) -> Matcher: ...

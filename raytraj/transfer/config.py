@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigError, check_seed
-from ..perm.lap import LAP_SOLVERS
 from ..trajectory import SCHEDULES
 
 METHODS = ("fgmt", "gmt", "naive", "oracle")
 BANK_DTYPES = ("bfloat16", "float16", "float32")
+LAP_SOLVERS = ("auto", "scipy", "sparse", "auction")  # what perm.lap.lap_solver takes
 # T of the commands that run many short transfers (the Tune commands' members and trials, the
 # quickstart); a single transfer defaults to the paper's TransferConfig.steps.
 QUICK_STEPS = 20

@@ -127,8 +127,7 @@ def run_transfer(
     collect(before=num_steps + 1)
     report(num_steps)
     bar.close()
-    memory = getattr(matcher, "memory", None)  # the local matcher's bank bytes
-    state.bank = memory() if memory and cfg.method in ("gmt", "fgmt") else {}
+    state.bank = matcher.memory() if cfg.method in ("gmt", "fgmt") else {}
     if checkpointer:
         with clock.phase(state.timing, "checkpoint"):
             _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
