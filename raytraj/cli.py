@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
                    help="mlp, conv, resnet20, conv1d, transformer, or your factory package.module:function")
-    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
-                   "data function package.module:function")
+    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, "
+                   "fashion-mnist[:PATH][:N], cifar10:ROOT, or your data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
     t.add_argument("--head-module", default="head", help="the classifier's module name, for --new-head")
     t.add_argument("--epochs", type=int, required=True)
