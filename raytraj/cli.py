@@ -56,7 +56,7 @@ def _transfer_config(args):
     fields = {"method": args.method, "schedule": args.schedule, "steps": args.steps, "grad_batches": args.grad_batches,
               "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
-              **_solver_fields(args)}
+              "init_decay": getattr(args, "init_decay", None) or None, **_solver_fields(args)}
     # steps None: with schedule "actual" follow the recorded steps; a linear schedule takes TransferConfig's T
     return TransferConfig(**{k: v for k, v in fields.items()
                              if v is not None or (k == "steps" and args.schedule == "actual")})
@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batches for BatchNorm recalibration (default {defaults['bn_batches']})")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
+    x.add_argument("--init-decay", action="store_true",
+                   help="carry the source's init decay: c theta2^0 + pi(theta1^t - c theta1^0), c the share of its init "
+                   "each source tensor keeps (not in the paper; helps weight-decayed CNNs, see the README)")
     _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")

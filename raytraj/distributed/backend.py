@@ -143,7 +143,8 @@ class RayBackend:
         data = problem.data if problem.data_cfg.source == "memory" else problem.data_cfg
         self._shared = [ray.put(x) for x in (data, problem.spec, self.publisher.for_workers, problem.target_init)]
         self._settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
-                          "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset}
+                          "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset,
+                          "init_decay": cfg.init_decay}
         self._model_cfg, self._normalize = problem.model_cfg, cfg.normalize
         self._options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self._run_id = uuid.uuid4().hex[:8]

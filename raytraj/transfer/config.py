@@ -40,6 +40,10 @@ class TransferConfig:
     eval_every: int = 1  # evaluate every k steps on val (0: only the last step)
     val_subset: int = 0  # evaluate on this many val samples, drawn once from the seed (0: all of val)
     bn_batches: int = 10  # training batches to recalibrate BatchNorm stats after transfer
+    # Carry the source's init decay (not in the paper): theta2^t = c_t theta2^0 + pi(theta1^t - c_t theta1^0),
+    # c_t = <theta1^t, theta1^0> / |theta1^0|^2 per tensor. The paper's rule keeps all of theta2^0 and
+    # subtracts the decayed share of the source's own init, a second random init (see worker.py).
+    init_decay: bool = False
     eval_batch_size: int = 512
 
     def __post_init__(self):
