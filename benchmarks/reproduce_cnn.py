@@ -40,7 +40,8 @@ from raytraj import fs  # noqa: E402
 from raytraj.data import load_data  # noqa: E402
 from raytraj.analysis import interpolate_models  # noqa: E402
 from raytraj.models import build_model  # noqa: E402
-from raytraj.perm import apply_permutation, infer_spec, random_permutation  # noqa: E402
+from raytraj.perm import apply_permutation, infer_spec, perm_from_lists, random_permutation  # noqa: E402
+from raytraj.runfolder import RunFolder  # noqa: E402
 from raytraj.trajectory import TrajectoryStore, TrajectoryWriter  # noqa: E402
 from raytraj.transfer import TransferConfig  # noqa: E402
 from raytraj.transfer.finetune import finetune  # noqa: E402
@@ -160,6 +161,22 @@ def layer_norms(store: TrajectoryStore) -> list[dict]:
     return rows
 
 
+def displacement_cosines(src: TrajectoryStore, tgt: TrajectoryStore, oracle_run: str) -> dict[str, float]:
+    """Per weight tensor: cos(θ2^T − θ2^0, π(θ1^T − θ1^0)) under the Oracle's permutation: how much of the trained
+    target's displacement the best weight-matched source displacement reproduces."""
+    data = _data(src)
+    spec = infer_spec(build_model(src.model_config(), 0), data.x["train"][:8])
+    perm = perm_from_lists(RunFolder(oracle_run).perm()["final"])
+    s0, s1, t0, t1 = src.read(0), src.read(src.last_step), tgt.read(0), tgt.read(tgt.last_step)
+    moved = apply_permutation(spec, perm, {k: s1[k] - s0[k] for k in src.param_names})
+    out = {}
+    for name in src.param_names:
+        if name.endswith("weight") and s0[name].dim() >= 2:
+            a, b = (t1[name] - t0[name]).flatten().double(), moved[name].flatten().double()
+            out[name] = float(a @ b / (a.norm() * b.norm() + 1e-30))
+    return out
+
+
 def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, runs: list[str]) -> dict:
     model, args, changes = FM_MODELS[key]
     recipe = {**FM_RECIPE, **changes}
@@ -197,13 +214,21 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
     std = trained(os.path.join(root, "standard"), std_data, **standard,
                   **{**kw, "epochs": FM_FT_EPOCHS, "lr": ft_lr})
     curves["scratch"] = std.meta["val_acc"]
-    row = {"runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
-           "source_norms": layer_norms(src), "target_norms": layer_norms(tgt)}
+    row = {"pair": f"{a}-{b}", "runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
+           "source_norms": layer_norms(src), "target_norms": layer_norms(tgt),
+           "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in runs else {}}
     print(f"{key} {'pre' if pretrained else 'rand'} {a}-{b}: " + ", ".join(
         f"{m} {r['best_val_acc']:.1f}" for m, r in out.items()) + f"; source {row['source_val']:.1f}, "
         f"target {row['target_val']:.1f}; ft " + ", ".join(f"{k} {v[0]:.1f}/{v[-1]:.1f}" for k, v in curves.items()),
         flush=True)
     return row
+
+
+def fm_done(root: str, runs: list[str]) -> bool:
+    """Whether fm_pair finished here (its last piece, the standard training, is complete, and every run is)."""
+    std = os.path.join(root, "standard")
+    return (os.path.exists(os.path.join(std, "trajectory.json")) and TrajectoryStore(std).complete
+            and all(os.path.exists(os.path.join(root, r, "metrics.json")) for r in runs))
 
 
 def fm_tables(results: dict, runs: list[str]) -> list[str]:
@@ -212,7 +237,8 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
     for (key, pretrained), rows in results.items():
         best = {m: [r["runs"][m]["best_val_acc"] for r in rows] for m in runs}
         ratio = statistics.mean(best["fgmt"]) / max(1e-9, statistics.mean(best["oracle"]))
-        lines.append(f"| {key} | {'pre-trained 0-4 → 5-9' if pretrained else 'random init'} | {len(rows)} | "
+        lines.append(f"| {key} | {'pre-trained 0-4 → 5-9' if pretrained else 'random init'} | "
+                     f"{', '.join(r['pair'] for r in rows)} | "
                      + " | ".join(mean_std(best[m]) for m in runs) + f" | {ratio:.2f} | "
                      f"{mean_std([r['source_val'] for r in rows])} | {mean_std([r['target_val'] for r in rows])} |")
     lines += ["", "Final val % (step T) of the same runs:", "",
@@ -229,9 +255,11 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
             lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | {start} | " + " | ".join(
                 mean_std([r["ft"][start][e] for r in rows]) for e in range(FM_FT_EPOCHS)) + " |")
     lines += ["", "Per weight tensor of the sources (mean over pairs): |θ^0|; displacement |θ^T − θ^0| / |θ^0|; "
-              "init share c = <θ^T, θ^0> / |θ^0|^2 (what `--init-decay` carries); |θ^T| / |θ^0|:", "",
-              "| model | scenario | tensor | abs θ^0 | displacement | init share c | abs θ^T / abs θ^0 |",
-              "|---|---|---|---|---|---|---|"]
+              "init share c = <θ^T, θ^0> / |θ^0|^2 (what `--init-decay` carries); |θ^T| / |θ^0|; and the cosine "
+              "between the trained target's displacement and the source's under the Oracle's permutation, "
+              "cos(θ2^T − θ2^0, π(θ1^T − θ1^0)):", "",
+              "| model | scenario | tensor | abs θ^0 | displacement | init share c | abs θ^T / abs θ^0 | Oracle cos |",
+              "|---|---|---|---|---|---|---|---|"]
     for (key, pretrained), rows in results.items():
         for i, layer in enumerate(rows[0]["source_norms"]):
             vals = [r["source_norms"][i] for r in rows]
@@ -239,7 +267,9 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
                          f"{statistics.mean(v['init'] for v in vals):.2f} | "
                          f"{statistics.mean(v['disp'] for v in vals):.2f} | "
                          f"{statistics.mean(v['share'] for v in vals):.2f} | "
-                         f"{statistics.mean(v['final'] / v['init'] for v in vals):.2f} |")
+                         f"{statistics.mean(v['final'] / v['init'] for v in vals):.2f} | "
+                         + (f"{statistics.mean(r['oracle_cos'][layer['name']] for r in rows):.2f} |"
+                            if rows[0]["oracle_cos"] else " |"))
     return lines
 
 
@@ -248,24 +278,30 @@ def fashion_main(args) -> None:
     t0, load0 = time.time(), os.getloadavg()
     runs = [r for r in FM_RUNS if r in args.runs.split(",")]
     keys = args.models.split(",")
-    results = {(k, p): [] for k in keys for p in (False, True)}
-    for a, b in SEED_PAIRS[:args.pairs]:  # pair-major: a cut-short run still has every row
+    scenarios = [{"rand": False, "pre": True}[x] for x in args.scenarios.split(",")]
+    results = {(k, p): [] for k in keys for p in scenarios}
+    pairs = SEED_PAIRS[args.first_pair:args.pairs]
+    for a, b in pairs:  # pair-major: a cut-short run still has every row
         for key in keys:
-            for pretrained in (False, True):
+            for pretrained in scenarios:
+                root = os.path.join(args.work, key + ("_pre" if pretrained else "_rand"), f"{a}-{b}")
+                if args.existing and not fm_done(root, runs):
+                    continue
                 results[(key, pretrained)].append(fm_pair(args.work, args.data, key, pretrained, a, b, runs))
+    results = {k: rows for k, rows in results.items() if rows}
     models = "; ".join(f"{k}: {m} {o}, lr {({**FM_RECIPE, **c})['lr']}" for k, (m, o, c) in FM_MODELS.items()
                        if k in keys)
     lines = ["# Reproduction on CNNs: Fashion-MNIST", "",
              f"Command: `python benchmarks/reproduce_cnn.py --data {args.data} --models {args.models} --runs "
-             f"{args.runs} --pairs {args.pairs} --work {args.work} --out {args.out}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{args.runs} --pairs {args.pairs} --scenarios {args.scenarios}{' --existing' if args.existing else ''} --work {args.work} --out {args.out}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs shared with "
              f"other jobs; load average {load0[0]:.1f} when this invocation started; runs already in --work are "
              f"reused, this invocation took {(time.time() - t0) / 60:.1f} min).", "",
              f"Data: `{args.data}` (a class-balanced subset of the training images: 90% train, 10% val; the pre-trained "
              "scenario pre-trains on classes 0-4 of it and fine-tunes on 5-9 with a new head). Recipe: SGD momentum "
              f"0.9, batch 128, cosine lr, {FM_RECIPE}; {models}. Transfers: T={STEPS}, linear trajectory, cosine λ, "
-             "one batch of 128 per gradient, seed 0. Best val % over the trajectory, mean±std over the seed pairs "
-             f"{SEED_PAIRS[:args.pairs]}.", "",
+             "one batch of 128 per gradient, seed 0. Best val % over the trajectory, mean±std over the seed pairs in "
+             "the `pairs` column (of (101, 102), (201, 202), (301, 302): those finished in time).", "",
              "Runs: the paper's naive / fgmt / gmt / oracle; `-decay` = the same with `--init-decay` (the transferred "
              "point carries the source's init share c: c θ2^0 + π(θ1^t − c θ1^0)); `fgmt-official` = FGMT with the "
              "official code's solver (cold starts, absolute stopping rule, no per-step sweep cap).", "",
@@ -284,6 +320,9 @@ def main():
     ap.add_argument("--runs", default=",".join(FM_RUNS), help="fashion-mnist: which runs of FM_RUNS")
     ap.add_argument("--pairs", type=int, default=3, help="fashion-mnist: the first N seed pairs")
     ap.add_argument("--threads", type=int, default=1, help="fashion-mnist: torch threads")
+    ap.add_argument("--first-pair", type=int, default=0, help="fashion-mnist: start at this seed pair (0-based)")
+    ap.add_argument("--scenarios", default="rand,pre", help="fashion-mnist: rand, pre or both")
+    ap.add_argument("--existing", action="store_true", help="fashion-mnist: report only the pairs already finished")
     args = ap.parse_args()
     if args.data != "digits":
         return fashion_main(args)
