@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -40,12 +38,11 @@ import ray
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_ensemble_headline import kept_training, test_probs, transfer_ensemble  # noqa: E402
 from report import write_report  # noqa: E402
 
-from raytraj import cli, fs  # noqa: E402
+from raytraj import cli  # noqa: E402
 from raytraj.data import load_data  # noqa: E402
-from raytraj.evaluation import predict  # noqa: E402
-from raytraj.models import build_model  # noqa: E402
 from raytraj.recipes import ENSEMBLE_RECIPES  # noqa: E402
 from raytraj.train import train_from_args  # noqa: E402
 from raytraj.trajectory import TrajectoryStore  # noqa: E402
@@ -59,18 +56,9 @@ def trained(work: str, spec: dict, data: str, seed: int, epochs: int, init: str 
     tag = "".join(c if c.isalnum() else "_" for c in data)
     folder = f"{tag}-e{epochs}" + ("" if init is None else f"-from-{os.path.basename(os.path.dirname(init))}-"
                                    f"{os.path.basename(init)}")
-    path = os.path.join(work, folder, f"seed-{seed}")
-    cpu_file = path + ".cpu.json"
-    if os.path.exists(cpu_file) and TrajectoryStore(path).complete:
-        return path, json.load(open(cpu_file))["cpu_s"]
-    shutil.rmtree(path, ignore_errors=True)  # an interrupted training: its CPU seconds were not all counted
-    torch.set_num_threads(1)
-    t0 = time.process_time()
-    train_from_args(spec["model"], data, path, seed=seed, model_args=spec["model_args"], progress=False,
-                    init=init, new_head=new_head, **{**spec["recipe"], "epochs": epochs})
-    cpu = time.process_time() - t0
-    fs.atomic_write_json(cpu_file, {"cpu_s": cpu, "seed": seed, "epochs": epochs})
-    return path, cpu
+    return kept_training(os.path.join(work, folder, f"seed-{seed}"), lambda path: train_from_args(
+        spec["model"], data, path, seed=seed, model_args=spec["model_args"], progress=False, init=init,
+        new_head=new_head, **{**spec["recipe"], "epochs": epochs}), seed=seed, epochs=epochs)
 
 
 def scores(probs: list[np.ndarray], labels: np.ndarray) -> dict:
@@ -87,26 +75,6 @@ def scores(probs: list[np.ndarray], labels: np.ndarray) -> dict:
             "ece": 100.0 * ece,
             "disagree": 100.0 * statistics.mean(float((a != b).mean()) for a, b in itertools.combinations(tops, 2))
             if len(tops) > 1 else 0.0}
-
-
-def test_probs(path: str, x_test: torch.Tensor) -> np.ndarray:
-    store = TrajectoryStore(path)
-    return predict(build_model(store.model_config(), 0), store.read(store.last_step), x_test).numpy()
-
-
-def transfer_ensemble(work: str, name: str, source: str, recipe: str, members: int, targets: list[str]) -> dict:
-    out = os.path.join(work, name)
-    result_file = os.path.join(out, "ensemble.json")
-    if os.path.exists(result_file):
-        return json.load(open(result_file))
-    shutil.rmtree(out, ignore_errors=True)  # CPU seconds of a half-run ensemble are not all counted
-    argv = ["ensemble", "--source", source, "--out", out, "--members", str(members), "--recipe", recipe,
-            "--max-concurrent", "2"]
-    if targets:
-        argv += ["--targets", ",".join(targets), "--new-head"]
-    if cli.main(argv) != 0:
-        raise SystemExit(f"raytraj {' '.join(argv)} failed")
-    return json.load(open(result_file))
 
 
 def run_part(args, spec: dict, pretrained: bool, train_all) -> dict:
@@ -132,10 +100,9 @@ def run_part(args, spec: dict, pretrained: bool, train_all) -> dict:
         test = load_data(TrajectoryStore(source).data_config())
         x_test, labels = test.x["test"], test.y["test"].numpy()
         epoch_cpu = statistics.mean(c for _, c in full) / epochs
-        ens = transfer_ensemble(args.work, f"transfer-{'pre' if pretrained else 'rand'}-{args.recipe}-rep{r}",
-                                source, args.recipe, k, targets)
-        member_dirs = [os.path.join(args.work, f"transfer-{'pre' if pretrained else 'rand'}-{args.recipe}-rep{r}",
-                                    "members", f"member-{i:03d}") for i in range(k)]
+        ens_dir = os.path.join(args.work, f"transfer-{'pre' if pretrained else 'rand'}-{args.recipe}-rep{r}")
+        ens = transfer_ensemble(args.work, r, source, args.recipe, k, targets, out=ens_dir)
+        member_dirs = [os.path.join(ens_dir, "members", f"member-{i:03d}") for i in range(k)]
         probs = [load_probs(d, "test") for d in member_dirs]
         budget = source_cpu + sum(m["cpu_s"] for m in ens["members"])
         budget_epochs = max(1, round(budget / k / epoch_cpu))
