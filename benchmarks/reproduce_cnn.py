@@ -177,7 +177,10 @@ def displacement_cosines(src: TrajectoryStore, tgt: TrajectoryStore, oracle_run:
     return out
 
 
-def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, runs: list[str]) -> dict:
+def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, runs: list[str],
+            ft_starts: list[str], existing: bool = False) -> dict:
+    """One seed pair of one scenario: trainings, transfers, subsequent training, norms; ``existing``: only what
+    is already under ``work`` (no new transfers or subsequent trainings)."""
     model, args, changes = FM_MODELS[key]
     recipe = {**FM_RECIPE, **changes}
     kw = dict(model=model, model_args=args, **recipe)
@@ -196,6 +199,8 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
         standard = dict(data=data, seed=b)
     out = {}
     for name in runs:
+        if existing and not os.path.exists(os.path.join(root, name, "metrics.json")):
+            continue
         method, changes = FM_RUNS[name]
         cfg = TransferConfig(method=method, steps=STEPS, seed=0, **changes)
         out[name] = transferred(src.location, os.path.join(root, name), cfg,
@@ -203,10 +208,10 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
     # Subsequent training at lr / 5 (the paper's smaller lr), and standard training from the same target init.
     ft_lr = recipe["lr"] / 5
     curves = {}
-    for start in ("fgmt", "naive", "fgmt-decay"):
-        if start not in runs:
-            continue
+    for start in ft_starts:
         ft_dir = os.path.join(root, f"ft-{start}")
+        if existing and not os.path.exists(os.path.join(ft_dir, "trajectory.json")):
+            continue
         if not (fs.exists(fs.join(ft_dir, "trajectory.json")) and TrajectoryStore(ft_dir).complete):
             finetune(os.path.join(root, start), ft_dir, epochs=FM_FT_EPOCHS, lr=ft_lr, progress=False)
         curves[start] = TrajectoryStore(ft_dir).meta["val_acc"]
@@ -216,7 +221,7 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
     curves["scratch"] = std.meta["val_acc"]
     row = {"pair": f"{a}-{b}", "runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
            "source_norms": layer_norms(src), "target_norms": layer_norms(tgt),
-           "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in runs else {}}
+           "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in out else {}}
     print(f"{key} {'pre' if pretrained else 'rand'} {a}-{b}: " + ", ".join(
         f"{m} {r['best_val_acc']:.1f}" for m, r in out.items()) + f"; source {row['source_val']:.1f}, "
         f"target {row['target_val']:.1f}; ft " + ", ".join(f"{k} {v[0]:.1f}/{v[-1]:.1f}" for k, v in curves.items()),
@@ -224,18 +229,17 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
     return row
 
 
-def fm_done(root: str, runs: list[str]) -> bool:
-    """Whether fm_pair finished here (its last piece, the standard training, is complete, and every run is)."""
+def fm_done(root: str) -> bool:
+    """Whether fm_pair finished here: its last piece, the standard training, is complete."""
     std = os.path.join(root, "standard")
-    return (os.path.exists(os.path.join(std, "trajectory.json")) and TrajectoryStore(std).complete
-            and all(os.path.exists(os.path.join(root, r, "metrics.json")) for r in runs))
+    return os.path.exists(os.path.join(std, "trajectory.json")) and TrajectoryStore(std).complete
 
 
 def fm_tables(results: dict, runs: list[str]) -> list[str]:
     lines = ["| model | scenario | pairs | " + " | ".join(runs) + " | FGMT / Oracle | source | trained target |",
              "|---|---|---|" + "---|" * len(runs) + "---|---|---|"]
     for (key, pretrained), rows in results.items():
-        best = {m: [r["runs"][m]["best_val_acc"] for r in rows] for m in runs}
+        best = {m: [r["runs"][m]["best_val_acc"] for r in rows if m in r["runs"]] for m in runs}
         ratio = statistics.mean(best["fgmt"]) / max(1e-9, statistics.mean(best["oracle"]))
         lines.append(f"| {key} | {'pre-trained 0-4 → 5-9' if pretrained else 'random init'} | "
                      f"{', '.join(r['pair'] for r in rows)} | "
@@ -245,15 +249,16 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
               "| model | scenario | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for (key, pretrained), rows in results.items():
         lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | " + " | ".join(
-            mean_std([r["runs"][m]["final_val_acc"] for r in rows]) for m in runs) + " |")
+            mean_std([r["runs"][m]["final_val_acc"] for r in rows if m in r["runs"]]) for m in runs) + " |")
     lines += ["", f"Subsequent training ({FM_FT_EPOCHS} epochs at the source lr / 5, from each run's best step; "
               "`scratch` = standard training from the same target init, same epochs and lr), val % after each "
               "epoch:", "", "| model | scenario | start | " + " | ".join(f"ep{e + 1}" for e in range(FM_FT_EPOCHS))
               + " |", "|---|---|---|" + "---|" * FM_FT_EPOCHS]
     for (key, pretrained), rows in results.items():
-        for start in rows[0]["ft"]:
+        for start in dict.fromkeys(k for r in rows for k in r["ft"]):
             lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | {start} | " + " | ".join(
-                mean_std([r["ft"][start][e] for r in rows]) for e in range(FM_FT_EPOCHS)) + " |")
+                mean_std([r["ft"][start][e] for r in rows if start in r["ft"]]) for e in range(FM_FT_EPOCHS))
+                + " |")
     lines += ["", "Per weight tensor of the sources (mean over pairs): |θ^0|; displacement |θ^T − θ^0| / |θ^0|; "
               "init share c = <θ^T, θ^0> / |θ^0|^2 (what `--init-decay` carries); |θ^T| / |θ^0|; and the cosine "
               "between the trained target's displacement and the source's under the Oracle's permutation, "
@@ -268,8 +273,8 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
                          f"{statistics.mean(v['disp'] for v in vals):.2f} | "
                          f"{statistics.mean(v['share'] for v in vals):.2f} | "
                          f"{statistics.mean(v['final'] / v['init'] for v in vals):.2f} | "
-                         + (f"{statistics.mean(r['oracle_cos'][layer['name']] for r in rows):.2f} |"
-                            if rows[0]["oracle_cos"] else " |"))
+                         + (f"{statistics.mean(r['oracle_cos'][layer['name']] for r in rows if r['oracle_cos']):.2f} |"
+                            if any(r["oracle_cos"] for r in rows) else " |"))
     return lines
 
 
@@ -285,15 +290,16 @@ def fashion_main(args) -> None:
         for key in keys:
             for pretrained in scenarios:
                 root = os.path.join(args.work, key + ("_pre" if pretrained else "_rand"), f"{a}-{b}")
-                if args.existing and not fm_done(root, runs):
+                if args.existing and not fm_done(root):
                     continue
-                results[(key, pretrained)].append(fm_pair(args.work, args.data, key, pretrained, a, b, runs))
+                results[(key, pretrained)].append(fm_pair(args.work, args.data, key, pretrained, a, b, runs,
+                                                          args.ft.split(","), args.existing))
     results = {k: rows for k, rows in results.items() if rows}
     models = "; ".join(f"{k}: {m} {o}, lr {({**FM_RECIPE, **c})['lr']}" for k, (m, o, c) in FM_MODELS.items()
                        if k in keys)
     lines = ["# Reproduction on CNNs: Fashion-MNIST", "",
              f"Command: `python benchmarks/reproduce_cnn.py --data {args.data} --models {args.models} --runs "
-             f"{args.runs} --pairs {args.pairs} --scenarios {args.scenarios}{' --existing' if args.existing else ''} --work {args.work} --out {args.out}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{args.runs} --ft {args.ft} --pairs {args.pairs} --scenarios {args.scenarios}{' --existing' if args.existing else ''} --work {args.work} --out {args.out}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs shared with "
              f"other jobs; load average {load0[0]:.1f} when this invocation started; runs already in --work are "
              f"reused, this invocation took {(time.time() - t0) / 60:.1f} min).", "",
@@ -322,6 +328,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="fashion-mnist: torch threads")
     ap.add_argument("--first-pair", type=int, default=0, help="fashion-mnist: start at this seed pair (0-based)")
     ap.add_argument("--scenarios", default="rand,pre", help="fashion-mnist: rand, pre or both")
+    ap.add_argument("--ft", default="fgmt,naive", help="fashion-mnist: the runs trained on after the transfer")
     ap.add_argument("--existing", action="store_true", help="fashion-mnist: report only the pairs already finished")
     args = ap.parse_args()
     if args.data != "digits":
