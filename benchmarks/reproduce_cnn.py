@@ -210,15 +210,16 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
     curves = {}
     for start in ft_starts:
         ft_dir = os.path.join(root, f"ft-{start}")
-        if existing and not os.path.exists(os.path.join(ft_dir, "trajectory.json")):
+        if existing and not _complete(ft_dir):
             continue
         if not (fs.exists(fs.join(ft_dir, "trajectory.json")) and TrajectoryStore(ft_dir).complete):
             finetune(os.path.join(root, start), ft_dir, epochs=FM_FT_EPOCHS, lr=ft_lr, progress=False)
         curves[start] = TrajectoryStore(ft_dir).meta["val_acc"]
     std_data = standard.pop("data")
-    std = trained(os.path.join(root, "standard"), std_data, **standard,
-                  **{**kw, "epochs": FM_FT_EPOCHS, "lr": ft_lr})
-    curves["scratch"] = std.meta["val_acc"]
+    if not existing or _complete(os.path.join(root, "standard")):
+        std = trained(os.path.join(root, "standard"), std_data, **standard,
+                      **{**kw, "epochs": FM_FT_EPOCHS, "lr": ft_lr})
+        curves["scratch"] = std.meta["val_acc"]
     row = {"pair": f"{a}-{b}", "runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
            "source_norms": layer_norms(src), "target_norms": layer_norms(tgt),
            "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in out else {}}
@@ -230,9 +231,13 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
 
 
 def fm_done(root: str) -> bool:
-    """Whether fm_pair finished here: its last piece, the standard training, is complete."""
-    std = os.path.join(root, "standard")
-    return os.path.exists(os.path.join(std, "trajectory.json")) and TrajectoryStore(std).complete
+    """Whether fm_pair got far enough here to report: its trainings and the paper's four transfers finished."""
+    return (all(_complete(os.path.join(root, d)) for d in ("source", "target"))
+            and all(os.path.exists(os.path.join(root, m, "metrics.json")) for m in METHODS))
+
+
+def _complete(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "trajectory.json")) and TrajectoryStore(path).complete
 
 
 def fm_tables(results: dict, runs: list[str]) -> list[str]:
