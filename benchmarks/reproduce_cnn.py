@@ -318,8 +318,10 @@ def fashion_main(args) -> None:
              "official code's solver (cold starts, absolute stopping rule, no per-step sweep cap).", "",
              *fm_tables(results, runs)]
     write_report(args.out, lines)
+    text = json.dumps({f"{k}|{'pre' if p else 'rand'}": rows for (k, p), rows in results.items()}, default=str)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({f"{k}|{'pre' if p else 'rand'}": rows for (k, p), rows in results.items()}, f, default=str)
+        f.write(text.replace(root, ""))  # paths relative to the repository, not this machine's
 
 
 def main():
