@@ -23,6 +23,7 @@ from report import write_report
 from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
+from raytraj.ray_config import RayConfig
 from raytraj.transfer import TransferConfig, prepare, transfer
 
 
@@ -41,7 +42,8 @@ def run(src, work, name, cfg, backend="local", **options):
 
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    m = transfer(src, out, cfg, target_seed=2, backend=backend, backend_options=options or None, progress=False)
+    m = transfer(src, out, cfg, target_seed=2, backend=backend,
+                 ray_config=RayConfig(**options) if options else None, progress=False)
     m["wall_s"] = time.perf_counter() - t0
     m["perm"] = RunFolder(out).perm()["final"]
     return m

@@ -31,6 +31,7 @@ from raytraj.runfolder import RunFolder
 from raytraj.train import train_from_args
 from raytraj.trajectory import TrajectoryStore
 from report import write_report
+from raytraj.ray_config import RayConfig
 from raytraj.transfer import TransferConfig, transfer
 
 
@@ -45,8 +46,8 @@ def run(src, work, name, cfg, workers=None):
     out = os.path.join(work, name)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    options = {"workers": workers, "cpus_per_worker": 1} if workers else None
-    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", backend_options=options,
+    ray_config = RayConfig(workers=workers, cpus_per_worker=1) if workers else None
+    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", ray_config=ray_config,
                  progress=False)
     m["wall_s"] = time.perf_counter() - t0
     m["perm"] = RunFolder(out).perm()["final"]

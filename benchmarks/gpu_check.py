@@ -66,7 +66,7 @@ def check_case(name, overrides, root, lines) -> bool:
     for device in ("cpu", "cuda"):
         t0 = time.perf_counter()
         runs[device] = transfer(src, os.path.join(root, f"{name}-{device}"), cfg, target_seed=2,
-                                backend_options={"device": device}, progress=False)
+                                device=device, progress=False)
         runs[device]["wall_s"] = time.perf_counter() - t0
     perms = {d: RunFolder(os.path.join(root, f"{name}-{d}")).perm()["final"] for d in runs}
     same_units = sum(a == b for g in perms["cpu"] for a, b in zip(perms["cpu"][g], perms["cuda"][g]))

@@ -1,7 +1,8 @@
 """raytraj: transfer the learning trajectories of neural networks, on one machine or a Ray cluster.
 
 Data flows one way: train -> trajectory store -> transfer -> evaluate. The subpackages hold
-each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``); the Ray layer
+each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``; ``raytraj.transfer_model`` is
+the Python API of a transfer on models and data as objects); the Ray layer
 (``raytraj.distributed``, ``raytraj.tune``) is imported only when used.
 """
 
@@ -21,7 +22,8 @@ from .perm import (
 from .train import TrainConfig, train_from_args
 from .trajectory import TrajectoryRecorder, TrajectoryStore, TrajectoryWriter, lambdas, open_trajectory
 from .recipes import ENSEMBLE_RECIPES, EnsembleRecipe
-from .transfer import TransferConfig
+from .ray_config import RayConfig
+from .transfer import TransferConfig, TransferResult, transfer_model
 from .transfer.finetune import finetune
 
 _RAY = {"RayBackend": "distributed", "run_ensemble": "tune", "run_sweep": "tune", "distill": "tune"}
@@ -38,8 +40,9 @@ def __getattr__(name):
 __all__ = [
     "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
     "TrajectoryWriter",
-    "TransferConfig", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
+    "RayConfig", "TransferConfig", "TransferResult", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
     "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
+    "transfer_model",
     *_RAY,
 ]
 

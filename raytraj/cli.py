@@ -85,9 +85,10 @@ def _add_solver_args(q) -> None:
     """The per-step solve's stopping rule, its LAP solver, and the evaluation subset."""
     defaults = _transfer_choices()[0]
     q.add_argument("--rtol", type=float, help="stop a step's solve when a sweep gains less than RTOL x the objective "
-                   f"(default {defaults['rtol']:g}; 0: the official absolute rule alone)")
+                   f"(default {defaults['rtol']:g}; 0: the absolute rule alone)")
     q.add_argument("--tol", type=float,
-                   help=f"... or at most TOL in absolute terms (default {defaults['tol']:g}, the official code's)")
+                   help=f"... or at most TOL in absolute terms (default {defaults['tol']:g}: the official code's "
+                        "epsilon, applied to the sweep's total gain)")
     q.add_argument("--step-sweeps", type=int, help="at most N sweeps in each step but the last, which goes on from "
                    f"there (default {defaults['step_sweeps']}; 0: no cap)")
     from .transfer.config import LAP_SOLVERS
@@ -118,6 +119,9 @@ def _solver_fields(args) -> dict:
 
 
 def _backend_options(args) -> dict:
+    """``device`` for --backend local, or ``ray_config`` (a RayConfig) from the Ray flags."""
+    from .ray_config import RayConfig
+
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
@@ -127,9 +131,10 @@ def _backend_options(args) -> dict:
         return {"device": args.device} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
-    return {k: v for k, v in {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
-                              "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env,
-                              "placement_timeout_s": args.placement_timeout}.items() if v is not None}
+    flags = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+             "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env,
+             "placement_timeout_s": args.placement_timeout}
+    return {"ray_config": RayConfig(**{k: v for k, v in flags.items() if v is not None})}
 
 
 def cmd_transfer(args):
@@ -138,7 +143,7 @@ def cmd_transfer(args):
 
     m = transfer(args.source, args.out, _transfer_config(args), target_seed=args.target_seed,
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
-                 backend=args.backend, backend_options=_backend_options(args), resume=args.resume,
+                 backend=args.backend, **_backend_options(args), resume=args.resume,
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
                  head=args.head_module)
     print(format_table([m]))

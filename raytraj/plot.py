@@ -8,6 +8,7 @@ from collections import Counter
 
 from . import fs
 from .runfolder import METRICS, RunFolder
+from .trajectory import TrajectoryStore, is_store
 
 
 def _series(path: str) -> tuple[str, list[int], list[float], bool]:
@@ -18,9 +19,8 @@ def _series(path: str) -> tuple[str, list[int], list[float], bool]:
         steps = [i + 1 for i, v in enumerate(m["val_acc"]) if v is not None]
         return m["method"].upper() if m["method"] in ("gmt", "fgmt") else m["method"].capitalize(), steps, \
             [v for v in m["val_acc"] if v is not None], False
-    if fs.exists(fs.join(path, "trajectory.json")):
-        t = fs.read_json(fs.join(path, "trajectory.json"))
-        points = [(s["step"], s["val_acc"]) for s in t["steps"] if "val_acc" in s]
+    if is_store(path):
+        points = [(s["step"], s["val_acc"]) for s in TrajectoryStore(path).manifest["steps"] if "val_acc" in s]
         return f"training {os.path.basename(os.path.normpath(path))} (per checkpoint)", [p[0] for p in points], \
             [p[1] for p in points], True
     raise FileNotFoundError(f"{path} is neither a transfer run ({METRICS}) nor a trajectory store")

@@ -10,7 +10,7 @@ from . import fs
 from .plot import plot_runs
 from .runfolder import RunFolder
 from .train import train_from_args
-from .trajectory import TrajectoryStore
+from .trajectory import TrajectoryStore, is_store
 from .transfer import TransferConfig, transfer
 from .transfer.config import QUICK_STEPS
 
@@ -19,7 +19,7 @@ def quickstart(out: str = "runs/quickstart", *, data: str = "digits", model: str
                steps: int = QUICK_STEPS, seed: int = 1, target_seed: int = 2, methods=("naive", "fgmt"),
                progress: bool = True) -> list[dict]:
     source = fs.join(out, "source")
-    store = TrajectoryStore(source) if fs.exists(fs.join(source, "trajectory.json")) else None
+    store = TrajectoryStore(source) if is_store(source) else None
     if store is None or not store.complete:
         print(f"training the source: {model} on {data}, {epochs} epochs, seed {seed} -> {source}")
         train_from_args(model, data, source, seed=seed, epochs=epochs, progress=progress)

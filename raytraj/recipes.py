@@ -21,6 +21,15 @@ def check_finetune(finetune_epochs: int = 0, finetune_lr: float | None = None) -
 
 @dataclass(frozen=True)
 class EnsembleRecipe:
+    """A named preset of ``raytraj ensemble``'s settings (``--recipe``), checked when built.
+
+    Args:
+        transfer: TransferConfig fields of every member's transfer.
+        finetune_epochs: subsequent training of every member (0: none).
+        finetune_lr: its learning rate (None: the source recipe's).
+        why: how the preset was chosen, for the record.
+    """
+
     transfer: dict = field(default_factory=dict)  # TransferConfig fields
     finetune_epochs: int = 0
     finetune_lr: float | None = None  # None: the source's recipe lr

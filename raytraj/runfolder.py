@@ -19,6 +19,7 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 PERM = "perm.json"
 STATE = "state"
+PROGRESS = "progress.safetensors"  # in STATE: a transfer saved at least one step (see transfer/checkpointing.py)
 MODELS = ("best", "final")
 
 
@@ -29,7 +30,11 @@ def model_file(which: str = "best") -> str:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """Paths and readers for the files of one transfer run at ``location`` (a local path or URI)."""
+    """Paths and readers for the files of one transfer run.
+
+    Args:
+        location: the run folder: a local path, or an ``s3://``/``gs://`` URI.
+    """
 
     location: str
 
@@ -66,9 +71,7 @@ class RunFolder:
     def progressed(self) -> bool:
         """Finished, or saved at least one step: work a rerun must resume rather than redo. A folder
         holding only its config stopped before its first step and holds nothing to keep."""
-        from .transfer.checkpointing import RunCheckpointer
-
-        return self.finished or RunCheckpointer(self.state_dir).exists()
+        return self.finished or fs.exists(fs.join(self.state_dir, PROGRESS))
 
     def has_model(self, which: str = "best") -> bool:
         """A finished run whose ``which`` model is on disk."""

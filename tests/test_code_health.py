@@ -1,15 +1,29 @@
-"""One home per concept: the run folder's file names live in raytraj/runfolder.py only."""
+"""One home per concept: every store and run-folder file name is spelled in its own module only."""
 
 import ast
 import re
 from pathlib import Path
 
 from raytraj import runfolder
+from raytraj.train import loop
+from raytraj.trajectory import store
 
 PACKAGE = Path(runfolder.__file__).parent
-# "state" is a run folder's name too, but also an ordinary word; the files are what code must not spell out.
-NAMES = [runfolder.CONFIG, runfolder.METRICS, runfolder.PERM, *(runfolder.model_file(m) for m in runfolder.MODELS)]
-PATTERN = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(n) for n in NAMES) + r")(?![\w.-])")
+# "state" and "steps" are folder names too, but also ordinary words; the files are what code must not spell out.
+HOMES = {
+    Path(runfolder.__file__): [runfolder.CONFIG, runfolder.METRICS, runfolder.PERM, runfolder.PROGRESS,
+                               *(runfolder.model_file(m) for m in runfolder.MODELS)],
+    Path(store.__file__): [store.MANIFEST],
+    Path(loop.__file__): [loop.TRAIN_STATE],
+}
+NAMES = [n for names in HOMES.values() for n in names]
+
+
+def pattern(names):
+    return re.compile(r"(?<![\w.-])(" + "|".join(re.escape(n) for n in names) + r")(?![\w.-])")
+
+
+PATTERN = pattern(NAMES)
 
 
 def code_strings(tree: ast.AST):
@@ -23,15 +37,15 @@ def code_strings(tree: ast.AST):
             yield node.lineno, node.value
 
 
-def test_run_folder_file_names_appear_only_in_runfolder_py():
+def test_store_and_run_folder_file_names_appear_only_in_their_home_module():
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path == Path(runfolder.__file__):
-            continue
+        foreign = pattern([n for home, names in HOMES.items() if home != path for n in names])
         for line, text in code_strings(ast.parse(path.read_text(), str(path))):
-            if PATTERN.search(text):
+            if foreign.search(text):
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}")
-    assert not found, "use raytraj.runfolder's names instead of:\n" + "\n".join(found)
+    assert not found, "use the names of raytraj.runfolder, raytraj.trajectory.store or raytraj.train.loop:\n" + \
+        "\n".join(found)
 
 
 def test_the_check_finds_a_planted_literal():

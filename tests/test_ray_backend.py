@@ -13,6 +13,7 @@ import ray
 import torch
 
 from raytraj.checkpoint import load_checkpoint
+from raytraj.ray_config import RayConfig
 from raytraj.config import ConfigError
 from raytraj.models import build_model, config_for_data
 from raytraj.perm import apply_permutation, infer_spec, match, random_permutation
@@ -29,7 +30,7 @@ def cluster():
 def run_pair(src, tmp_path, cfg, name, **ray_options):
     local = transfer(src, str(tmp_path / f"{name}-local"), cfg, target_seed=2, progress=False)
     remote = transfer(src, str(tmp_path / f"{name}-ray"), cfg, target_seed=2, backend="ray",
-                      backend_options={"workers": 2, **ray_options}, progress=False)
+                      ray_config=RayConfig(workers=2, **ray_options), progress=False)
     return local, remote
 
 
@@ -55,7 +56,7 @@ def test_logical_gpus_are_scheduled_and_threads_follow_cpus(cluster, digits_sour
 
     cfg = TransferConfig(method="fgmt", steps=2)
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
-    backend = RayBackend(problem, cfg, workers=2, cpus_per_worker=2, gpus_per_worker=1)
+    backend = RayBackend(problem, cfg, RayConfig(workers=2, cpus_per_worker=2, gpus_per_worker=1))
     try:
         placed = backend.describe()
     finally:
@@ -71,7 +72,7 @@ def test_unplaceable_workers_fail_clearly(cluster, digits_source):
     cfg = TransferConfig(steps=2)
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
     with pytest.raises(ConfigError, match="place 9 workers"):
-        RayBackend(problem, cfg, workers=9, placement_timeout_s=3)
+        RayBackend(problem, cfg, RayConfig(workers=9, placement_timeout_s=3))
     assert ray.available_resources().get("CPU") == 4  # nothing left reserved
 
 
@@ -79,7 +80,7 @@ def test_parallel_colour_class_solves_equal_the_sequential_solver(cluster, digit
     from raytraj.distributed import RayBackend
 
     cfg = TransferConfig(steps=2)
-    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, workers=2)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, RayConfig(workers=2))
     try:
         for name, shape, kw in [("conv", (3, 16, 16), {"width": 0.25}), ("resnet20", (3, 16, 16), {"width": 0.5})]:
             model = build_model(config_for_data(name, shape, 10, **kw), 0)
@@ -92,6 +93,22 @@ def test_parallel_colour_class_solves_equal_the_sequential_solver(cluster, digit
             assert all(torch.equal(seq[g], par[g]) and torch.equal(par[g], planted[g]) for g in spec.sizes)
             assert par_info["objective"] == pytest.approx(seq_info["objective"], rel=1e-9)
             assert par_info["sweeps"] == seq_info["sweeps"]
+    finally:
+        backend.close()
+
+
+def test_a_busy_worker_is_not_taken_for_lost(cluster, digits_source):
+    from raytraj.distributed import RayBackend
+
+    cfg = TransferConfig(steps=2)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, RayConfig(workers=1))
+    try:
+        backend.probe_timeout_s = 2.0  # 60 s in use; a long task is one that outlasts the probe
+        pid = ray.get(backend.workers[0].describe.remote())["pid"]
+        busy = backend.workers[0].__ray_call__.remote(lambda self: time.sleep(8) or os.getpid())
+        time.sleep(1.0)  # the task has started: the worker's one ordinary thread is taken
+        assert backend.recover() == [] and backend.traffic["recoveries"] == 0
+        assert ray.get(busy) == pid  # the same worker finished its task: it was never rebuilt
     finally:
         backend.close()
 
@@ -110,7 +127,7 @@ def test_a_killed_worker_restarts_and_the_result_is_unchanged(cluster, digits_so
             killed.append(names[-1])
 
     disturbed = transfer(src, str(tmp_path / "kill"), cfg, target_seed=2, backend="ray",
-                         backend_options={"workers": 2}, on_eval=kill_a_worker, progress=False)
+                         ray_config=RayConfig(workers=2), on_eval=kill_a_worker, progress=False)
     assert killed and disturbed["traffic"]["recoveries"] >= 1  # rebuilt, its bank shard restored from state/
     assert disturbed["val_acc"] == undisturbed["val_acc"]
     assert perms(tmp_path / "kill") == perms(tmp_path / "calm")
@@ -137,7 +154,7 @@ def test_a_killed_driver_resumes_to_the_same_result(cluster, digits_source, tmp_
     driver.wait()
     stopped_at = load_checkpoint(str(progress))[1]["step"]
     assert 3 <= stopped_at < 30 and not (out / "metrics.json").exists()
-    resumed = transfer(src, str(out), cfg, target_seed=3, backend="ray", backend_options={"workers": 2},
+    resumed = transfer(src, str(out), cfg, target_seed=3, backend="ray", ray_config=RayConfig(workers=2),
                        resume=True, progress=False)
     assert resumed["val_acc"] == undisturbed["val_acc"]
     assert perms(out) == perms(tmp_path / "calm")

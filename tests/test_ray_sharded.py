@@ -14,6 +14,7 @@ import ray
 import torch
 
 from raytraj.checkpoint import load_checkpoint
+from raytraj.ray_config import RayConfig
 from raytraj.config import ConfigError
 from raytraj.data import Dataset
 from raytraj.transfer import TransferConfig, prepare, transfer
@@ -40,11 +41,11 @@ def conv_sources(tmp_path_factory):
 
 
 def _run(src, out, cfg, workers=None):
-    options = {"workers": workers, "cpus_per_worker": 0.5} if workers else None
+    ray_config = RayConfig(workers=workers, cpus_per_worker=0.5) if workers else None
     # force: the 1-epoch CNN sources end near chance level, which transfer refuses by default; this
     # test compares backends, not learning.
     return transfer(src, str(out), cfg, target_seed=2, backend="ray" if workers else "local",
-                    backend_options=options, progress=False, force=True)
+                    ray_config=ray_config, progress=False, force=True)
 
 
 def _same_run(a, b, ma, mb):
@@ -101,7 +102,7 @@ def test_workers_load_the_data_themselves(cluster, digits_source):
     from raytraj.distributed import RayBackend
 
     cfg = TransferConfig(method="fgmt", steps=2)
-    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, workers=1)
+    backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, RayConfig(workers=1))
     try:
         shipped = [ray.get(r) for r in backend._shared]
     finally:
@@ -116,7 +117,7 @@ def test_the_permutation_reference_follows_content_not_identity(cluster, digits_
 
     cfg = TransferConfig(method="fgmt", steps=2)
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
-    backend = RayBackend(problem, cfg, workers=1)
+    backend = RayBackend(problem, cfg, RayConfig(workers=1))
     try:
         perm = {g: torch.arange(n) for g, n in problem.spec.sizes.items()}
         first = ray.get(backend._perm_ref(perm))
@@ -137,7 +138,7 @@ def test_an_infeasible_request_fails_at_once_naming_asked_and_present(cluster, d
     problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"can never place 1 workers of \{'CPU': 64\}.*'CPU': 2\.0"):
-        RayBackend(problem, cfg, workers=1, cpus_per_worker=64)  # default timeout: 600 s
+        RayBackend(problem, cfg, RayConfig(workers=1, cpus_per_worker=64))  # default timeout: 600 s
     assert time.monotonic() - t0 < 60
     assert ray.available_resources().get("CPU") == 2  # nothing left reserved
 
@@ -178,11 +179,11 @@ def _interrupted_then_resumed(src, out, cfg, first, then):
 
     with pytest.raises(Interrupt):
         transfer(src, str(out), cfg, target_seed=2, backend="ray", on_eval=stop, progress=False,
-                 backend_options={"workers": first, "cpus_per_worker": 0.5})
+                 ray_config=RayConfig(workers=first, cpus_per_worker=0.5))
     assert not (out / "metrics.json").exists() and (out / "state" / "shards").exists()
     return transfer(src, str(out), cfg, target_seed=2, resume=True, progress=False,
                     backend="ray" if then else "local",
-                    backend_options={"workers": then, "cpus_per_worker": 0.5} if then else None)
+                    ray_config=RayConfig(workers=then, cpus_per_worker=0.5) if then else None)
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (2, None)], ids=["ray2-then-ray1", "ray2-then-local"])
@@ -207,3 +208,23 @@ def test_transformer_heads_get_the_local_block_start_on_ray(cluster, tmp_path_fa
     local = _run(src, root / "local", cfg)
     remote = _run(src, root / "ray2", cfg, workers=2)
     _same_run(root / "local", root / "ray2", local, remote)
+
+
+def test_an_actual_trajectory_pins_only_the_points_in_use(cluster, digits_source):
+    from raytraj.distributed.trajectory import PointPublisher
+    from raytraj.trajectory import open_trajectory
+
+    traj = open_trajectory(str(digits_source / "source"), "actual")
+    publisher = PointPublisher(traj, keep=2)
+    worker_side = publisher.for_workers
+    for s in range(1, traj.num_steps + 1):  # FGMT's pattern: the gradient at s-1, the evaluation at s
+        for asked in (s - 1, s):
+            refs = publisher.points(asked)
+            worker_side.offer(refs)
+            assert torch.equal(worker_side.point(asked)["layers.0.weight"], traj.point(asked)["layers.0.weight"])
+            assert set(worker_side.refs) == {0, asked}  # a worker holds what its call was handed, no more
+        assert len(publisher.pinned()) <= 3 and 0 in publisher.pinned()  # the start and the last two
+    assert traj.num_steps >= 4  # ... so the old points were let go
+    # GMT asks for every point up to s at once: all of them stay while it does.
+    assert publisher.points(*range(traj.num_steps)).keys() == set(range(traj.num_steps))
+    assert publisher.pinned() == list(range(traj.num_steps))

@@ -8,6 +8,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raytraj.distributed import RayBackend
+from raytraj.ray_config import RayConfig
 from raytraj.transfer import TransferConfig, prepare, transfer
 
 
@@ -27,13 +28,13 @@ def test_workers_land_on_both_nodes_and_agree_with_local(two_nodes, digits_sourc
     src = str(digits_source / "source")
     cfg = TransferConfig(method="gmt", steps=4, seed=5)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    backend = RayBackend(prepare(src, cfg, target_seed=2), cfg, workers=2)
+    backend = RayBackend(prepare(src, cfg, target_seed=2), cfg, RayConfig(workers=2))
     try:
         nodes = {p["node"] for p in backend.describe()}
     finally:
         backend.close()
     assert len(nodes) == 2  # SPREAD placement: one worker per node
-    remote = transfer(src, str(tmp_path / "ray"), cfg, target_seed=2, backend="ray", backend_options={"workers": 2},
+    remote = transfer(src, str(tmp_path / "ray"), cfg, target_seed=2, backend="ray", ray_config=RayConfig(workers=2),
                       progress=False)
     local = transfer(src, str(tmp_path / "local"), cfg, target_seed=2, progress=False)
     assert remote["val_acc"] == local["val_acc"]
@@ -54,7 +55,7 @@ def test_losing_the_worker_node_mid_transfer_changes_nothing(two_nodes, digits_s
             removed.append(step)
 
     cut = transfer(src, str(tmp_path / "cut"), cfg, target_seed=2, backend="ray",
-                   backend_options={"workers": 2, "placement_timeout_s": 120}, on_eval=remove_node, progress=False)
+                   ray_config=RayConfig(workers=2, placement_timeout_s=120), on_eval=remove_node, progress=False)
     assert removed and cut["traffic"]["recoveries"] >= 1
     assert len({p["node"] for p in cut["placement"]}) == 1  # both workers now on the head
     for key in ("val_acc", "test_acc", "final_test_acc", "best_step"):

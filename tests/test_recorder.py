@@ -111,3 +111,40 @@ def test_bad_recorder_input(pkg, tmp_path):
     assert rec.writer.manifest["meta"]["model"]["name"] == "module"
     with pytest.raises(TrajectoryError, match="only the init"):
         rec.close()
+
+
+DDP_RANK = """
+import sys
+import torch
+import torch.distributed as dist
+from raytraj import TrajectoryRecorder, TrajectoryStore
+
+rank, store, rendezvous = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+model = torch.nn.Linear(3, 2)
+rec = TrajectoryRecorder(store, model, every=2)
+for _ in range(4):  # writes at iterations 2 and 4
+    rec.step(model)
+dist.barrier()  # then the job crashes without close(), and every rank resumes
+rec = TrajectoryRecorder.resume(store)
+for _ in range(2):  # rank 0 writes at iteration 6; the other rank must count without error
+    with torch.no_grad():
+        model.bias.add_(1.0)
+    rec.step(model)
+rec.close()
+dist.barrier()
+if rank == 0:
+    print([s["iteration"] for s in TrajectoryStore(store).manifest["steps"]], TrajectoryStore(store).complete)
+dist.destroy_process_group()
+"""
+
+
+def test_a_resumed_ddp_job_records_on_every_rank(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(DDP_RANK)
+    args = [str(tmp_path / "s"), str(tmp_path / "rendezvous")]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
+    assert outs[0][0].strip() == "[0, 2, 4, 6] True"

@@ -4,8 +4,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from raytraj.perm import PairBank, apply_permutation, identity_permutation, infer_spec, match, random_permutation
-from raytraj.perm.matching import self_coupled_groups
+from raytraj.perm import (
+    PairBank,
+    PermutationSpec,
+    apply_permutation,
+    identity_permutation,
+    infer_spec,
+    match,
+    random_permutation,
+)
+from raytraj.perm.descent import self_coupled_groups
 
 
 class ResidualMLP(nn.Module):
@@ -93,3 +101,43 @@ def test_hitting_max_sweeps_is_reported_as_unconverged():
     spec, pairs = mlp_spec_and_pairs()
     _, info = match(spec, pairs, seed=0, max_sweeps=1)
     assert info["sweeps"] == 1 and not info["converged"]
+
+
+def head_spec_and_pairs(seed, n_pairs=2, heads=4, dims=3, res=6):
+    """Attention-like segmented axes (heads x dims): solves that take block restarts."""
+    t = {"q": torch.zeros(heads * dims, res), "k": torch.zeros(heads * dims, res), "o": torch.zeros(res, heads * dims),
+         "emb": torch.zeros(res, 5), "b": torch.zeros(dims)}
+    spec = PermutationSpec.from_axes({"q": (("heads", "dims"), "res"), "k": (("heads", "dims"), "res"),
+                                      "o": ("res", ("heads", "dims")), "emb": ("res", None), "b": ("dims",)},
+                                     t, group_sizes={"heads": heads})
+    return spec, _random_pairs(spec, n_pairs, seed)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_the_sweep_cap_is_a_total_budget_over_block_restarts(cap):
+    infos = [match(*head_spec_and_pairs(seed), seed=seed, max_sweeps=cap)[1] for seed in range(12)]
+    assert all(info["sweeps"] <= cap for info in infos), [info["sweeps"] for info in infos]
+    assert any(info["restarts"] for info in infos)  # the block restart path is exercised
+    # A solve cut by the cap is not converged, whichever descent the cap cut.
+    assert all(not info["converged"] for info in infos if info["sweeps"] == cap and info["gains"][-1] > 1e-7)
+
+
+def test_uncapped_solves_with_restarts_converge_and_report_their_total_sweeps():
+    for seed in range(12):
+        spec, pairs = head_spec_and_pairs(seed)
+        _, info = match(spec, pairs, seed=seed)
+        assert info["converged"] and info["sweeps"] == len(info["gains"]) <= 100
+
+
+def test_rtol_ignores_the_inner_products_no_permutation_touches():
+    spec, pairs = mlp_spec_and_pairs()
+    fixed = [n for n, axes in spec.axes.items() if all(a is None for a in axes)]
+    assert fixed  # the head's bias: no permutation touches it
+    # Huge inner products of the untouched tensors: they scale the objective, not what a sweep can gain.
+    big = [({**t, **{n: torch.full_like(t[n], 1e3) for n in fixed}}, {**s, **{n: torch.full_like(s[n], 1e3) for n in fixed}})
+           for t, s in pairs]
+    perm, small = match(spec, pairs, seed=0, rtol=1e-3)
+    perm_big, large = match(spec, big, seed=0, rtol=1e-3)
+    assert small["sweeps"] >= 2
+    assert large["sweeps"] == small["sweeps"] and all(torch.equal(perm[g], perm_big[g]) for g in spec.sizes)
+    assert large["objective"] > small["objective"] + 1e6  # ... though the objective reports them

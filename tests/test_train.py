@@ -116,3 +116,12 @@ def test_dropout_training_repeats_when_seeded_and_resumes_at_an_epoch_as_it_woul
     for step in range(a.num_steps):
         x, y, z = a.read(step), b.read(step), cut.read(step)
         assert all(torch.equal(x[k], y[k]) and torch.equal(x[k], z[k]) for k in x), step
+
+
+def test_train_as_a_library_leaves_the_callers_random_stream_as_it_was(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    train_from_args("mlp", "digits", str(tmp_path / "s"), seed=0, epochs=1, model_args={"hidden": [16]},
+                    progress=False)
+    assert torch.equal(torch.rand(4), expected)  # training seeded its own Dropout stream, not the caller's

@@ -290,3 +290,35 @@ def test_an_unreachable_address_fails_at_once_and_leaves_nothing(digits_source, 
     assert run.stderr.strip().splitlines()[-1].startswith(f"raytraj ensemble: error: cannot reach a Ray cluster at "
                                                           f"127.0.0.1:{port}"), run.stderr[-3000:]
     assert "Traceback" not in run.stderr and not out.exists()
+
+
+def test_a_restarted_trial_reports_the_best_of_the_steps_it_does_not_redo(digits_source, tmp_path):
+    from raytraj.tune.trial import eval_reporter
+
+    src, run_dir = str(digits_source / "source"), str(tmp_path / "trial")
+    cfg = TransferConfig(method="fgmt", steps=6, val_subset=0)
+    first: dict[int, float] = {}
+
+    def crash_after_step_4(step, acc):
+        first[step] = acc
+        if step == 4:
+            raise KeyboardInterrupt  # the trial's process dies; Tune restarts it, and it resumes
+
+    with pytest.raises(KeyboardInterrupt):
+        transfer(src, run_dir, cfg, target_seed=2, on_eval=crash_after_step_4, progress=False)
+    reports: list[dict] = []
+    metrics = transfer(src, run_dir, cfg, target_seed=2, resume=True, progress=False,
+                       on_eval=eval_reporter(run_dir, 6, reports.append))
+    redone = [r["step"] for r in reports]
+    assert redone and min(redone) > 1  # the steps saved before the crash are not evaluated again
+    # Every report's best covers the steps before the crash too, as ASHA must see it.
+    for r in reports:
+        curve = [metrics["val_acc"][s - 1] for s in range(1, r["step"] + 1)]
+        assert r["best_val_acc"] == max(curve)
+    assert reports[-1]["best_val_acc"] == metrics["best_val_acc"]
+    # A redone step scoring below a saved one (accuracy need not rise) reports the saved best.
+    saved = max(first[s] for s in first if s < min(redone))
+    late: list[dict] = []
+    eval_reporter(run_dir, 6, late.append)(6, 0.0)
+    assert late == [{"step": 6, "trajectory_fraction": 1.0, "val_acc": 0.0, "best_val_acc": metrics["best_val_acc"]}]
+    assert metrics["best_val_acc"] >= saved > 0.0

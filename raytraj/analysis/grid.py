@@ -11,6 +11,7 @@ imported only then).
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -115,5 +116,6 @@ def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, 
     if backend == "ray":
         from ..distributed.grid import evaluate_points_ray  # Ray is imported only when asked for
 
-        return evaluate_points_ray(evaluator_args, points, progress=progress, desc=desc, **options)
+        return evaluate_points_ray(functools.partial(GridEvaluator, **evaluator_args), points, progress=progress,
+                                   desc=desc, **options)
     raise ConfigError(f"unknown backend {backend!r}; choose local or ray")

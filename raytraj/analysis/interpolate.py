@@ -21,7 +21,15 @@ from .models import AnalysisError, check_data_fits, check_same_architecture, dat
 
 
 def barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
-    """max over a of loss(a) - ((1 - a) loss(0) + a loss(1)); alphas run from 0 to 1."""
+    """The loss barrier of a segment: max over a of loss(a) - ((1 - a) loss(0) + a loss(1)).
+
+    Args:
+        alphas: the interpolation coefficients, from 0 to 1.
+        losses: the loss at each.
+
+    Returns:
+        the barrier (0 when the loss is convex along the segment).
+    """
     a, loss = np.asarray(alphas, dtype=float), np.asarray(losses, dtype=float)
     return float(np.max(loss - ((1 - a) * loss[0] + a * loss[-1])))
 
@@ -46,6 +54,10 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
         seed: fixes those batches and the matching solver's order.
         backend: ``local`` or ``ray``; backend_options as in :func:`raytraj.analysis.grid.evaluate_points`.
         progress: show a progress bar.
+
+    Returns:
+        what OUT/interpolate.json holds: per point train/val loss and accuracy, the barriers,
+        the accuracy drop, and the matching's summary when aligned.
     """
     check_points(points)
     if align not in ("weights", "none"):

@@ -103,6 +103,9 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
         labels: names of the three models in the plot (default: from their paths).
         bn_batches, seed, backend, backend_options, progress: as in
             :func:`raytraj.analysis.interpolate.interpolate_models`.
+
+    Returns:
+        what OUT/plane.json holds: the grid's coordinates, the models' positions, val loss and accuracy.
     """
     check_points(grid, "--grid")
     if margin < 0:

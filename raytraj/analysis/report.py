@@ -56,6 +56,9 @@ def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None,
         align: ``weights`` weight-matches each run's model to the target first.
         bn_batches, seed, backend, backend_options, progress: as in
             :func:`raytraj.analysis.interpolate.interpolate_models`.
+
+    Returns:
+        what OUT/report.json holds: a row per run, and the interpolations to the target.
     """
     if not runs:
         raise AnalysisError("give at least one transfer run folder")

@@ -89,6 +89,10 @@ def trajectory_similarity(source: str, target: str, out: str, *, window: int = 5
         every: iterations between points (both stores must have recorded them).
         seed: the matching solver's group order.
         progress: show a progress bar.
+
+    Returns:
+        what OUT/similarity.json holds: per point the cosine before and after matching, their
+        means, a held-out check, and the permutation.
     """
     if every < 1 or window < 1:
         raise AnalysisError(f"--every and --window must be >= 1, got {every} and {window}")

@@ -26,6 +26,19 @@ BUILTIN = ("digits", "mnist1d", "npz", "fashion-mnist")
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which data, and how it is split; ``parse_data`` reads the CLI's strings into one.
+
+    Args:
+        source: ``digits``, ``mnist1d``, ``npz``, a torchvision dataset name, or ``import`` (a data function).
+        path: the npz file, the torchvision root, or the data function's ``package.module:function``.
+        num_samples: mnist1d's sample count (None: 20000).
+        classes: a class subset, relabelled 0..k-1 in this order.
+        val_fraction: the share of the training split held out for val.
+        test_fraction: the share held out for test, for data without a test split of its own.
+        split_seed: seeds the splits.
+        args: a data function's keyword arguments.
+    """
+
     source: str = "digits"
     path: str | None = None  # npz file, or torchvision root
     num_samples: int | None = None  # mnist1d (None means 20000); fashion-mnist's training subset (None: all)

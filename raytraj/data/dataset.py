@@ -18,6 +18,15 @@ from .user import SPLITS, call_data_function, splits_to_tensors
 
 @dataclass
 class Dataset:
+    """Train, val and test tensors in memory, standardised with the training split's statistics.
+
+    Args:
+        config: the DataConfig it was loaded from.
+        x: split -> inputs (N, *input_shape).
+        y: split -> labels 0..num_classes-1.
+        num_classes: the number of classes.
+    """
+
     config: DataConfig
     x: dict[str, torch.Tensor]  # split -> inputs (N, *input_shape), standardised with train statistics
     y: dict[str, torch.Tensor]  # split -> labels 0..num_classes-1
@@ -42,7 +51,13 @@ class Dataset:
 def load_data(config: DataConfig | str) -> Dataset:
     """The dataset ``config`` names, split and standardised; the same config gives the same splits.
 
-    A data function (``source="import"``) gives its own splits, used as they are (see user.py).
+    Args:
+        config: a DataConfig or a data string (``digits``, ``digits[0-4]``, ``mnist1d:N``,
+            ``npz:PATH``, ``cifar10:ROOT``, ``package.module:function``). A data function gives
+            its own splits, used as they are.
+
+    Returns:
+        the Dataset: train, val and test tensors.
     """
     cfg = parse_data(config) if isinstance(config, str) else config
     if cfg.source == "import":

@@ -24,9 +24,8 @@ from ..data import Dataset, load_data
 from ..perm import solve_laps_serial
 from ..perm.matching import block_scores
 from ..runtime import set_torch_threads
-from ..transfer.backend import finish_sums
 from ..transfer.bank_shard import BankShard
-from ..transfer.worker import TransferWorker
+from ..transfer.worker import TransferWorker, mean_gradients
 from .trajectory import ObjectStoreTrajectory
 
 
@@ -58,7 +57,10 @@ def _busy(method):
     return timed
 
 
-@ray.remote(max_restarts=0)  # a dead worker lost its bank shard: the backend rebuilds and restores it
+# A dead worker lost its bank shard: the backend rebuilds and restores it (no restarts by Ray).
+# ``describe`` runs in a group of its own, so that a worker busy with a long task still answers
+# the backend's liveness probe at once.
+@ray.remote(max_restarts=0, concurrency_groups={"probe": 1})
 class GradientWorker:
     def __init__(self, index: int, model_cfg, data_cfg, spec, trajectory, target_init, settings: dict, plan,
                  normalize: bool):
@@ -78,36 +80,32 @@ class GradientWorker:
         if points and isinstance(self.worker.trajectory, ObjectStoreTrajectory):
             self.worker.trajectory.offer(points)
 
-    # -- gradients: compute, reduce-scatter by tensor owner, add to the bank shard --------------
+    # -- gradients: compute, scatter by tensor owner, add to the bank shard -----------------------
     @_busy
     def grad_parts(self, diff, step: int, ts: list[int], units: dict, count: int, points=None):
-        """float64 gradient sums of this worker's (request, batch) units, cut by owning worker."""
+        """Per-batch gradients of this worker's (request, batch) units, cut by owning worker:
+        part k maps request r to {batch id: (target, source) of the tensors worker k owns}."""
         self._points(points)
         self.shard.sync(diff)
         parts = [{} for _ in range(self.plan.workers)]
         for r, batch_ids in units.items():
-            target, source = self.worker.gradient_sums(self.shard.perm, step, ts[r], batch_ids, count)
-            for k in range(self.plan.workers):
-                owned = self.plan.owned(k)
-                parts[k][r] = ({n: target[n].cpu() for n in owned}, {n: source[n].cpu() for n in owned})
+            for i, (target, source) in self.worker.gradient_batches(self.shard.perm, step, ts[r], batch_ids, count):
+                for k in range(self.plan.workers):
+                    owned = self.plan.owned(k)
+                    parts[k].setdefault(r, {})[i] = ({n: target[n].cpu() for n in owned},
+                                                     {n: source[n].cpu() for n in owned})
         return parts[0] if self.plan.workers == 1 else tuple(parts)
 
     @_busy
     def reduce_add(self, fresh: bool, requests: int, count: int, senders: list[int], *parts) -> int:
-        """Sum the parts addressed to this worker in sender order, then add the pairs to the shard."""
+        """Average each request's batches in batch order, whoever computed them, then add the pairs to the shard."""
         self.exchanged += sum(nbytes(p) for j, p in zip(senders, parts) if j != self.index)
         if fresh:
             self.shard.reset()
         self._last_pair = None
         for r in range(requests):
-            sums = [p[r] for p in parts if r in p]  # in sender order: fixed, whoever ran first
-            target = {k: v.clone() for k, v in sums[0][0].items()}
-            source = {k: v.clone() for k, v in sums[0][1].items()}
-            for t_part, s_part in sums[1:]:
-                for k in target:
-                    target[k] += t_part[k]
-                    source[k] += s_part[k]
-            target, source = finish_sums(target, source, count)
+            batches = {i: pair for p in parts if r in p for i, pair in p[r].items()}
+            target, source = mean_gradients(sorted(batches.items()), count)
             device = self.worker.device
             target = {k: v.to(device) for k, v in target.items()}
             source = {k: v.to(device) for k, v in source.items()}
@@ -132,6 +130,9 @@ class GradientWorker:
     def objective(self, diff) -> float:
         self.shard.sync(diff)
         return self.shard.objective()
+
+    def constant(self) -> float:
+        return self.shard.constant()
 
     @_busy
     def block_parts(self, diff, inners: dict) -> dict:
@@ -167,6 +168,7 @@ class GradientWorker:
         self._points(points)
         return {k: v.cpu() for k, v in self.worker.materialize(perm, t, step).items()}
 
+    @ray.method(concurrency_group="probe")
     def describe(self) -> dict:
         ctx = ray.get_runtime_context()
         return {"worker": self.index, "node": ctx.get_node_id(), "host": ray.util.get_node_ip_address(),

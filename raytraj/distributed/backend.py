@@ -27,26 +27,20 @@ import uuid
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError
+from ..ray_config import RayConfig
 from ..perm import solve_laps_serial
 from ..transfer.sharding import plan_shards
 from .actor import GradientWorker, nbytes
 from .cluster import connect, fits, fixed_cluster, node_totals, short_resources
+from .matcher import ShardedMatcher
+from .recovery import is_worker_loss, retry_on_worker_loss
 from .trajectory import PointPublisher
 
 CALL_BYTES = 300  # a remote call's own envelope (ids, function descriptor), counted with its payload
-LOST = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
-
-
-def is_worker_loss(e: BaseException) -> bool:
-    """A failure from losing a worker or its objects (not an error of the computation itself)."""
-    if isinstance(e, RayTaskError):
-        return isinstance(getattr(e, "cause", None), LOST)
-    return isinstance(e, LOST)
 
 
 class _EvalHandle:
@@ -56,18 +50,17 @@ class _EvalHandle:
         self.backend, self.args = backend, args
         self.ref = backend._submit_eval(*args)
 
+    def _get(self):
+        value = ray.get(self.ref)
+        self.backend.meter.got(value)
+        return value
+
+    def _resubmit(self, _error):
+        self.ref = self.backend._submit_eval(*self.args)
+
     def result(self):
-        for _ in range(self.backend.max_recoveries + 1):
-            try:
-                value = ray.get(self.ref)
-                self.backend.meter.got(value)
-                return value
-            except Exception as e:  # noqa: BLE001 - only worker loss is retried
-                if not is_worker_loss(e):
-                    raise
-                self.backend.recover()
-                self.ref = self.backend._submit_eval(*self.args)
-        return ray.get(self.ref)
+        b = self.backend
+        return retry_on_worker_loss(self._get, b.recover, b.max_recoveries, self._resubmit)
 
 
 class Meter:
@@ -84,31 +77,36 @@ class Meter:
 
 
 class RayBackend:
-    def __init__(self, problem, cfg, *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, placement_timeout_s: float = 600, state_dir: str | None = None,
-                 max_recoveries: int = 3, runtime_env: dict | None = None):
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
-        if cpus_per_worker <= 0 or gpus_per_worker < 0:
-            raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-        if placement_timeout_s <= 0:
-            raise ConfigError(f"--placement-timeout must be > 0 seconds, got {placement_timeout_s}")
-        self._owns_ray = connect(address, runtime_env=runtime_env)
+    """The transfer ``Backend`` on Ray (see the module's docstring).
+
+    Args:
+        problem: the prepared transfer.
+        cfg: the transfer settings.
+        config: the workers and the cluster (default ``RayConfig()``).
+        state_dir: where the workers checkpoint their bank shards (a run folder's state/); without
+            it a lost worker holding FGMT pairs cannot be rebuilt.
+    """
+
+    def __init__(self, problem, cfg, config: RayConfig | None = None, *, state_dir: str | None = None):
+        self.config = config = config or RayConfig()
+        self._owns_ray = connect(config.address, runtime_env=config.runtime_env)
         self.workers: list = []
         self.pg = None
-        self.n = workers
+        self.n = workers = config.workers
         self.state_dir = state_dir
-        self.max_recoveries = max_recoveries
-        self.placement_timeout_s = placement_timeout_s
+        self.max_recoveries = config.max_recoveries
+        self.placement_timeout_s = config.placement_timeout_s
+        self.probe_timeout_s = 60.0  # an unanswered liveness probe: the worker's node is gone
         self.meter = Meter()
         self.traffic = {"driver_bytes": [], "worker_bytes": [], "busy_s": [0.0] * workers, "recoveries": 0}
         self._stats = [{"busy_s": 0.0, "exchanged": 0} for _ in range(workers)]
         self._t_start = time.perf_counter()
         try:
-            self.bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+            gpus = config.gpus_per_worker
+            self.bundle = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
             self.pg = placement_group([self.bundle] * workers, strategy="SPREAD")
             self._wait_for_placement()
-            self._start_workers(problem, cfg, cpus_per_worker, gpus_per_worker)
+            self._start_workers(problem, cfg, config.cpus_per_worker, gpus)
         except BaseException:
             self.close()
             raise
@@ -162,11 +160,17 @@ class RayBackend:
 
     # -- faults --------------------------------------------------------------------------------
     def recover(self) -> list[int]:
-        """Rebuild every lost worker in its bundle; returns their indices."""
+        """Rebuild every lost worker in its bundle; returns their indices.
+
+        A worker is lost when its liveness probe fails or goes unanswered for ``probe_timeout_s``;
+        the probe runs in a concurrency group of its own, so a worker busy with a long task (a big
+        evaluation, a slow LAP) answers it at once and is kept.
+        """
         lost = []
-        for i, w in enumerate(self.workers):
+        probes = [w.describe.remote() for w in self.workers]  # all at once: one timeout for all
+        for i, probe in enumerate(probes):
             try:
-                ray.get(w.describe.remote(), timeout=60)
+                ray.get(probe, timeout=self.probe_timeout_s)
             except Exception as e:  # noqa: BLE001
                 if not is_worker_loss(e):
                     raise
@@ -208,14 +212,10 @@ class RayBackend:
             self._perm_refs[key] = ray.put(value)
         return self._perm_refs[key]
 
-    # -- the engine's interface ------------------------------------------------------------------
-    def matcher(self, spec, normalize: bool):
-        from .matcher import ShardedMatcher
-
+    # -- the engine's interface (transfer/backend.py) ---------------------------------------------
+    def matcher(self, spec, cfg) -> ShardedMatcher:
+        """The pair bank stays sharded on the workers; its LAPs are solved there (scipy, per group)."""
         return ShardedMatcher(self, spec)
-
-    def gradient_pairs(self, perm, requests, count):
-        raise NotImplementedError("the Ray backend keeps gradients on its workers; the engine uses its matcher")
 
     def solve_laps(self, costs):
         """LAPs of cost matrices held by the caller, spread over the workers (for ``match``)."""
@@ -234,14 +234,9 @@ class RayBackend:
         return _EvalHandle(self, (perm, t, split, step))
 
     def materialize(self, perm, t, step=None):
-        for _ in range(self.max_recoveries + 1):
-            try:
-                return ray.get(self.workers[0].materialize.remote(perm, t, step, self.publisher.points(t)))
-            except Exception as e:  # noqa: BLE001
-                if not is_worker_loss(e):
-                    raise
-                self.recover()
-        raise RuntimeError("workers kept failing while saving the transferred model")
+        return retry_on_worker_loss(
+            lambda: ray.get(self.workers[0].materialize.remote(perm, t, step, self.publisher.points(t))),
+            self.recover, self.max_recoveries)
 
     def end_step(self) -> None:
         """Close a step's books: driver bytes, bytes among workers, busy seconds per worker."""

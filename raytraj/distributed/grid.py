@@ -1,4 +1,4 @@
-"""Analysis grid points on Ray: one ``GridEvaluator`` per actor, points handed out as actors free up.
+"""Analysis grid points on Ray: one evaluator per actor, points handed out as actors free up.
 
 Each point is an independent evaluation, so the driver keeps two points in flight per actor
 and collects results as they finish; the base states and the data go to the object store once.
@@ -8,7 +8,7 @@ coefficients that the local backend computes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ray
 import torch
@@ -21,21 +21,33 @@ from .cluster import connect
 
 @ray.remote
 class GridWorker:
-    def __init__(self, evaluator_args: dict):
-        from ..analysis.grid import GridEvaluator
-
+    def __init__(self, make_evaluator: Callable):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_torch_threads(max(1, int(cpus)))
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.evaluator = GridEvaluator(**evaluator_args, device=device)
+        self.evaluator = make_evaluator(device=device)
 
     def evaluate(self, index: int, coeffs) -> tuple[int, dict]:
         return index, self.evaluator.evaluate(coeffs)
 
 
-def evaluate_points_ray(evaluator_args: dict, points: Sequence[Sequence[float]], *, address: str | None = None,
+def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[float]], *, address: str | None = None,
                         workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                         progress: bool = True, desc: str = "points") -> list[dict]:
+    """``make_evaluator(device=...).evaluate(coeffs)`` for every point, on ``workers`` actors, in order.
+
+    Args:
+        make_evaluator: builds one evaluator per actor (e.g. ``functools.partial(GridEvaluator, **args)``);
+            it travels through the object store once.
+        points: one coefficient vector per point.
+        address: the Ray cluster to join (None: a local instance).
+        workers, cpus_per_worker, gpus_per_worker: the actors and what each holds.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        each point's result, in the order of ``points``.
+    """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
@@ -43,7 +55,7 @@ def evaluate_points_ray(evaluator_args: dict, points: Sequence[Sequence[float]],
     owns = connect(address)
     actors = []
     try:
-        shared = ray.put(evaluator_args)
+        shared = ray.put(make_evaluator)
         actors = [GridWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote(shared)
                   for _ in range(workers)]
         todo = list(enumerate(points))[::-1]

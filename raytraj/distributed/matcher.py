@@ -4,12 +4,12 @@ Per step the driver schedules, and only small things pass through it: permutatio
 and per LAP the changed entries and two assignment values back (O(sum of n_g) numbers), plus
 object references. Gradients and cost matrices move worker to worker.
 
-Same answer as the local backend: the coordinate-descent loop is ``perm.matching``'s own
-(``coordinate_descent``); each cost matrix is the sum of the same terms in the same order;
-gradient means are float64 partial sums added in a fixed worker order, then rounded to float32
-(what one worker summing all batches gives, unless a float64 rounding difference crosses a
-float32 rounding boundary: never seen in the tests). The objective adds per-shard float64
-partials, so it may differ from the local one in the last bits; it does not steer the solve.
+Same answer as the local backend: the solve flow is ``raytraj.perm.solve`` itself, with this
+matcher as its ``Costs``; each cost matrix is the sum of the same terms in the same order;
+gradient means are the per-batch gradients summed in float64 in batch order, whichever worker
+computed each batch (``transfer.worker.mean_gradients``), so the LAPs see the local backend's
+inputs bit for bit. The objective adds per-shard float64 partials, so it may differ from the
+local one in the last bits: it only scales rtol and compares block starts.
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ import time
 
 import ray
 
-from ..perm import identity_permutation
-from ..perm.matching import block_groups, block_start, coordinate_descent, self_coupled_groups
+from ..perm import solve
 from ..transfer.bank_shard import shard_record
 from ..transfer.sharding import split_units
-from .backend import is_worker_loss
+from .recovery import retry_on_worker_loss
 
 
 class ShardedMatcher:
+    """The Ray backend's ``Matcher``, and the ``Costs`` of its solves: the bank is sharded on the workers."""
+
+    device = None  # the driver keeps the permutations on the CPU
+
     def __init__(self, backend, spec):
         self.b, self.spec = backend, spec
         self.record: dict = {}  # the shard checkpoint the last finished step wrote
         self.pair_steps: list[list[int]] = []  # [step, workers that wrote its pair files]
         self.added = 0  # FGMT steps whose pairs the shards hold
         self.fgmt = False
-        self._blocks = bool(block_groups(spec))  # segmented axes (attention heads): block starts
 
     # -- recovery ------------------------------------------------------------------------------
     def restore(self, pairs, cache, shards):
@@ -77,31 +79,29 @@ class ShardedMatcher:
         return out
 
     # -- a step --------------------------------------------------------------------------------
-    def step(self, s, prev, requests, count, *, fresh, init, max_sweeps, tol, rtol, seed):
+    def step(self, s, prev, requests, count, *, fresh, init, options):
         self.fgmt = not fresh
-        for attempt in range(self.b.max_recoveries + 1):
-            try:
-                perm, info, record = self._step(s, prev, requests, count, fresh, init, max_sweeps, tol, rtol, seed)
-                self.b.end_step()
-                # Only a finished step moves the checkpoint on: a retried one restores the previous.
-                if record:
-                    self.record, self.pair_steps = record, record["pairs"]
-                self.added += self.fgmt
-                return perm, info
-            except Exception as e:  # noqa: BLE001 - only worker loss is retried
-                if not is_worker_loss(e) or attempt == self.b.max_recoveries:
-                    raise
-                self.b.recover()
-                # Shards may hold part of this step: every worker goes back to the last checkpoint.
-                if self.fgmt:
-                    if self.added and not self.record:
-                        raise RuntimeError("a worker holding FGMT pairs was lost and this run keeps no checkpoint; "
-                                           "run it through `raytraj transfer` (which writes state/) to survive "
-                                           "worker loss") from e
-                    self._call_all("restore", lambda i: (self.record,))
-        raise AssertionError("unreachable")
+        perm, info, record = retry_on_worker_loss(
+            lambda: self._step(s, prev, requests, count, fresh, init, options), self.b.recover,
+            self.b.max_recoveries, self._back_to_checkpoint)
+        self.b.end_step()
+        # Only a finished step moves the checkpoint on: a retried one restores the previous.
+        if record:
+            self.record, self.pair_steps = record, record["pairs"]
+        self.added += self.fgmt
+        return perm, info
 
-    def _step(self, s, prev, requests, count, fresh, init, max_sweeps, tol, rtol, seed):
+    def _back_to_checkpoint(self, error: BaseException) -> None:
+        """Shards may hold part of the failed step: every worker goes back to the last checkpoint."""
+        if not self.fgmt:
+            return  # GMT builds each step's bank afresh
+        if self.added and not self.record:
+            raise RuntimeError("a worker holding FGMT pairs was lost and this run keeps no checkpoint; "
+                               "run it through `raytraj transfer` (which writes state/) to survive "
+                               "worker loss") from error
+        self._call_all("restore", lambda i: (self.record,))
+
+    def _step(self, s, prev, requests, count, fresh, init, options):
         b = self.b
         t0 = time.perf_counter()
         ts = [r.t for r in requests]
@@ -123,11 +123,7 @@ class ShardedMatcher:
         b.meter.got(pairs)
         grad_s = time.perf_counter() - t0
 
-        # The objective (a round trip to every worker) scales rtol and judges self-coupled groups' moves.
-        needs_objective = rtol > 0 or bool(self_coupled_groups(self.spec))
-        perm, info = self._solve(init if init is not None else identity_permutation(self.spec), max_sweeps=max_sweeps,
-                                 tol=tol, rtol=rtol, seed=seed, objective=self._objective if needs_objective else None)
-        info["objective"] = self._objective(perm)
+        perm, info = solve(self.spec, self, options, init=init)
         info["pairs"] = max(pairs)
         info["grad_s"] = grad_s
         record = {}
@@ -136,39 +132,26 @@ class ShardedMatcher:
             record = shard_record(b.state_dir, self.pair_steps + [[s, b.n]], s, b.n)
         return perm, info, record
 
-    def _solve(self, init, **solve_args):
-        """PairBank.solve's order of work: a block start (heads), descent, and again from a better block start."""
-        start = self._block_start(init)
-        perm, info = coordinate_descent(self.spec, self._solve_class, init=start, **solve_args)
-        restart = self._block_start(perm)
-        if restart is perm:
-            return perm, info
-        perm, more = self._solve({g: p.cpu() for g, p in restart.items()}, **solve_args)
-        for key in ("sweeps", "laps", "cost_s", "lap_s"):
-            more[key] += info[key]
-        return perm, more
+    # -- the Costs of a solve (raytraj.perm.descent.Costs) ----------------------------------------
+    def block_scores(self, outer, inners, perm):
+        """``block_scores`` summed over the shards, in worker order."""
+        parts = self._call_all("block_parts", lambda i: (self.b.diff_for(i, perm), inners))
+        within = {}
+        for inner in inners:
+            ms = [p[inner] for p in parts if inner in p]
+            if ms:
+                within[inner] = sum(ms[1:], ms[0].copy())
+        return within
 
-    def _block_start(self, perm):
-        """``block_start`` with the block scores summed over the shards, in worker order."""
-        if not self._blocks:
-            return perm
-
-        def scores_of(outer, inners, start):
-            parts = self._call_all("block_parts", lambda i: (self.b.diff_for(i, start), inners))
-            within = {}
-            for inner in inners:
-                ms = [p[inner] for p in parts if inner in p]
-                if ms:
-                    within[inner] = sum(ms[1:], ms[0].copy())
-            return within
-
-        return block_start(self.spec, perm, scores_of, self._objective)
-
-    def _objective(self, perm) -> float:
-        """sum over pairs of <target, perm(source)>: the shards' float64 partials, in worker order."""
+    def objective(self, perm) -> float:
+        """The permuted part of sum over pairs of <target, perm(source)>: the shards' float64 partials, in worker order."""
         return float(sum(self._call_all("objective", lambda i: (self.b.diff_for(i, perm),))))
 
-    def _solve_class(self, todo, perm):
+    def constant(self) -> float:
+        """The part no permutation touches, summed over the shards in worker order."""
+        return float(sum(self._call_all("constant", lambda i: ())))
+
+    def solve_class(self, todo, perm):
         """One colour class: partial terms on the workers, each LAP on its group's solver."""
         b, plan = self.b, self.b.plan
         t0 = time.perf_counter()

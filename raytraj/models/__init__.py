@@ -42,8 +42,16 @@ def model_name(cfg) -> str:
 
 
 def model_config(name: str, **fields: Any):
-    """The typed config of zoo model ``name``, or of factory ``name`` (an import path, ``fields`` its kwargs);
-    unknown fields raise ConfigError."""
+    """The typed config of zoo model ``name``, or of factory ``name``; unknown fields raise ConfigError.
+
+    Args:
+        name: a zoo model (``mlp``, ``conv``, ``resnet20``, ``conv1d``, ``transformer``) or a factory's
+            import path ``package.module:function``.
+        fields: the config's fields (a factory's keyword arguments).
+
+    Returns:
+        the model's config dataclass (a ``FactoryConfig`` for a factory).
+    """
     if ":" in name:
         return FactoryConfig(name, dict(fields))
     if name not in MODELS:
@@ -101,7 +109,17 @@ def architecture(model: Mapping[str, Any]) -> str:
 
 
 def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, /, **overrides: Any):
-    """A config of zoo model ``name`` sized for inputs of ``input_shape`` (no batch dim)."""
+    """A config of zoo model ``name`` sized for inputs of ``input_shape``.
+
+    Args:
+        name: a zoo model or a factory's import path (which sizes itself from its kwargs).
+        input_shape: one sample's shape, no batch dim (e.g. ``(1, 8, 8)``).
+        num_classes: the classifier's outputs.
+        overrides: further config fields, e.g. ``hidden=[64]``.
+
+    Returns:
+        the model's config dataclass.
+    """
     shape = tuple(input_shape)
     if ":" in name:  # a factory sizes itself from its own kwargs
         return model_config(name, **overrides)
@@ -127,7 +145,12 @@ def config_for_data(name: str, input_shape: tuple[int, ...], num_classes: int, /
 def build_model(cfg, seed: int) -> nn.Module:
     """A fresh model; the same config and seed give the same weights, whatever the global RNG.
 
-    ``cfg`` may also be an ``nn.Module`` (the Python API's template): a copy of it is returned.
+    Args:
+        cfg: a model config (or its dict), or an ``nn.Module`` (the Python API's template), copied.
+        seed: seeds the init (the caller's random state is left as it was).
+
+    Returns:
+        the model, on the CPU.
     """
     if isinstance(cfg, nn.Module):
         import copy

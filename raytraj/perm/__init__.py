@@ -12,15 +12,19 @@ from .apply import (
 )
 from .check import SpecCheckError, check_spec
 from .coloring import color_groups
+from .descent import Costs, SolveOptions, solve
 from .infer import SpecInferenceError, SpecInferenceWarning, infer_spec
-from .lap import lap_solver, solve_laps_auction
-from .matching import PairBank, match, solve_laps_serial
+from .lap import lap_solver, solve_laps_auction, solve_laps_serial
+from .matching import BankCosts, PairBank, match
 from .spec import PermutationSpec, SpecError
 
 __all__ = [
+    "BankCosts",
+    "Costs",
     "PairBank",
     "Permutation",
     "PermutationSpec",
+    "SolveOptions",
     "SpecCheckError",
     "SpecError",
     "SpecInferenceError",
@@ -37,6 +41,7 @@ __all__ = [
     "perm_from_lists",
     "perm_to_lists",
     "random_permutation",
+    "solve",
     "solve_laps_auction",
     "solve_laps_serial",
 ]

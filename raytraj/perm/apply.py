@@ -20,7 +20,15 @@ def identity_permutation(spec: PermutationSpec) -> Permutation:
 
 
 def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None) -> Permutation:
-    """One uniformly random permutation per group, drawn from ``generator`` in group order."""
+    """One uniformly random permutation per group, drawn from ``generator`` in group order.
+
+    Args:
+        spec: the permutation spec.
+        generator: torch's random generator (default: the global one).
+
+    Returns:
+        group -> a long tensor holding a permutation of ``range(size)``.
+    """
     return {g: torch.randperm(n, generator=generator) for g, n in spec.sizes.items()}
 
 
@@ -29,8 +37,14 @@ def apply_permutation(
 ) -> dict[str, torch.Tensor]:
     """A new dict with every tensor permuted along its grouped axes.
 
-    ``state_dict`` may hold any subset of the spec's tensors (gradients have no buffers), but
-    every name must be in the spec with the spec's shape.
+    Args:
+        spec: the permutation spec.
+        perm: group -> permutation; ``new[..., i, ...] = old[..., perm[i], ...]`` on each grouped axis.
+        state_dict: any subset of the spec's tensors (gradients have no buffers), each with the
+            spec's shape.
+
+    Returns:
+        the permuted tensors, under the same names.
     """
     spec.check_tensors(state_dict, what="state_dict")
     spec.check_perm(perm)

@@ -25,6 +25,16 @@ def check_spec(
     stays off, since its random masks differ between the two runs). Each leaf
     module's output is compared with the original's, permuted by the group of its own
     parameters, so the error points at the first layer whose spec entry is wrong.
+
+    Args:
+        model: the model the spec describes.
+        spec: the spec to prove.
+        example_input: a batch the model accepts (a tensor, or a tuple of its arguments).
+        seed: seeds the random permutation and the random BatchNorm statistics.
+        rtol, atol: how close the permuted model's outputs must come to the original's.
+
+    Returns:
+        None; raises SpecCheckError when the spec is wrong.
     """
     state = model.state_dict()
     spec.check_tensors(state, complete=True, what=f"{type(model).__name__}.state_dict()")

@@ -753,5 +753,8 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
     Args:
         model: the module to trace with torch.fx.
         example_input: a batch (or a tuple of positional inputs) to propagate shapes with.
+
+    Returns:
+        the spec; it warns (SpecInferenceWarning) when it left axes unpermuted.
     """
     return _Tracer(model).run(example_input)

@@ -12,25 +12,23 @@ one matmul over all pairs, and it caches the terms that no other group's permuta
 (a tensor's only grouped axis: first layers, biases, BatchNorm), paying for them once per pair.
 
 Segmented axes (attention heads x head dims) are stored split in two, so the terms above see plain
-axes. Because a head group's cost depends on the within-head permutation and the other way round,
-each solve also tries a block start (heads assigned by each head pair's best within-head
-matching) before descent and again after it, keeping it only when the objective rises.
+axes. The solve flow itself (block start, descent, block restart) is ``perm.descent.solve``'s; a bank
+supplies it with cost matrices, block scores and the objective through ``BankCosts``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from ..finite import is_finite, nonfinite_names
-from .apply import Permutation, identity_permutation
-from .coloring import color_groups, sweep_order
+from .apply import Permutation
 from .lap import LapSolver, solve_laps_serial
-from .spec import PermutationSpec, SpecError, axis_groups
+from .descent import ClassResult, SolveOptions, assignment_gain, solve, sum_terms
+from .spec import PermutationSpec, SpecError
 
 
 class _Stack:
@@ -107,6 +105,12 @@ class PairBank:
     """(target, source) tensor pairs for one spec, ready for repeated solves.
 
     FGMT keeps one bank and adds a pair per step; GMT builds a new bank per step.
+
+    Args:
+        spec: the permutation spec.
+        normalize: divide each pair's term for a tensor by the norms of its two sides.
+        device: where the pairs and their contractions live (default: the first pair's device).
+        dtype: the pairs' dtype (contractions accumulate in float64 whatever it is).
     """
 
     def __init__(self, spec: PermutationSpec, *, normalize: bool = False, device=None, dtype=torch.float32):
@@ -218,7 +222,16 @@ class PairBank:
 
     def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
         """sum over pairs of <target, perm(source)>, read off the cached contractions."""
-        total = self._constant
+        return self.constant + self.permuted_objective(perm)
+
+    @property
+    def constant(self) -> float:
+        """The part of the objective no permutation changes: <target, source> of unpermuted tensors."""
+        return self._constant
+
+    def permuted_objective(self, perm: Mapping[str, torch.Tensor]) -> float:
+        """The part of the objective that permutations change (what a solve's rtol is measured against)."""
+        total = 0.0
         for name, (group, term) in self._objective_terms.items():
             if name not in self.targets:
                 continue
@@ -249,168 +262,56 @@ class PairBank:
                     term.value = tensors[f"value/{key}"].to(self.device, torch.float64).clone()
                     term.at = {dim: tensors[f"at/{key}/{dim}"].to(self.device) for dim, _ in term.others}
 
-    def solve(
-        self,
-        *,
-        init: Mapping[str, torch.Tensor] | None = None,
-        max_sweeps: int = 100,
-        tol: float = 1e-7,
-        rtol: float = 0.0,
-        seed: int = 0,
-        solve_laps: LapSolver = solve_laps_serial,
-    ) -> tuple[Permutation, dict]:
-        """Coordinate descent from ``init`` (identity by default); see :func:`match`."""
+    def solve(self, *, init: Mapping[str, torch.Tensor] | None = None, options: SolveOptions = SolveOptions(),
+              solve_laps: LapSolver = solve_laps_serial) -> tuple[Permutation, dict]:
+        """Coordinate descent from ``init`` (identity by default); see :func:`match`.
+
+        Args:
+            init: the start, e.g. the previous step's permutation.
+            options: when to stop (a total sweep budget) and the group order's seed.
+            solve_laps: solves a colour class's LAPs (one marked ``on_device`` takes tensors where they are).
+
+        Returns:
+            ``(perm, info)`` as :func:`raytraj.perm.descent.solve` gives, plus ``pairs``.
+        """
         if self.num_pairs == 0:
             raise SpecError("no pairs to match; add at least one (target, source) pair")
-        if init is not None:
-            self.spec.check_perm(init)
-        start = {g: p.clone().to(self.device) for g, p in (init or identity_permutation(self.spec)).items()}
-        start = _block_start(self, start)
+        perm, info = solve(self.spec, BankCosts(self, solve_laps), options, init=init)
+        return perm, {**info, "pairs": self.num_pairs}
+
+
+class BankCosts:
+    """A ``PairBank`` as the ``Costs`` of a solve: its cost matrices solved by ``solve_laps``."""
+
+    def __init__(self, bank: PairBank, solve_laps: LapSolver = solve_laps_serial):
+        self.bank, self.solve_laps = bank, solve_laps
+        self.device = bank.device
         # A device solver takes the cost matrices where they are; scipy takes float64 numpy.
-        on_device = bool(getattr(solve_laps, "on_device", False))
+        self._on_device = bool(getattr(solve_laps, "on_device", False))
 
-        def solve_class(todo, perm):
-            t0 = time.perf_counter()
-            mats = [self.cost(g, perm) for g in todo]
-            for g, a in zip(todo, mats):
-                if not is_finite(a):
-                    raise FloatingPointError(
-                        f"the cost matrix of permutation group {g} holds NaN or inf: products of the matched "
-                        "tensors overflow, so their values are too large. Check the source's weights and the "
-                        "training data for extreme values, or record the source with a lower --lr")
-            costs = mats if on_device else [a.double().cpu().numpy() for a in mats]
-            t1 = time.perf_counter()
-            new = solve_laps(costs)
-            lap_s = time.perf_counter() - t1
-            return [assignment_gain(a, perm[g], p) for a, g, p in zip(costs, todo, new)], t1 - t0, lap_s
+    def solve_class(self, todo: list[str], perm: Mapping[str, torch.Tensor]) -> ClassResult:
+        t0 = time.perf_counter()
+        mats = [self.bank.cost(g, perm) for g in todo]
+        for g, a in zip(todo, mats):
+            if not is_finite(a):
+                raise FloatingPointError(
+                    f"the cost matrix of permutation group {g} holds NaN or inf: products of the matched "
+                    "tensors overflow, so their values are too large. Check the source's weights and the "
+                    "training data for extreme values, or record the source with a lower --lr")
+        costs = mats if self._on_device else [a.double().cpu().numpy() for a in mats]
+        t1 = time.perf_counter()
+        new = self.solve_laps(costs)
+        lap_s = time.perf_counter() - t1
+        return [assignment_gain(a, perm[g], p) for a, g, p in zip(costs, todo, new)], t1 - t0, lap_s
 
-        perm, info = coordinate_descent(self.spec, solve_class, init=start, max_sweeps=max_sweeps, tol=tol, rtol=rtol,
-                                        seed=seed, device=self.device, objective=self.objective)
-        info["objective"] = self.objective(perm)
-        info["pairs"] = self.num_pairs
-        return _block_restart(self, perm, info, max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed,
-                              solve_laps=solve_laps)
+    def block_scores(self, outer, inners, perm):
+        return block_scores(self.bank, perm, inners)
 
+    def objective(self, perm) -> float:
+        return self.bank.permuted_objective(perm)
 
-# A colour class's solver: (groups to solve, current perm) -> per group (new assignment, its value,
-# the current assignment's value), and the seconds spent building costs and solving LAPs. The
-# local one builds costs from a PairBank; the Ray backend's builds them on the workers.
-ClassSolver = Callable[[list[str], Mapping[str, torch.Tensor]], tuple[list[tuple[np.ndarray, float, float]], float,
-                                                                       float]]
-
-
-def assignment_gain(a, old: torch.Tensor, new) -> tuple[np.ndarray, float, float]:
-    """(new assignment, its value, the value of ``old``) on cost matrix ``a`` (numpy, or a tensor on any device)."""
-    if torch.is_tensor(a):
-        a = a.double()
-        new_t = torch.as_tensor(new if torch.is_tensor(new) else np.asarray(new), dtype=torch.long, device=a.device)
-        # (n, n) gathered at (n, 1) column indices -> (n, 1): each row's assigned entry
-        return (new_t.cpu().numpy(), float(a.gather(1, new_t[:, None]).sum()),
-                float(a.gather(1, old.to(a.device)[:, None]).sum()))
-    rows = np.arange(a.shape[0])
-    new = np.asarray(new.cpu() if torch.is_tensor(new) else new)
-    return new, float(a[rows, new].sum()), float(a[rows, old.cpu().numpy()].sum())  # (n, n) -> (n,) -> ()
-
-
-def sum_terms(n: int, terms: Sequence[torch.Tensor], device=None, dtype=torch.float64) -> torch.Tensor:
-    """The n x n cost matrix: its terms added in order, from zero (the order fixes the rounding).
-    float64: sums over many pairs and many incremental updates accumulate without float32 loss."""
-    a = torch.zeros((n, n), device=device, dtype=dtype)
-    for c in terms:  # each (n, n)
-        a += c.to(device) if device is not None else c
-    return a
-
-
-def coordinate_descent(spec: PermutationSpec, solve_class: ClassSolver, *,
-                       init: Mapping[str, torch.Tensor] | None = None, max_sweeps: int = 100, tol: float = 1e-7,
-                       rtol: float = 0.0, seed: int = 0, device=None,
-                       objective: Callable[[Mapping[str, torch.Tensor]], float] | None = None,
-                       ) -> tuple[Permutation, dict]:
-    """The sweep loop of :meth:`PairBank.solve`, wherever the cost matrices live.
-
-    Stops after a sweep whose gain is at most ``max(tol, rtol * |objective|)``. ``objective``
-    (the true objective of a permutation) scales ``rtol`` and judges the moves of self-coupled
-    groups, whose LAP value is not the objective's; without it rtol is measured against 0 and
-    those moves are taken at their LAP value.
-    """
-    if init is not None:
-        spec.check_perm(init)
-    perm = {g: p.clone().to(device) for g, p in (init or identity_permutation(spec)).items()}
-    rng = np.random.default_rng(seed)
-    classes = color_groups(spec)
-    neighbours = spec.conflicts()
-    coupled = self_coupled_groups(spec) if objective is not None else set()
-    # A group whose neighbours kept their permutations since its last solve has the same
-    # cost matrix, and the LAP would return the same answer: skipping it changes nothing.
-    stale = set(spec.sizes)
-    t0 = time.perf_counter()
-    value = objective(perm) if objective is not None else 0.0
-    cost_s, lap_s = time.perf_counter() - t0, 0.0
-    sweeps, converged, laps = 0, False, 0
-    gains = []
-    while sweeps < max_sweeps:
-        sweeps += 1
-        gain = 0.0  # the sweep's increase of the true objective
-        for cls in sweep_order(classes, rng):
-            todo = [g for g in cls if g in stale]
-            if not todo:
-                continue
-            results, c_s, l_s = solve_class(todo, perm)
-            cost_s += c_s
-            lap_s += l_s
-            laps += len(todo)
-            t0 = time.perf_counter()
-            for g, (p_new, value_new, value_old) in zip(todo, results):
-                stale.discard(g)
-                old = perm[g]
-                # np.array copies: arrays from Ray's object store are read-only.
-                p_new = torch.as_tensor(np.array(p_new), dtype=torch.long, device=old.device)
-                if torch.equal(old, p_new):
-                    continue
-                perm[g] = p_new
-                if g in coupled:
-                    # The group sits on two axes of one tensor, so its cost matrix was taken at its
-                    # own old permutation: the LAP's value is not the objective's. Keep the move only
-                    # if the true objective rises, and solve the group again at its new permutation.
-                    before = objective({**perm, g: old})
-                    after = objective(perm)
-                    if after < before:
-                        perm[g] = old
-                        continue
-                    gain += after - before
-                    stale.add(g)
-                else:
-                    # Linear in this group's permutation: the assignment's value change is exact.
-                    gain += value_new - value_old
-                stale |= neighbours[g]
-            cost_s += time.perf_counter() - t0
-        value += gain
-        gains.append(gain)
-        if gain <= max(tol, rtol * abs(value)):
-            converged = True
-            break
-    perm = {g: p.cpu() for g, p in perm.items()}
-    return perm, {"sweeps": sweeps, "laps": laps, "converged": converged, "cost_s": cost_s, "lap_s": lap_s,
-                  "gains": gains}
-
-
-def _block_start(bank: PairBank, perm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """:func:`block_start` on this bank's pairs."""
-    start = {g: p.to(bank.device) for g, p in perm.items()}
-    got = block_start(bank.spec, start, lambda outer, inners, at: block_scores(bank, at, inners), bank.objective)
-    return perm if got is start else got
-
-
-def block_groups(spec: PermutationSpec) -> dict[str, dict[str | None, list[tuple[str, int]]]]:
-    """outer group -> inner group (None: a plain block axis) -> [(tensor, its first plain axis)], in spec order."""
-    pairs: dict[str, dict[str | None, list[tuple[str, int]]]] = {}
-    for name, entry in spec.axes.items():
-        at = 0
-        for e in entry:
-            if isinstance(e, tuple) and e[0] is not None:
-                pairs.setdefault(e[0], {}).setdefault(e[1], []).append((name, at))
-            at += 2 if isinstance(e, tuple) else 1
-    return pairs
+    def constant(self) -> float:
+        return self.bank.constant
 
 
 def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
@@ -437,75 +338,6 @@ def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
     return out
 
 
-def block_start(spec: PermutationSpec, perm: dict[str, torch.Tensor],
-                scores_of: Callable[[str, dict, dict], dict[str | None, np.ndarray]],
-                objective: Callable[[Mapping[str, torch.Tensor]], float]) -> dict[str, torch.Tensor]:
-    """A start for groups that move blocks of segmented axes (heads), chosen before coordinate descent.
-
-    Heads and the dims inside them sit on one axis, so each one's cost depends on the other's
-    permutation, and descent from the identity can settle on the wrong heads. Here each (target
-    block a, source block b) pair is scored by its best within-block matching, a d x d LAP, which
-    needs no within-block permutation; the blocks are assigned by those scores, then each
-    within-block group given the blocks. Plain axes of a block group (none in attention) are not
-    scored. The start is kept only if it raises the objective over ``perm``; otherwise ``perm``
-    itself is returned.
-
-    ``scores_of(outer, inners, start)`` gives :func:`block_scores` summed over wherever the pairs
-    live (one bank, or the shards of the Ray backend); the outer groups are assigned in spec
-    order, each under the start as assigned so far.
-    """
-    groups = block_groups(spec)
-    if not groups:
-        return perm
-    start, moved = dict(perm), False
-    for outer, inners in groups.items():
-        within = scores_of(outer, inners, start)
-        if not within:
-            continue
-        moved = True
-        device = start[outer].device
-        score = np.zeros((spec.sizes[outer],) * 2)  # (H, H): target block a x source block b
-        for inner, m in within.items():
-            for a in range(score.shape[0]):
-                for b in range(score.shape[1]):
-                    block = m[a, :, b, :]  # (d, d)
-                    rows = np.arange(len(block))
-                    cols = linear_sum_assignment(block, maximize=True)[1] if inner is not None else rows
-                    score[a, b] += block[rows, cols].sum()
-        heads = linear_sum_assignment(score, maximize=True)[1]  # (H,): target block a takes source block heads[a]
-        start[outer] = torch.as_tensor(heads, dtype=torch.long, device=device)
-        for inner, m in within.items():
-            if inner is not None:
-                summed = sum(m[a, :, heads[a], :] for a in range(len(heads)))  # (d, d), over the assigned blocks
-                start[inner] = torch.as_tensor(linear_sum_assignment(summed, maximize=True)[1], dtype=torch.long,
-                                               device=device)
-    if not moved:
-        return perm
-    before = objective(perm)
-    return start if objective(start) > before + 1e-9 * abs(before) else perm
-
-
-def _block_restart(bank: PairBank, perm, info: dict, **solve_args) -> tuple[Permutation, dict]:
-    """After descent, re-pick the blocks now that the other groups are aligned; descend again while it pays."""
-    start = _block_start(bank, perm)
-    if start is perm:
-        return perm, info
-    perm, more = bank.solve(init={g: p.cpu() for g, p in start.items()}, **solve_args)
-    for key in ("sweeps", "laps", "cost_s", "lap_s"):
-        if key in info and key in more:
-            more[key] += info[key]
-    return perm, more
-
-
-def self_coupled_groups(spec: PermutationSpec) -> set[str]:
-    """Groups on two axes of one tensor (h + relu(R h)): their cost depends on their own permutation."""
-    out = set()
-    for entry in spec.axes.values():
-        named = [g for e in entry for g in axis_groups(e)]
-        out |= {g for g in named if named.count(g) > 1}
-    return out
-
-
 def _contract(target: torch.Tensor, source: torch.Tensor, axis: int) -> torch.Tensor:
     """sum over every dim except ``axis``: an (n, n) matrix target_axis @ source_axis^T."""
     others = [d for d in range(target.dim()) if d != axis]
@@ -525,21 +357,35 @@ def match(
     seed: int = 0,
     solve_laps: LapSolver = solve_laps_serial,
 ) -> tuple[Permutation, dict]:
-    """The permutation maximising sum over pairs of <target, perm(source)>.
+    """The permutation maximising sum over pairs of <target, perm(source)> (Git Re-Basin matching).
 
-    ``pairs`` is a list of (target, source) dicts of tensors: weights, displacements or
-    gradients, any subset of the spec's tensors. Each sweep visits the groups in a seeded random
-    order (by colour class, see :mod:`raytraj.perm.coloring`) and solves one LAP per group; it
-    stops after a sweep whose gain in the objective is at most ``max(tol, rtol * |objective|)``
-    (``tol`` alone is the official code's rule). A group on two axes of one tensor is solved
-    again after it moves, and its move is kept only if the true objective rises.
-    ``init`` warm-starts. ``normalize`` divides each pair's term for a tensor by the norms of
-    its two sides. ``solve_laps`` solves a colour class's assignment problems (scipy by default;
-    one marked ``on_device`` receives the cost tensors where they live). Returns ``(perm, info)``;
-    ``info`` holds the objective, the sweep and LAP counts, whether it converged before
-    ``max_sweeps``, each sweep's gain, and the seconds spent building costs and solving LAPs.
+    Each sweep visits the groups in a seeded random order (by colour class, see
+    :mod:`raytraj.perm.coloring`) and solves one LAP per group; a group on two axes of one
+    tensor is solved again after it moves, and its move is kept only if the true objective
+    rises. Segmented axes (attention heads) get block starts (see :func:`raytraj.perm.solve`).
+    The shorthand of ``PairBank(spec).add(...)`` then ``solve(options=SolveOptions(...))``.
+
+    Args:
+        spec: the permutation spec.
+        pairs: (target, source) dicts of tensors: weights, displacements or gradients, any subset
+            of the spec's tensors, the same in both dicts of a pair.
+        init: warm start (default identity).
+        normalize: divide each pair's term for a tensor by the norms of its two sides.
+        max_sweeps: sweeps allowed in all (block restarts included).
+        tol: stop after a sweep whose gain in the objective is at most ``tol`` (the official code
+            stops after a sweep in which no single group's LAP gained more than 1e-7) ...
+        rtol: ... or at most ``rtol`` x |the permuted part of the objective|.
+        seed: seeds the group order.
+        solve_laps: solves a colour class's assignment problems (scipy by default; one marked
+            ``on_device`` receives the cost tensors where they live).
+
+    Returns:
+        ``(perm, info)``: group -> permutation (on the CPU), and ``info`` with the ``objective``,
+        ``sweeps``, ``laps``, ``converged`` (stopped by the rule before ``max_sweeps``), ``gains``
+        (per sweep), ``restarts``, ``pairs``, and the seconds spent building costs and solving LAPs.
     """
     bank = PairBank(spec, normalize=normalize)
     for target, source in pairs:
         bank.add(target, source)
-    return bank.solve(init=init, max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed, solve_laps=solve_laps)
+    return bank.solve(init=init, options=SolveOptions(max_sweeps=max_sweeps, tol=tol, rtol=rtol, seed=seed),
+                      solve_laps=solve_laps)

@@ -50,6 +50,21 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class PermutationSpec:
+    """Which axes of which tensors move together: the permutation symmetry of a model, as plain data.
+
+    Each tensor's axes name a group (the axis moves with every other axis of that group), None
+    (it stays), or a segmented ``(outer, inner)`` pair (H x d units: ``outer`` moves whole
+    blocks, ``inner`` the units inside every block; None for a part that stays). Checked for
+    coverage when built; ``infer_spec`` derives one from a model, ``from_axes`` takes a
+    hand-written one.
+
+    Args:
+        axes: tensor name -> one entry per axis.
+        shapes: tensor name -> shape.
+        unpermuted: why inference left axes unpermuted (reasons, for the record).
+        group_sizes: sizes of groups that appear only on segmented axes (e.g. heads).
+    """
+
     axes: Mapping[str, Axes]
     shapes: Mapping[str, tuple[int, ...]]
     # Human-readable reasons for axes that inference left unpermuted (empty for hand-written specs).

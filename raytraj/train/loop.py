@@ -26,7 +26,8 @@ from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
 from ..runfolder import RunFolder
 from ..runtime import default_device
-from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter
+from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter, is_store
+from ..trajectory.store import MANIFEST
 from .recipe import TrainConfig
 
 TRAIN_STATE = "train_state.safetensors"
@@ -103,7 +104,19 @@ def train(
     head: str = HEAD,
 ) -> TrainResult:
     """Train and record; with ``soft_targets`` (class probabilities per training sample, e.g. an
-    ensemble's), the loss is cross-entropy against them instead of the labels (distillation)."""
+    ensemble's), the loss is cross-entropy against them instead of the labels (distillation).
+
+    Training seeds torch's generators per epoch (Dropout); the caller's generator states are
+    restored afterwards, so calling it as a library leaves the caller's random stream as it was.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _train(model_cfg, data, recipe, seed, out, init=init, init_info=init_info, new_head=new_head,
+                      device=device, soft_targets=soft_targets, soft_info=soft_info, progress=progress, head=head)
+
+
+def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *, init, init_info, new_head, device,
+           soft_targets, soft_info, progress, head) -> TrainResult:
     device = torch.device(device or default_device())
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
@@ -200,7 +213,7 @@ def _open_writer(out, meta, start_state, param_names, state_path):
     try:
         store = TrajectoryStore(out)
     except TrajectoryError:
-        if fs.exists(fs.join(out, "trajectory.json")):
+        if is_store(out):
             raise
         if RunFolder(out).started:
             raise ConfigError(f"--out {out} holds a transfer run; a trajectory store needs a folder of its own")
@@ -212,7 +225,7 @@ def _open_writer(out, meta, start_state, param_names, state_path):
     recorded, meta = store.meta, json.loads(json.dumps(meta))  # as JSON: tuples read back as lists
     if recorded != meta and store.num_steps <= 1 and not fs.exists(state_path):
         # Stopped before its first checkpoint: nothing to keep, so any command may start over here.
-        fs.remove(fs.join(out, "trajectory.json"))
+        fs.remove(fs.join(out, MANIFEST))
         return _open_writer(out, meta, start_state, param_names, state_path)
     if recorded != meta:
         diff = sorted(k for k in meta if recorded.get(k) != meta[k])

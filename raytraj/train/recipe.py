@@ -10,6 +10,18 @@ from ..config import ConfigError
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The training recipe: SGD with momentum, cosine learning rate after an optional linear warmup.
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: mini-batch size.
+        lr: the initial learning rate.
+        momentum: SGD momentum, in [0, 1).
+        weight_decay: L2 weight decay.
+        warmup_epochs: epochs of linear warmup before the cosine schedule.
+        save_every: iterations between recorded checkpoints (0: one per epoch).
+    """
+
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.05

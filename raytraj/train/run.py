@@ -21,6 +21,9 @@ def train_from_args(model: str, data: str, out: str, *, seed: int = 0, init: str
         data: bundled data (``digits``, ...) or a data function ``package.module:function``
             (``data_args`` its kwargs).
         head: the classifier's module name, for ``new_head``.
+
+    Returns:
+        the TrainResult: the store's location, val accuracy per checkpoint, test accuracy, timings.
     """
     dataset = load_data(data_config(data, data_args))
     model_cfg = config_for_data(model, dataset.input_shape, dataset.num_classes, **(model_args or {}))

@@ -2,11 +2,11 @@
 
 from .recorder import TrajectoryRecorder
 from .schedule import SCHEDULES, lambdas
-from .store import SCHEMA_VERSION, TrajectoryError, TrajectoryStore, TrajectoryWriter, parse_ref, read_state
+from .store import SCHEMA_VERSION, TrajectoryError, TrajectoryStore, TrajectoryWriter, is_store, parse_ref, read_state
 from .view import ActualTrajectory, LinearTrajectory, Trajectory, open_trajectory
 
 __all__ = [
     "ActualTrajectory", "LinearTrajectory", "SCHEDULES", "SCHEMA_VERSION", "Trajectory", "TrajectoryError",
-    "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory", "parse_ref",
+    "TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "is_store", "lambdas", "open_trajectory", "parse_ref",
     "read_state",
 ]

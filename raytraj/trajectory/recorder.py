@@ -118,7 +118,9 @@ class TrajectoryRecorder:
             self.epoch, self.iteration = int(info.get("epoch", 0)), int(info.get("iteration", 0))
             self._elapsed0 = float(info.get("elapsed_s", 0.0))
             return
-        if every != "epoch" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        if every is None and self.active:
+            raise ConfigError("every must be 'epoch' or an iteration count >= 1, got None")
+        if every not in ("epoch", None) and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ConfigError(f"every must be 'epoch' or an iteration count >= 1, got {every!r}")
         self.every, self.epoch, self.iteration, self._elapsed0 = every, 0, 0, 0.0
         if not self.active:
@@ -153,7 +155,9 @@ class TrajectoryRecorder:
                 dropped and will be written again. Default: keep every recorded step.
         """
         if _rank() != 0:
-            return cls(location, nn.Module())  # other ranks record nothing
+            # Other ranks record nothing, and need not read the store (it may sit on rank 0's disk):
+            # their recorder only counts iterations, whatever ``every`` rank 0 records with.
+            return cls(location, nn.Module(), every=None)
         writer = TrajectoryWriter.resume(location)
         if RECORDER not in writer.manifest["meta"]:
             raise TrajectoryError(f"{location} was recorded by `raytraj train`; resume it with the same command")
@@ -187,7 +191,7 @@ class TrajectoryRecorder:
         if self.every == "epoch":
             raise ConfigError("step() counts iterations; create the recorder with every=N, or call record() per epoch")
         self.iteration += 1
-        if self.iteration % self.every == 0:
+        if self.every is not None and self.iteration % self.every == 0:  # None: a resumed rank that writes nothing
             self._write(model, info)
 
     def _write(self, model, info) -> None:

@@ -18,6 +18,15 @@ SCHEDULES = ("cosine", "uniform")
 
 
 def lambdas(steps: int, schedule: str = "cosine") -> list[float]:
+    """The interpolation coefficients of a linear trajectory (see the module's docstring).
+
+    Args:
+        steps: T >= 1.
+        schedule: ``cosine`` or ``uniform``.
+
+    Returns:
+        T + 1 floats from 0 to 1: point k is theta^0 + lambda_k (theta^T - theta^0).
+    """
     if steps < 1:
         raise ConfigError(f"a trajectory needs at least 1 step, got {steps}")
     if schedule == "uniform":

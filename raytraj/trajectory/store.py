@@ -29,6 +29,12 @@ from ..finite import is_finite
 SCHEMA_VERSION = 1
 FORMAT = "raytraj-trajectory"
 MANIFEST = "trajectory.json"
+STEPS = "steps"  # the folder of step files
+
+
+def is_store(location: str) -> bool:
+    """Whether ``location`` holds a trajectory store (complete or not): it has a manifest."""
+    return fs.exists(fs.join(location, MANIFEST))
 
 _TORCH_TO_NUMPY = {
     torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
@@ -43,7 +49,7 @@ class TrajectoryError(ValueError):
 
 
 def library_versions() -> dict[str, str]:
-    from .. import __version__
+    from .. import __version__  # upward, lazy: the package's version, set before any submodule loads
 
     return {"raytraj": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "pyarrow": pa.__version__, "python": platform.python_version()}
@@ -61,7 +67,14 @@ def _tensor_table(state: Mapping[str, torch.Tensor], param_names: Iterable[str])
 
 
 class TrajectoryWriter:
-    """Appends steps to a store; reopening an unfinished store continues where it stopped."""
+    """Appends steps to a store; reopening an unfinished store continues where it stopped.
+
+    Made by ``create`` (a new store) or ``resume`` (an unfinished one), not called directly.
+
+    Args:
+        location: the store.
+        manifest: its manifest, as written.
+    """
 
     def __init__(self, location: str, manifest: dict):
         self.location = location
@@ -117,7 +130,7 @@ class TrajectoryWriter:
             fields.append(pa.field(spec["name"], col.type, metadata=meta))
             columns.append(col)
         schema = pa.schema(fields, metadata={"format": FORMAT, "schema": str(SCHEMA_VERSION), "step": str(step)})
-        rel = f"steps/{step:06d}.arrow"
+        rel = f"{STEPS}/{step:06d}.arrow"
         with fs.atomic_output(fs.join(self.location, rel)) as out:
             with ipc.new_file(out, schema) as w:
                 w.write_batch(pa.record_batch(columns, schema=schema))
@@ -140,7 +153,11 @@ class TrajectoryWriter:
 
 
 class TrajectoryStore:
-    """Read access to a recorded trajectory: one step, or a subset of its tensors, at a time."""
+    """Read access to a recorded trajectory: one step, or a subset of its tensors, at a time.
+
+    Args:
+        location: the store: a folder, or an ``s3://``/``gs://`` URI; it must hold a manifest.
+    """
 
     def __init__(self, location: str):
         self.location = str(location)
@@ -167,7 +184,7 @@ class TrajectoryStore:
         if self.complete:
             # A finished store has exactly its listed step files; more means the manifest lost steps,
             # and its last listed step would silently pass for the end point.
-            recorded = [n for n in fs.listdir(fs.join(self.location, "steps")) if n.endswith(".arrow")]
+            recorded = [n for n in fs.listdir(fs.join(self.location, STEPS)) if n.endswith(".arrow")]
             if len(recorded) > self.num_steps:
                 raise TrajectoryError(f"{path} lists {self.num_steps} steps (0..{self.last_step}) but the store "
                                       f"holds {len(recorded)} step files; the manifest was edited or damaged")
@@ -232,7 +249,7 @@ class TrajectoryStore:
         """The TrainConfig this store was trained with; TrainConfig's defaults for a store that records no
         recipe (one made by a ``TrajectoryRecorder``)."""
         from ..config import from_dict
-        from ..train.recipe import TrainConfig
+        from ..train.recipe import TrainConfig  # upward, lazy: only readers of a training recipe need it
 
         return from_dict(TrainConfig, self.meta.get("recipe") or {})
 

@@ -97,7 +97,17 @@ class LinearTrajectory(Trajectory):
 
 
 def open_trajectory(location: str, schedule: str, steps: int | None = None) -> Trajectory:
-    """The trajectory a transfer follows: the recorded steps (``actual``) or a linear segment."""
+    """The trajectory a transfer follows: the recorded steps (``actual``) or a linear segment.
+
+    Args:
+        location: a complete trajectory store.
+        schedule: ``actual`` (every recorded step), or ``uniform``/``cosine`` (a linear segment
+            from the first to the last recorded step).
+        steps: T of a linear segment (an actual trajectory has its own; give None or that count).
+
+    Returns:
+        the Trajectory, whose ``point(t)`` is the source's state at step t.
+    """
     if schedule == "actual":
         traj = ActualTrajectory(location)
         if steps is not None and steps != traj.num_steps:

@@ -1,34 +1,22 @@
 """Learning transfer: GMT, FGMT, Naive and Oracle, behind a backend interface.
 
-The package is also callable: ``raytraj.transfer(source=..., target=..., data=..., config=...)``
-is :func:`raytraj.transfer.api.transfer_model`, the Python API, while ``raytraj.transfer.transfer``
-stays the run-folder function the CLI uses.
+``transfer`` runs a transfer into a run folder (what ``raytraj transfer`` does);
+``transfer_model`` is the Python API on models and data as objects (also ``raytraj.transfer_model``).
 """
 
-import sys
-import types
-
-from .backend import Backend, Done, GradRequest, LocalBackend, finish_sums
+from .api import TransferResult, transfer_model
+from .backend import Backend, GradRequest, Handle, Matcher
 from .checkpointing import RunCheckpointer
 from .config import METHODS, TransferConfig
-from .engine import TransferState, run_transfer, solve_seed
-from .api import TransferResult, transfer_model
+from .engine import run_transfer
+from .local import LocalBackend, LocalMatcher
 from .problem import Problem, prepare
 from .run import load_run_config, make_backend, transfer
+from .state import TransferState
 from .worker import TransferWorker, bn_batches_for, grad_batches_for
 
 __all__ = [
-    "Backend", "Done", "GradRequest", "LocalBackend", "METHODS", "Problem", "RunCheckpointer", "TransferConfig",
-    "TransferState", "TransferWorker", "bn_batches_for", "finish_sums", "grad_batches_for", "load_run_config",
-    "make_backend", "prepare", "run_transfer", "solve_seed", "transfer", "TransferResult", "transfer_model",
+    "Backend", "GradRequest", "Handle", "LocalBackend", "LocalMatcher", "METHODS", "Matcher", "Problem",
+    "RunCheckpointer", "TransferConfig", "TransferResult", "TransferState", "TransferWorker", "bn_batches_for",
+    "grad_batches_for", "load_run_config", "make_backend", "prepare", "run_transfer", "transfer", "transfer_model",
 ]
-
-
-class _CallablePackage(types.ModuleType):
-    """``raytraj.transfer`` is both this package and, called, the Python API (the issue's spelling)."""
-
-    def __call__(self, *args, **kwargs):
-        return transfer_model(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

@@ -1,7 +1,7 @@
 """The Python API of a transfer: models and data as objects, no files needed.
 
-    result = raytraj.transfer(source="runs/src", target=my_init_model, data=my_splits,
-                              config=TransferConfig(method="fgmt", steps=30))
+    result = raytraj.transfer_model(source="runs/src", target=my_init_model, data=my_splits,
+                                    config=TransferConfig(method="fgmt", steps=30))
     result.model, result.metrics, result.perm
 
 It prepares the same ``Problem`` and runs the same engine as ``raytraj transfer``; with ``out=``
@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..config import ConfigError
 from ..models import HEAD, rebuildable
 from ..perm import Permutation, perm_from_lists
+from ..ray_config import RayConfig
 from ..runfolder import RunFolder
 from .config import TransferConfig
 from .problem import open_source, prepare
@@ -28,6 +29,16 @@ from .run import transfer as run_transfer_folder
 
 @dataclass
 class TransferResult:
+    """What ``transfer_model`` returns.
+
+    Args:
+        model: the best-on-val transferred model.
+        metrics: as in the run folder's metrics.
+        perm: the permutation of the best step.
+        final_state: the model's state at step T.
+        out: the run folder, when one was asked for.
+    """
+
     model: nn.Module  # the best-on-val transferred model (a copy of the target's architecture)
     metrics: dict  # as in metrics.json
     perm: Permutation  # the permutation of the best step
@@ -37,7 +48,7 @@ class TransferResult:
 
 def transfer_model(source: str, target: nn.Module | None = None, data=None, config: TransferConfig | None = None,
                    backend: str = "local", out: str | None = None, *, target_seed: int | None = None, spec=None,
-                   backend_options: dict | None = None, progress: bool = False,
+                   device=None, ray_config: RayConfig | None = None, progress: bool = False,
                    force: bool = False) -> TransferResult:
     """Transfer the trajectory at ``source`` onto ``target``'s weights.
 
@@ -52,7 +63,8 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
         out: a run folder to write (as ``raytraj transfer --out``); default: none kept.
         target_seed: instead of ``target``, a fresh init of the store's model factory with this seed.
         spec: a PermutationSpec (or a function of the model returning one) instead of inference.
-        backend_options: e.g. ``{"workers": 2}`` for Ray, ``{"device": "cpu"}`` locally.
+        device: the local backend's device (default: a GPU when there is one).
+        ray_config: the Ray backend's workers and cluster, e.g. ``RayConfig(workers=2)``.
         progress: show a progress bar.
         force: transfer a source that ends at chance level, which is otherwise refused.
 
@@ -75,7 +87,7 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
     with tempfile.TemporaryDirectory(prefix="raytraj-transfer-") as tmp:
         folder = out or tmp
         metrics = run_transfer_folder(source, folder, cfg, target_seed=target_seed, backend=backend,
-                                      backend_options=backend_options, progress=progress, problem=problem,
+                                      device=device, ray_config=ray_config, progress=progress, problem=problem,
                                       model=model, data=data, spec=spec)
         run = RunFolder(folder)
         best, _ = run.load_model("best")

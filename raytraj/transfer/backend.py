@@ -1,15 +1,20 @@
-"""Where a transfer's work runs. The engine talks to this interface only.
+"""Where a transfer's work runs: the interface the engine talks to, and nothing else.
 
-* ``gradient_pairs``: mean gradients of the transferred and the source model at trajectory
-  points, under the current permutation, on seeded batches.
-* ``solve_laps``: one assignment problem per matrix (a colour class of permutation groups).
-* ``evaluate``: accuracy of the transferred model at a point; returns a handle, so a backend
-  may overlap evaluation with the next step's gradients.
-* ``materialize``: the transferred state itself, for saving.
+A ``Backend`` gives the engine
 
-A backend may also offer ``matcher(spec, normalize)`` to keep the pair bank itself (see
-``matcher.py``); the engine then never sees gradients. ``LocalBackend`` does everything in this process. ``raytraj.distributed.RayBackend`` spreads
-it over Ray actors and tasks.
+* ``matcher(spec, cfg)``: a ``Matcher`` that owns the step's matching work: it computes the
+  gradient pairs of a step, keeps the pair bank (in this process, or sharded over workers),
+  picks its LAP solver, and solves (``raytraj.perm.solve``);
+* ``evaluate``: accuracy of the transferred model at a point, as a handle, so a backend may
+  overlap evaluation with the next step's gradients;
+* ``materialize``: the transferred state itself, for saving;
+* ``utilisation``: the share of time its workers computed, for the progress bar (None: no workers);
+* ``report``: what the run folder's metrics record about the backend (the Ray backend's traffic
+  and placement; the local backend's device);
+* ``close``.
+
+``raytraj.transfer.local.LocalBackend`` does everything in this process;
+``raytraj.distributed.RayBackend`` spreads it over Ray actors. Both implement all of it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
-import numpy as np
 import torch
 
-from ..perm import solve_laps_serial
-from .worker import TransferWorker
+from ..perm import Permutation, PermutationSpec, SolveOptions
+from .config import TransferConfig
 
 
 @dataclass(frozen=True)
@@ -34,52 +38,36 @@ class Handle(Protocol):
     def result(self) -> Any: ...
 
 
-class Done:
-    """A handle whose value is already known."""
+class Matcher(Protocol):
+    """One transfer's matching work, step by step; the engine never sees gradients or cost matrices."""
 
-    def __init__(self, value):
-        self.value = value
+    def step(self, s: int, prev: Mapping[str, torch.Tensor], requests: Sequence[GradRequest], count: int, *,
+             fresh: bool, init: Mapping[str, torch.Tensor] | None,
+             options: SolveOptions) -> tuple[Permutation, dict]:
+        """Add the gradient pairs of ``requests`` (``count`` batches each, under ``prev``) to the bank
+        (a new one if ``fresh``), then solve from ``init``; info holds the solve's and ``grad_s``."""
+        ...
 
-    def result(self):
-        return self.value
+    def snapshot(self) -> tuple[list[tuple[dict, dict]], dict, dict]:
+        """For the checkpoint: the pairs the last step added, the bank's caches, and a shard record."""
+        ...
+
+    def restore(self, pairs: list[tuple[dict, dict]], cache: dict, shards: dict) -> None:
+        """Continue from a checkpoint (written by this backend or the other)."""
+        ...
 
 
 class Backend(Protocol):
-    def gradient_pairs(self, perm: Mapping[str, torch.Tensor], requests: Sequence[GradRequest],
-                       count: int) -> list[tuple[dict, dict]]: ...
+    def matcher(self, spec: PermutationSpec, cfg: TransferConfig) -> Matcher: ...
 
-    def solve_laps(self, costs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+    def evaluate(self, perm: Mapping[str, torch.Tensor], t: int, split: str = "val",
+                 step: int | None = None) -> Handle: ...
 
-    def evaluate(self, perm, t: int, split: str = "val", step: int | None = None) -> Handle: ...
+    def materialize(self, perm: Mapping[str, torch.Tensor], t: int,
+                    step: int | None = None) -> dict[str, torch.Tensor]: ...
 
-    def materialize(self, perm, t: int, step: int | None = None) -> dict[str, torch.Tensor]: ...
+    def utilisation(self) -> float | None: ...
+
+    def report(self) -> dict: ...
 
     def close(self) -> None: ...
-
-
-def finish_sums(target_sum: dict, source_sum: dict, count: int) -> tuple[dict, dict]:
-    """Turn float64 gradient sums over ``count`` batches into float32 means."""
-    return ({k: (v / count).float() for k, v in target_sum.items()},
-            {k: (v / count).float() for k, v in source_sum.items()})
-
-
-class LocalBackend:
-    def __init__(self, worker: TransferWorker):
-        self.worker = worker
-        self.bank_device = worker.device  # the gradient pairs are made there; the pair bank stays there
-
-    def gradient_pairs(self, perm, requests, count):
-        ids = list(range(count))
-        return [finish_sums(*self.worker.gradient_sums(perm, r.step, r.t, ids, count), count) for r in requests]
-
-    def solve_laps(self, costs):
-        return solve_laps_serial(costs)
-
-    def evaluate(self, perm, t, split="val", step=None):
-        return Done(self.worker.evaluate(perm, t, split, step))
-
-    def materialize(self, perm, t, step=None):
-        return {k: v.cpu() for k, v in self.worker.materialize(perm, t, step).items()}
-
-    def close(self):
-        pass

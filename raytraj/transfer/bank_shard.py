@@ -22,7 +22,7 @@ import torch
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..perm import PairBank, PermutationSpec, identity_permutation, solve_laps_serial
-from ..perm.matching import assignment_gain, sum_terms
+from ..perm.descent import assignment_gain, sum_terms
 
 Diff = dict[str, tuple[np.ndarray, np.ndarray]]  # group -> (changed positions, their new values)
 
@@ -87,8 +87,12 @@ class BankShard:
         return perm_diff({group: old}, {group: p_new}), value_new, value_old, lap_s
 
     def objective(self) -> float:
-        """This shard's share of sum over pairs of <target, perm(source)>."""
-        return self.bank.objective(self.perm) if self.bank.num_pairs else 0.0
+        """This shard's share of the permuted part of sum over pairs of <target, perm(source)>."""
+        return self.bank.permuted_objective(self.perm) if self.bank.num_pairs else 0.0
+
+    def constant(self) -> float:
+        """This shard's share of the part no permutation touches."""
+        return self.bank.constant
 
     # -- checkpoint ----------------------------------------------------------------------------
     def save(self, location: str, worker: int, step: int, target: Mapping[str, torch.Tensor] | None,

@@ -17,9 +17,8 @@ from __future__ import annotations
 from .. import fs
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..perm import perm_from_lists, perm_to_lists
-from .engine import TransferState
-
-PROGRESS = "progress.safetensors"
+from ..runfolder import PROGRESS
+from .state import TransferState
 CHUNK = 256  # steps per chunk file
 
 
@@ -78,9 +77,8 @@ class RunCheckpointer:
                 "chunks": self._chunks, "tail": tail, "shards": state.shards}
         save_checkpoint(fs.join(self.location, PROGRESS), cache, info)
 
-    def load(self):
-        if not self.exists():
-            return None
+    def _read(self) -> tuple[dict, dict, dict]:
+        """(cached contractions, progress info, every record so far) from the progress, chunk and tail."""
         cache, info = load_checkpoint(fs.join(self.location, PROGRESS))
         try:
             records = {"perms": [], "solves": [], "val_acc": {}, "pair_steps": []}
@@ -95,6 +93,18 @@ class RunCheckpointer:
         except (KeyError, TypeError, FileNotFoundError) as e:
             raise CheckpointError(f"{self.location} holds damaged transfer progress ({e!r}); delete the run "
                                   "folder to start over") from e
+        return cache, info, records
+
+    def evaluations(self) -> dict[int, float]:
+        """Val accuracy of every step evaluated so far ({} before the first save); reads no pairs."""
+        if not self.exists():
+            return {}
+        return {int(k): v for k, v in RunCheckpointer(self.location, self.chunk)._read()[2]["val_acc"].items()}
+
+    def load(self):
+        if not self.exists():
+            return None
+        cache, info, records = self._read()
         self.pair_steps = records["pair_steps"]
         pairs = []
         for step in self.pair_steps:

@@ -16,6 +16,27 @@ QUICK_STEPS = 20
 
 @dataclass(frozen=True)
 class TransferConfig:
+    """A transfer's settings, checked when built; the comments below say why each default is what it is.
+
+    Args:
+        method: ``fgmt``, ``gmt``, ``naive`` or ``oracle``.
+        steps: T, the transfer steps (None with ``schedule="actual"``: the recorded steps).
+        schedule: ``cosine`` or ``uniform`` (a linear trajectory), or ``actual`` (the recorded one).
+        grad_batches: mini-batches averaged per gradient.
+        batch_size: gradient mini-batch size.
+        seed: seeds the batches, the BatchNorm batches and the solver's group order.
+        warm_start: start each solve from the previous step's permutation.
+        normalize: divide each pair's term for a tensor by the norms of its two sides.
+        max_sweeps: sweeps allowed in a solve.
+        tol, rtol: the solve's stopping rule (see ``raytraj.perm.SolveOptions``).
+        step_sweeps: sweeps allowed in every step but the last (0: no cap).
+        lap: the LAP solver: ``auto``, ``scipy`` or ``auction``.
+        eval_every: evaluate on val every k steps (0: only the last).
+        val_subset: evaluate on this many val samples (0: all of val).
+        bn_batches: training batches to recalibrate BatchNorm statistics with.
+        eval_batch_size: the evaluation's batch size.
+    """
+
     method: str = "fgmt"
     steps: int | None = 30  # T; None follows the recorded steps (schedule "actual")
     schedule: str = "cosine"  # cosine | uniform | actual
@@ -27,8 +48,11 @@ class TransferConfig:
     warm_start: bool = True
     normalize: bool = False
     max_sweeps: int = 100
-    tol: float = 1e-7  # the official code's absolute rule: stop after a sweep gaining at most tol
-    # ... or less than rtol x the objective, whichever is larger (0: the official rule alone).
+    # Stop after a sweep whose gain in the objective is at most tol (absolute) ... The official code
+    # stops after a sweep in which no single group's LAP gained more than 1e-7; tol bounds the
+    # sweep's total gain instead.
+    tol: float = 1e-7
+    # ... or at most rtol x the permuted part of the objective, whichever is larger (0: tol alone).
     # The first sweep of a step holds nearly all of its gain; see benchmarks/results/convergence.md.
     rtol: float = 1e-3
     # Sweeps allowed in each step but the last (0: no cap). With warm starts a step's unfinished

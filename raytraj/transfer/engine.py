@@ -14,41 +14,19 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
-from ..perm import Permutation, PermutationSpec, identity_permutation, lap_solver
+from ..perm import Permutation, PermutationSpec, SolveOptions, identity_permutation
 from ..progress import progress_bar
 from .backend import Backend, GradRequest
 from .config import TransferConfig
-from .matcher import LocalMatcher
+from .state import Checkpointer, TransferState
 
 
-@dataclass
-class TransferState:
-    """Everything needed to continue a transfer after step ``step``."""
-
-    step: int
-    perms: list[Permutation]  # perms[s] = pi_s; perms[0] = identity
-    val_acc: dict[int, float] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=lambda: {"grad_s": 0.0, "solve_s": 0.0, "eval_s": 0.0})
-    solves: list[dict] = field(default_factory=list)
-    grad_batches: int = 0  # mini-batch gradients computed so far, both models counted
-    shards: dict = field(default_factory=dict)  # where a sharded pair bank keeps its checkpoint (Ray backend)
-
-
-class Checkpointer(Protocol):
-    """Keeps what a restart needs: the state, FGMT's pairs, and the pair bank's cached contractions
-    (so that a resumed run continues bit for bit)."""
-
-    def load(self) -> tuple[TransferState, list[tuple[dict, dict]], dict] | None: ...
-
-    def save(self, state: TransferState, new_pairs: list[tuple[dict, dict]], cache: dict) -> None: ...
-
-
-def solve_seed(seed: int, step: int) -> int:
+def _solve_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s group order: a pure function of the run's seed, so a resumed run repeats it."""
     return int(np.random.SeedSequence([seed, 2, step]).generate_state(1)[0])
 
 
@@ -68,16 +46,8 @@ def run_transfer(
         raise ValueError("the oracle method needs the permutation matched on the trained target")
     loaded = checkpointer.load() if checkpointer else None
     state, cached, cache = loaded if loaded else (TransferState(step=0, perms=[identity_permutation(spec)]), [], {})
-    # The backend may keep the pair bank elsewhere (the Ray backend shards it over its workers).
-    make_matcher = getattr(backend, "matcher", None)
-    if make_matcher:
-        matcher = make_matcher(spec, cfg.normalize)
-    else:
-        # The pairs stay where the gradients were computed (a GPU when the backend has one); only the
-        # n x n cost matrices move, and only when the LAPs are solved on the CPU.
-        device = getattr(backend, "bank_device", None)
-        matcher = LocalMatcher(backend, spec, cfg.normalize, device=device,
-                               solve_laps=lap_solver(cfg.lap, device, backend.solve_laps))
+    # The matcher keeps the pair bank where the backend wants it (in this process, or sharded over workers).
+    matcher = backend.matcher(spec, cfg)
     matcher.restore(cached, cache, state.shards)  # FGMT's pairs and caches from before a restart
     fgmt = cfg.method == "fgmt"
 
@@ -109,10 +79,11 @@ def run_transfer(
             points = range(s) if cfg.method == "gmt" else [s - 1]
             capped = bool(cfg.step_sweeps) and cfg.warm_start and s < num_steps and cfg.step_sweeps < cfg.max_sweeps
             t0 = time.perf_counter()
+            options = SolveOptions(max_sweeps=cfg.step_sweeps if capped else cfg.max_sweeps, tol=cfg.tol,
+                                   rtol=cfg.rtol, seed=_solve_seed(cfg.seed, s))
             perm, info = matcher.step(s, prev, [GradRequest(t=t, step=s) for t in points], cfg.grad_batches,
                                       fresh=cfg.method == "gmt", init=prev if cfg.warm_start else None,
-                                      max_sweeps=cfg.step_sweeps if capped else cfg.max_sweeps, tol=cfg.tol,
-                                      rtol=cfg.rtol, seed=solve_seed(cfg.seed, s))
+                                      options=options)
             state.timing["grad_s"] += info["grad_s"]
             state.timing["solve_s"] += time.perf_counter() - t0 - info["grad_s"]
             state.grad_batches += 2 * len(points) * cfg.grad_batches  # both models
@@ -137,9 +108,9 @@ def run_transfer(
         last = max(state.val_acc) if state.val_acc else None
         bar.update(1)
         note = {"val_acc": f"{state.val_acc[last]:.1f}"} if last is not None else {}
-        busy = getattr(backend, "utilisation", None)  # the Ray backend: share of time its workers computed
-        if busy is not None and busy() is not None:
-            note["workers_busy"] = f"{100 * busy():.0f}%"
+        busy = backend.utilisation()  # the share of time a backend's workers computed (None: no workers)
+        if busy is not None:
+            note["workers_busy"] = f"{100 * busy:.0f}%"
         if note:
             bar.set_postfix(**note)  # LineProgress (logs) takes keywords only
     bar.close()

@@ -20,8 +20,23 @@ from .run import load_run_config
 
 def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: int | None = None,
              which: str = "best", progress: bool = True, device=None, model=None, data=None) -> TrainResult:
-    """Train on from a transfer run's model. A source recorded by a TrajectoryRecorder has no raytraj
-    recipe; TrainConfig's defaults are used then. ``model``/``data`` replace what the store records."""
+    """Train on from a transfer run's model (subsequent training, paper section 4.2), recording a trajectory.
+
+    Args:
+        run: a finished transfer run folder.
+        out: the trajectory store to write.
+        epochs: epochs to train; the rest of the recipe is the source's (TrainConfig's defaults
+            for a source recorded by a TrajectoryRecorder, which records no recipe).
+        lr: the initial learning rate (default: the source's).
+        seed: seeds the batch order (default: the transfer's seed).
+        which: start from the ``best`` or the ``final`` transferred model.
+        progress: show a progress bar.
+        device: where to train (default: a GPU when there is one).
+        model, data: replace what the store records.
+
+    Returns:
+        the TrainResult (val and test accuracy, timings).
+    """
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = RunFolder(run).load_model(which)

@@ -24,6 +24,7 @@ from ..recorded import check_model_takes_data, data_of, model_of
 from ..train import initial_state
 from ..trajectory import Trajectory, TrajectoryError, TrajectoryStore, open_trajectory, read_state
 from ..trajectory.recorder import RECORDER
+from ..trajectory.store import MANIFEST
 from .config import TransferConfig
 
 
@@ -61,7 +62,7 @@ def open_source(source: str) -> TrajectoryStore:
     needed = {"model", "data"} if RECORDER in store.meta else {"model", "data", "recipe"}
     lacking = sorted(needed - set(store.meta))
     if lacking:
-        raise TrajectoryError(f"source {source}: its trajectory.json lacks {lacking} in 'meta'; it was not recorded "
+        raise TrajectoryError(f"source {source}: its {MANIFEST} lacks {lacking} in 'meta'; it was not recorded "
                               "by `raytraj train`, or it was edited")
     return store
 

@@ -15,11 +15,14 @@ from ..data import DataConfig
 from ..finite import nonfinite_names
 from ..models import HEAD
 from ..perm import perm_to_lists
+from ..ray_config import RayConfig
 from ..runfolder import RunFolder
-from .backend import Backend, LocalBackend
+from ..trajectory import is_store
+from .backend import Backend
 from .checkpointing import RunCheckpointer
 from .config import TransferConfig
 from .engine import run_transfer
+from .local import LocalBackend
 from .problem import Problem, prepare
 from .worker import TransferWorker
 
@@ -31,17 +34,31 @@ def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> Transfer
                           device=device)
 
 
-def make_backend(problem: Problem, cfg: TransferConfig, backend: str, options: dict | None = None) -> Backend:
-    options = dict(options or {})
+def make_backend(problem: Problem, cfg: TransferConfig, backend: str = "local", *, device=None,
+                 ray_config: RayConfig | None = None, state_dir: str | None = None) -> Backend:
+    """The backend that runs ``problem``.
+
+    Args:
+        problem: the prepared transfer.
+        cfg: the transfer settings.
+        backend: ``"local"`` (this process, on ``device``) or ``"ray"`` (workers as ``ray_config`` says).
+        device: the local backend's device (default: a GPU when there is one).
+        ray_config: the Ray backend's workers and cluster (default ``RayConfig()``).
+        state_dir: where the Ray workers checkpoint their bank shards (a run folder's state/).
+
+    Returns:
+        A ``Backend``; close it when done.
+    """
     if backend == "local":
-        device = options.pop("device", None)
-        if options:
-            raise ConfigError(f"options {sorted(options)} only apply to --backend ray")
+        if ray_config is not None:
+            raise ConfigError("ray_config (--workers, --address, ...) needs --backend ray")
         return LocalBackend(local_worker(problem, cfg, device))
     if backend == "ray":
-        from ..distributed import RayBackend  # Ray is imported only when asked for
+        if device is not None:
+            raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
+        from ..distributed import RayBackend  # upward, lazy: Ray is imported only when asked for
 
-        return RayBackend(problem, cfg, **options)
+        return RayBackend(problem, cfg, ray_config, state_dir=state_dir)
     raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
 
 
@@ -55,7 +72,8 @@ def transfer(
     new_head: bool = False,
     oracle_target: str | None = None,
     backend: str = "local",
-    backend_options: dict | None = None,
+    device=None,
+    ray_config: RayConfig | None = None,
     resume: bool = False,
     on_eval: Callable[[int, float], None] | None = None,
     progress: bool = True,
@@ -66,11 +84,28 @@ def transfer(
     head: str = HEAD,
     problem: Problem | None = None,
 ) -> dict:
-    """Transfer the trajectory recorded at ``source`` to a new init; returns the metrics dict.
+    """Transfer the trajectory recorded at ``source`` to a new init, into the run folder ``out``.
 
-    ``force`` transfers a source that ends at chance level, which is otherwise refused.
-    ``model``, ``data``, ``spec`` and ``head`` override what the store records (see ``prepare``);
-    ``problem`` is an already prepared one (the Python API's), used instead of preparing.
+    Args:
+        source: a complete trajectory store.
+        out: the run folder to write (see ``raytraj.runfolder``); it must not hold another run.
+        cfg: the transfer settings.
+        target_seed: the target init is the store's model built with this seed ...
+        target_init: ... or the state at this path (a store or a run folder's model).
+        new_head: give the target a freshly initialised head (the pre-trained scenario).
+        oracle_target: the trained target whose weight matching the oracle method uses.
+        backend: ``"local"`` or ``"ray"``.
+        device: the local backend's device (default: a GPU when there is one).
+        ray_config: the Ray backend's workers and cluster (default ``RayConfig()``).
+        resume: continue the unfinished run in ``out``.
+        on_eval: called with (step, val accuracy) as each evaluation finishes.
+        progress: show a progress bar.
+        force: transfer a source that ends at chance level, which is otherwise refused.
+        model, data, spec, head: override what the store records (see ``prepare``).
+        problem: an already prepared problem (the Python API's), used instead of preparing.
+
+    Returns:
+        The metrics dict, as written to ``metrics.json``.
     """
     t_start, c_start = time.perf_counter(), time.process_time()
     # Resolved paths: a resume that spells the source relatively or absolutely is the same run.
@@ -89,10 +124,9 @@ def transfer(
                           oracle_target=oracle_target, model=model, data=data, spec=spec, head=head, force=force)
     claimed = _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
     try:
-        options = dict(backend_options or {})
-        if backend == "ray":  # workers keep their bank shards' checkpoint in the run folder
-            options.setdefault("state_dir", fs.absolute(folder.state_dir))
-        runner = make_backend(problem, cfg, backend, options)
+        # Ray workers keep their bank shards' checkpoint in the run folder.
+        runner = make_backend(problem, cfg, backend, device=device, ray_config=ray_config,
+                              state_dir=fs.absolute(folder.state_dir))
     except BaseException:
         if claimed:  # a failed start leaves no half-made run folder: the same command can run again
             fs.remove(folder.config_path)
@@ -112,7 +146,7 @@ def transfer(
         best_model = runner.materialize(state.perms[best], best, best)
         models = {"best": (best, best_model),
                   "final": (last, best_model if best == last else runner.materialize(state.perms[last], last, last))}
-        cluster = runner.report() if hasattr(runner, "report") else {}  # Ray: traffic and placement
+        cluster = runner.report()  # Ray: traffic and placement
     finally:
         runner.close()
     for name, (step, model_state) in models.items():  # check both before saving either
@@ -204,7 +238,7 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
     """
     folder = RunFolder(out)
     config_path = folder.config_path
-    if fs.exists(fs.join(out, "trajectory.json")):
+    if is_store(out):
         raise ConfigError(f"--out {out} is a trajectory store; a transfer run needs a folder of its own")
     if folder.finished:
         raise ConfigError(f"{out} already holds a finished transfer; choose another --out or delete it")

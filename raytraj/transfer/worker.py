@@ -17,7 +17,7 @@ theta2^0 and adds -(1 - c_t) pi(theta1^0): a second random init that no permutat
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -41,6 +41,29 @@ def grad_batches_for(seed: int, step: int, t: int, n_train: int, batch_size: int
     A pure function of its arguments: any worker, in any run, resumed or not, draws the same.
     """
     return sample_batches(n_train, batch_size, count, np.random.default_rng([seed, 0, step, t]))
+
+
+def mean_gradients(batches: Iterable[tuple[int, tuple[dict, dict]]], count: int) -> tuple[dict, dict]:
+    """float32 means of per-batch (target, source) gradients given as (batch id, pair) in increasing id order.
+
+    Summed in float64 from zero, one batch after another in batch order: the same additions in the
+    same order wherever the batches were computed (one process, or any split over Ray workers), so
+    the means, and the LAPs fed from them, are bit for bit the same.
+    """
+    target_sum: dict[str, torch.Tensor] = {}
+    source_sum: dict[str, torch.Tensor] = {}
+    last = -1
+    for i, (target, source) in batches:
+        if i <= last:
+            raise ValueError(f"gradient batches must come in increasing batch order; got {i} after {last}")
+        last = i
+        for acc, grad in ((target_sum, target), (source_sum, source)):
+            for n, g in grad.items():
+                if n not in acc:
+                    acc[n] = torch.zeros(g.shape, dtype=torch.float64, device=g.device)
+                acc[n] += g
+    return ({n: (v / count).float() for n, v in target_sum.items()},
+            {n: (v / count).float() for n, v in source_sum.items()})
 
 
 def val_subset_indices(seed: int, n_val: int, size: int) -> np.ndarray:
@@ -107,25 +130,23 @@ class TransferWorker:
         return state
 
     # -- work items ----------------------------------------------------------------------------
-    def gradient_sums(self, perm, step: int, t: int, batch_ids: Sequence[int], count: int):
-        """Sums over the selected batches (of ``count``) of both models' per-batch mean gradients.
-
-        Sums are float64 so that adding partial sums from several workers gives, to float32
-        precision, what one worker summing all batches gives.
-        """
+    def gradient_batches(self, perm, step: int, t: int, batch_ids: Iterable[int], count: int
+                         ) -> Iterator[tuple[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]]:
+        """Per selected batch (of ``count``), in the order given: (batch id, (the transferred model's
+        mean gradient on it, the source's)), float32, checked finite. See :func:`mean_gradients`."""
         batches = grad_batches_for(self.seed, step, t, self.data.size("train"), self.batch_size, count)
         target_state = self.target_point(perm, t)
         source_state = self.source_point(t)
-        sums = []
-        for state in (target_state, source_state):
-            acc = {n: torch.zeros_like(state[n], dtype=torch.float64) for n in self.param_names}
-            for i in batch_ids:
-                for n, g in self._gradient(state, batches[i], (self.seed, step, t, i)).items():
-                    acc[n] += g
-            sums.append(acc)
-        for side, state, acc in (("transferred model", target_state, sums[0]), ("source", source_state, sums[1])):
-            check_gradient(acc, state, side, t, step)
-        return sums[0], sums[1]
+        for i in batch_ids:
+            key = (self.seed, step, t, i)
+            target, source = self._gradient(target_state, batches[i], key), self._gradient(source_state, batches[i], key)
+            for side, state, grad in (("transferred model", target_state, target), ("source", source_state, source)):
+                check_gradient(grad, state, side, t, step)
+            yield i, (target, source)
+
+    def gradient_means(self, perm, step: int, t: int, count: int) -> tuple[dict, dict]:
+        """The gradient pair of point t at transfer step ``step``: both models' gradients, averaged over ``count`` batches."""
+        return mean_gradients(self.gradient_batches(perm, step, t, range(count), count), count)
 
     def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:
         # Train mode, as in training: BatchNorm normalises with the batch's own statistics.

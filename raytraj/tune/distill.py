@@ -18,6 +18,20 @@ from .trial import load_probs
 
 def distill(ensemble: str, out: str, *, student: str = "mlp", student_args: dict | None = None,
             epochs: int | None = None, lr: float | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Train a student on an ensemble's averaged soft labels, and the same student on hard labels.
+
+    Args:
+        ensemble: a finished ``raytraj ensemble`` folder whose members saved their probabilities.
+        out: output folder (OUT/soft and OUT/hard hold the two students' trajectories).
+        student: the student's zoo model (or factory).
+        student_args: the student's config fields.
+        epochs, lr: override the source's recipe.
+        seed: the students' seed.
+        progress: show progress bars.
+
+    Returns:
+        the record written to OUT/distill.json: the teacher's and both students' test accuracy.
+    """
     if not fs.exists(fs.join(ensemble, RESULT)):
         raise ConfigError(f"{ensemble} holds no finished ensemble ({RESULT} is missing); run `raytraj ensemble` first")
     record = fs.read_json(fs.join(ensemble, RESULT))

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from .. import fs
 from ..config import ConfigError, to_dict
+from ..trajectory import is_store
 from ..transfer import TransferConfig
 from ..recipes import check_finetune
 from ..transfer.problem import check_targets
@@ -96,11 +97,15 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         scheduler: None, or "asha": early stopping along the fraction of the trajectory done.
         gpus_per_trial: None takes one GPU per trial when the cluster has GPUs, else none.
         runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for a user model's modules.
+
+    Returns:
+        one row per trial (its searched values, val and test accuracy, steps run, status,
+        seconds), best first; also written under ``out``.
     """
     source, out = fs.absolute(source), fs.absolute(out)
     if "target_init" in target:
         target = {**target, "target_init": fs.absolute(target["target_init"])}
-    if fs.exists(fs.join(out, "trajectory.json")):
+    if is_store(out):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
     check_targets(source, [target], base.seed)  # the source is usable, its model rebuilds, the target differs
     if samples < 1:

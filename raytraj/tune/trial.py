@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,8 +23,9 @@ from ..evaluation import predict
 from ..models import build_model
 from ..runfolder import RunFolder
 from ..runtime import set_torch_threads
-from ..trajectory import TrajectoryStore
+from ..trajectory import TrajectoryStore, is_store
 from ..transfer import TransferConfig, transfer
+from ..transfer.checkpointing import RunCheckpointer
 from ..transfer.finetune import finetune
 from ..transfer.problem import open_source
 
@@ -55,6 +57,32 @@ def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
+def eval_reporter(run_dir: str, length: int, report: Callable[[dict], None] = tune.report
+                  ) -> Callable[[int, float], None]:
+    """The transfer's ``on_eval`` for a trial: reports each evaluated step with the best val accuracy so far.
+
+    A trial restarted after a failure resumes its run folder, whose steps evaluated before the
+    failure are not evaluated again: the best starts from their recorded accuracies, so ASHA
+    compares trials on their true best.
+
+    Args:
+        run_dir: the trial's run folder.
+        length: the transfer's number of steps (ASHA's time axis is step / length).
+        report: where results go (Tune's ``report``).
+
+    Returns:
+        ``on_eval(step, val_acc)``.
+    """
+    done = RunCheckpointer(RunFolder(run_dir).state_dir).evaluations()
+    best = {"acc": max(done.values(), default=float("-inf"))}
+
+    def on_eval(step: int, acc: float) -> None:
+        best["acc"] = max(best["acc"], acc)
+        report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
+
+    return on_eval
+
+
 def transfer_trial(config: dict, settings: dict | None = None) -> None:
     """Tune function trainable. ``settings`` (shared by all trials) and ``config`` (this trial's
     searched values) together hold: source, out, transfer (TransferConfig fields, ``config``'s
@@ -68,23 +96,18 @@ def transfer_trial(config: dict, settings: dict | None = None) -> None:
     device = trial_device()
     cfg = from_dict(TransferConfig, config["transfer"])
     run_dir, target = run_dir_and_target(config)
-    best = {"acc": float("-inf")}
     length = cfg.steps if cfg.schedule != "actual" else TrajectoryStore(config["source"]).last_step
-
-    def on_eval(step: int, acc: float) -> None:
-        best["acc"] = max(best["acc"], acc)
-        tune.report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
-
+    on_eval = eval_reporter(run_dir, length)
     # a trial restarted after it finished reads its metrics; one cut short resumes
     metrics = RunFolder(run_dir).load_or_run(
         lambda resume: transfer(config["source"], run_dir, cfg, on_eval=on_eval, progress=False, resume=resume,
-                                backend_options={"device": device}, **target))
+                                device=device, **target))
     final = {"step": metrics["steps"], TIME_ATTR: 1.0, "val_acc": metrics["final_val_acc"],
              "best_val_acc": metrics["best_val_acc"], "best_step": metrics["best_step"],
              "test_acc": metrics["test_acc"], "transfer_s": metrics["timing"]["total_s"], FINISHED: True}
     if config.get("finetune_epochs"):
         ft_dir = fs.join(run_dir, "finetune")
-        if not (fs.exists(fs.join(ft_dir, "trajectory.json")) and TrajectoryStore(ft_dir).complete):
+        if not (is_store(ft_dir) and TrajectoryStore(ft_dir).complete):
             finetune(run_dir, ft_dir, epochs=config["finetune_epochs"], lr=config.get("finetune_lr"), progress=False,
                      device=device)
         meta = TrajectoryStore(ft_dir).meta
