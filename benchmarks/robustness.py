@@ -276,8 +276,9 @@ def main():
         lines.append(f"| {name} | {code} | `{text}` | {'yes' if tb else 'no'} | {s:.1f} | {note} |")
     lines += [
         "",
-        "Ray and Tune faults, run as tests on a local Ray cluster "
-        "(`pytest tests/test_tune.py tests/test_ray_backend.py`):",
+        "Ray and Tune faults, and the one-writer, fingerprint and message cases, run as tests "
+        "(`pytest tests/test_tune.py tests/test_ray_backend.py tests/test_writelock.py tests/test_fingerprints.py "
+        "tests/test_true_lines.py tests/test_watchdog.py`):",
         "",
         "| case | outcome | test |",
         "| --- | --- | --- |",
@@ -315,8 +316,38 @@ def main():
         "| Tune's output for a 2-member ensemble | one line per trial start and finish; no status tables, result "
         "dumps, or `Checkpoint successfully created` lines (trials report no Tune checkpoints: the run folder "
         "holds their state) | `test_tune_output_is_one_line_per_trial_event` |",
+        *TESTED_ROWS,
     ]
     write_report(str(Path(__file__).resolve().parent / "results" / "robustness.md"), lines)
+
+# Cases checked by tests rather than run here (their outcome is what the named test asserts).
+TESTED_ROWS = [
+    "| two `train` runs into one `--out` at once (seeds 1 and 7) | the second exits 2 at once: `... is being written by pid N on host H (raytraj train ...); one writer at a time may use a folder: wait for it to end, stop it, or choose another --out`; the store is the first run's alone (seed 1, all steps, every checksum read back), its `log.txt` names only the first command | `test_two_writers_at_once_one_wins_the_other_exits_2_and_the_folder_is_whole` |",
+    '| a writer SIGKILLed while holding the lock | the next writer takes the lock over (the kernel released it) | `test_a_dead_holders_lock_is_taken_over` |',
+    '| object storage: a live lease, an expired one, a writer that raced and lost | refused naming the holder; taken over; refused | `test_object_storage_lease` |',
+    "| `--out ''`, `--out '  '`, `--out /` | exit 2, one line (`--out is empty ...` / `... is the root of the file system ...`); nothing written | `test_an_empty_or_root_out_is_refused` |",
+    '| `--overwrite` | starts afresh in a raytraj folder; refused (exit 2) for a folder holding other files or an input of the command | `test_overwrite_starts_afresh_but_never_deletes_inputs_or_foreign_files` |',
+    '| SIGTERM during a transfer | exit 143, one line: `raytraj transfer: terminated (SIGTERM); what was done is saved: run the same command with --resume to continue` | `test_sigterm_is_handled_like_ctrl_c` |',
+    '| the source retrained (another seed) between a kill and `--resume` | exit 2: `... was started on other inputs: the source changed (digest A -> B, seed 1 -> 7); resuming would mix two transfers ...`; no metrics written | `test_resume_refuses_a_source_retrained_since_the_kill` |',
+    "| `--resume` with another `--method` | exit 2 naming it: `other settings (transfer.method 'naive' -> 'fgmt')` | `test_resume_with_another_method_names_the_setting` |",
+    "| a data function returning other tensors on each call | `transfer` and `eval` exit 2: `the data ... loaded now differs from what SRC was recorded on (same shapes, other values ...) ... Pass --data explicitly`; with `--data` given it runs, and `finetune` follows the transfer's `--data` | `test_a_data_function_that_changes_between_calls_is_refused` |",
+    '| `ensemble`/`sweep` `--cpus-per-trial 0` or `nan`, `--max-concurrent 0`, `--gpus-per-trial -1` | exit 2 before Ray starts, one line naming the option and its range (a traceback, or silently accepted, before) | `test_tune_resources_are_checked_before_ray_starts` |',
+    '| `--placement-timeout nan`, `inf`, `0`, `-5` | exit 2, `--placement-timeout must be a finite number > 0` | `test_placement_timeout_must_be_a_positive_number` |',
+    '| `train --seed 100000000000000000000`, `--seed -1`, the same `--target-seed` | exit 2, `--seed must be a whole number >= 0 and <= 9223372036854775807` (an overflow traceback before) | `test_seeds_out_of_range` |',
+    '| manifest steps out of order / listed twice | exit 2: `... lists its steps out of order ([0, 2, 1, 3])` / `lists steps [1] more than once` (`is missing steps []` before) | `test_manifest_steps_out_of_order_or_twice` |',
+    '| an unreadable source, store or `best.safetensors` (EACCES) | `... this user may not read or write it: fix its permissions (chmod) or run as its owner`; `choose an --out you may write to` only for files in `--out` | `test_an_unreadable_input_is_not_blamed_on_out` |',
+    '| an unreadable step file | `cannot read step N: permission denied; make the store readable ...` (`truncated or corrupt ... re-record` before) | `test_an_unreadable_step_file_is_not_called_corrupt` |',
+    '| `RAYTRAJ_CACHE` pointing at a file | exit 2: `RAYTRAJ_CACHE=...: ... is a file, not a folder; point RAYTRAJ_CACHE at a folder` (`choose another --out` before) | `test_raytraj_cache_pointing_at_a_file` |',
+    "| `finetune --from STORE` | exit 2: `--from STORE is a trajectory store, not a transfer run folder; to train on from a store's step use 'raytraj train --init STORE[:STEP] ...'` (a raw errno line before) | `test_finetune_from_a_store_or_an_unfinished_run` |",
+    "| `--data nosuch` | exit 2: `unknown data 'nosuch'; choose digits, digits[0-4], mnist1d[:N], npz:PATH, a torchvision dataset ... or your data function package.module:function` | `test_unknown_data_lists_the_valid_names` |",
+    '| a store folder named `a:1`; a missing `b:1` | `a:1` is read whole; `b:1` says it `was read as STORE:STEP, step 1 of .../b` | `test_a_store_named_like_store_colon_step` |',
+    "| `ensemble --members 5000`, Ctrl-C before Ray started | the targets are checked without building 5000 models (only the source's own seed is built); Ctrl-C says `nothing was saved yet: run the same command again to start` and leaves no folder | `test_many_ensemble_members_check_fast_and_ctrl_c_claims_nothing` |",
+    '| the transfer driver SIGKILLed (`--backend ray`, its own local Ray) | its Ray processes (raylet, GCS, workers) are gone from the process table within 60 s (2 stayed before; the test fails without the watchdog) | `test_ray_processes_of_a_sigkilled_driver_are_gone` |',
+    "| ASHA trials that ran every step | `finished` with their final val and CPU seconds (the last step's result goes out with the final report, so ASHA cannot stop a trial at its last rung before it) | `test_grid_sweep_with_asha_returns_every_trial` |",
+    "| the sweep's `best:` line; an ensemble trial with training after | the table's own row under its header (a raw dict before); `finished: val V% after the training after the transfer (the transfer's best val B% at step S)` | `test_sweep_best_is_a_table_row_and_ensemble_lines_show_the_trained_on_val` |",
+    "| `raytraj --version`, `raytraj info PATH`, `log.txt`, `--threads 1`, `--threads 0` | the version; model, data, steps, method, best and fingerprints; the command's output in the run folder; torch at 1 thread; exit 2 | `test_version_info_log_and_threads` |",
+    '| the interpolation plot of an MLP | its title no longer claims BatchNorm recalibration (said only for a model with BatchNorm) | `test_self_permuted_has_zero_barrier_after_alignment_only` |',
+]
 
 
 if __name__ == "__main__":

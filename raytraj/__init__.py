@@ -4,53 +4,37 @@ Data flows one way: train -> trajectory store -> transfer -> evaluate. The subpa
 each stage (``raytraj.train.train``, ``raytraj.transfer.transfer``; ``raytraj.transfer_model`` is
 the Python API of a transfer on models and data as objects); the Ray layer
 (``raytraj.distributed``, ``raytraj.tune``) is imported only when used.
+
+Every public name is imported from its module on first use (``raytraj.lazy``), so that
+``import raytraj`` and ``raytraj --help`` do not load torch.
 """
 
 __version__ = "0.1.0"
 
-from .data import DataConfig, Dataset, load_data
-from .models import build_model, config_for_data, model_config
-from .perm import (
-    PairBank,
-    PermutationSpec,
-    apply_permutation,
-    check_spec,
-    infer_spec,
-    match,
-    random_permutation,
-)
-from .train import TrainConfig, train_from_args
-from .trajectory import TrajectoryRecorder, TrajectoryStore, TrajectoryWriter, lambdas, open_trajectory
-from .recipes import ENSEMBLE_RECIPES, EnsembleRecipe
-from .ray_config import RayConfig
-from .transfer import TransferConfig, TransferResult, transfer_model
-from .transfer.finetune import finetune
+from .lazy import lazy_exports
 
-_RAY = {"RayBackend": "distributed", "run_ensemble": "tune", "run_sweep": "tune", "distill": "tune"}
+_NAMES = {
+    **dict.fromkeys(["DataConfig", "Dataset", "load_data"], ".data"),
+    **dict.fromkeys(["build_model", "config_for_data", "model_config"], ".models"),
+    **dict.fromkeys(["PairBank", "PermutationSpec", "apply_permutation", "check_spec", "infer_spec", "match",
+                     "random_permutation"], ".perm"),
+    **dict.fromkeys(["TrainConfig", "train_from_args"], ".train"),
+    **dict.fromkeys(["TrajectoryRecorder", "TrajectoryStore", "TrajectoryWriter", "lambdas", "open_trajectory"],
+                    ".trajectory"),
+    **dict.fromkeys(["ENSEMBLE_RECIPES", "EnsembleRecipe"], ".recipes"),
+    "TransferConfig": ".transfer.config",
+    **dict.fromkeys(["TransferResult", "transfer_model"], ".transfer.api"),
+    "RayConfig": ".ray_config",
+    "finetune": ".transfer.finetune",
+    # importing these imports Ray
+    "RayBackend": ".distributed",
+    **dict.fromkeys(["run_ensemble", "run_sweep", "distill"], ".tune"),
+    # loss-landscape and alignment analysis (`raytraj analyze`); pure torch
+    **dict.fromkeys(["barrier", "interpolate_models", "plane_landscape", "trajectory_similarity", "transfer_report"],
+                    ".analysis"),
+    "RunFolder": ".runfolder",  # a transfer run folder's files
+}
+_SUBPACKAGES = ("analysis", "data", "distributed", "models", "perm", "train", "trajectory", "transfer", "tune")
 
-
-def __getattr__(name):
-    if name in _RAY:  # importing these imports Ray
-        import importlib
-
-        return getattr(importlib.import_module(f".{_RAY[name]}", __name__), name)
-    raise AttributeError(f"module 'raytraj' has no attribute {name!r}")
-
-
-__all__ = [
-    "DataConfig", "Dataset", "ENSEMBLE_RECIPES", "EnsembleRecipe", "PairBank", "PermutationSpec", "TrainConfig", "TrajectoryRecorder", "TrajectoryStore",
-    "TrajectoryWriter",
-    "RayConfig", "TransferConfig", "TransferResult", "apply_permutation", "build_model", "check_spec", "config_for_data", "finetune", "infer_spec",
-    "lambdas", "load_data", "match", "model_config", "open_trajectory", "random_permutation", "train_from_args",
-    "transfer_model",
-    *_RAY,
-]
-
-# Loss-landscape and alignment analysis (`raytraj analyze`); pure torch, like the rest above.
-from .analysis import barrier, interpolate_models, plane_landscape, trajectory_similarity, transfer_report  # noqa: E402
-
-__all__ += ["barrier", "interpolate_models", "plane_landscape", "trajectory_similarity", "transfer_report"]
-
-from .runfolder import RunFolder  # noqa: E402  (a transfer run folder's files)
-
-__all__ += ["RunFolder"]
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES, _SUBPACKAGES)
+__all__ = sorted(_NAMES)

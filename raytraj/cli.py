@@ -1,4 +1,9 @@
-"""The ``raytraj`` command line: argument parsing only; the work lives in the package."""
+"""The ``raytraj`` command line: argument parsing only; the work lives in the package.
+
+Nothing heavy is imported at the top (torch, scipy, pyarrow, Ray): ``raytraj --help`` and an
+argument error answer in a fraction of a CPU second; each command imports its work when it runs
+(``benchmarks/bench_startup.py`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,24 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .perm import SpecError
+from .config import ConfigError, check_number
 from .ray_errors import root_cause
-from .trajectory import TrajectoryError
 
-USER_ERRORS = (ConfigError, TrajectoryError, SpecError, CheckpointError, FileNotFoundError, FloatingPointError)
+# The user-error classes by module: the ones whose module is loaded are caught (an exception of a
+# class never imported cannot have been raised), so the CLI need not import them up front.
+_USER_ERROR_HOMES = {"raytraj.trajectory.store": "TrajectoryError", "raytraj.perm.spec": "SpecError",
+                     "raytraj.checkpoint": "CheckpointError"}
+
+
+# The zoo's model names, for choices and help without importing the zoo (torch); a test keeps them
+# equal to raytraj.models.MODELS.
+ZOO = ("mlp", "conv", "resnet20", "conv1d", "transformer")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (one line, exit 2), not a bug."""
+    loaded = tuple(getattr(sys.modules[m], name) for m, name in _USER_ERROR_HOMES.items() if m in sys.modules)
+    return (ConfigError, FileNotFoundError, FloatingPointError, *loaded)
 
 
 def _key_values(items: list[str] | None) -> dict:
@@ -118,17 +134,30 @@ def _solver_fields(args) -> dict:
     return {k: getattr(args, k) for k in ("rtol", "tol", "step_sweeps", "lap", "val_subset") if getattr(args, k, None) is not None}
 
 
+def checked_device(device: str) -> str:
+    """--device, refused at once if this machine cannot use it (before data and models are loaded)."""
+    from .runtime import resolve_device
+
+    resolve_device(device)
+    return device
+
+
 def _backend_options(args) -> dict:
     """``device`` for --backend local, or ``ray_config`` (a RayConfig) from the Ray flags."""
     from .ray_config import RayConfig
 
+    for option, value, rule in (("--workers", args.workers, {"minimum": 1, "integer": True}),
+                                ("--cpus-per-worker", args.cpus_per_worker, {"above": 0}),
+                                ("--gpus-per-worker", args.gpus_per_worker, {"minimum": 0}),
+                                ("--placement-timeout", args.placement_timeout, {"above": 0})):
+        check_number(option, value, **rule)
     runtime_env = _runtime_env(args)
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
                  if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {"device": args.device} if args.device else {}
+        return {"device": checked_device(args.device)} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     flags = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
@@ -185,7 +214,7 @@ def cmd_spec(args):
     from .perm import check_spec, infer_spec
 
     data = load_data(args.data)
-    models = [args.model] if args.model else ["mlp", "conv", "resnet20", "conv1d", "transformer"]
+    models = [args.model] if args.model else list(ZOO)
     for name in models:
         try:
             cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
@@ -268,6 +297,7 @@ def cmd_distill(args):
 
 def cmd_sweep(args):
     from .tune import format_results, parse_params, run_sweep
+    from .tune.sweep import format_best
 
     params = parse_params(args.param)
     target = {"target_seed": args.target_seed} if args.target_init is None else \
@@ -276,7 +306,8 @@ def cmd_sweep(args):
                      search=args.search, scheduler=args.scheduler, finetune_epochs=args.finetune_epochs,
                      finetune_lr=args.finetune_lr, **_tune_options(args))
     print(format_results(rows, list(params)))
-    print(f"best: {rows[0]}; wrote {args.out}/results.parquet, results.csv, best.json")
+    print(format_best(rows, list(params)))
+    print(f"wrote {args.out}/results.parquet, results.csv, best.json")
 
 
 def add_user_code_args(q, spec: bool = False) -> None:
@@ -334,8 +365,6 @@ def _runtime_env(args) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytraj", description="Transfer learning trajectories of neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
-    from .models import MODELS
-
     defaults, methods, schedules = _transfer_choices()
 
     def common(q):
@@ -343,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
-                   help="mlp, conv, resnet20, conv1d, transformer, or your factory package.module:function")
+                   help=f"{', '.join(ZOO)}, or your factory package.module:function")
     t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, "
                    "fashion-mnist[:PATH][:N], cifar10:ROOT, or your data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
@@ -468,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student on an ensemble's soft labels (vs hard labels)")
     di.add_argument("--ensemble", required=True, help="an ensemble output folder")
-    di.add_argument("--student", default="mlp", choices=list(MODELS))
+    di.add_argument("--student", default="mlp", choices=ZOO)
     di.add_argument("--student-arg", action="append", metavar="KEY=VALUE")
     di.add_argument("--epochs", type=int)
     di.add_argument("--lr", type=float)
@@ -493,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
     s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=list(MODELS))
+    s.add_argument("--model", choices=ZOO)
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)
@@ -501,36 +530,157 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)
+    inf = sub.add_parser("info", help="what a trajectory store or a transfer run folder holds")
+    inf.add_argument("path", help="a trajectory store, a transfer run folder, an ensemble or a sweep folder")
+    inf.set_defaults(func=cmd_info)
+    _add_everywhere(sub)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"raytraj {__version__}")
     return p
+
+
+def _add_everywhere(sub) -> None:
+    """--threads on every command, --overwrite on those that write a folder."""
+    todo = [(name, q) for name, q in sub.choices.items()]
+    while todo:
+        name, q = todo.pop()
+        nested = [a for a in q._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            todo += [(name, c) for c in nested[0].choices.values()]
+            continue
+        q.add_argument("--threads", type=int, metavar="N",
+                       help="torch threads of this process (default: the CPUs not busy by the load average, at "
+                            "least 1: torch's default of every CPU runs several times slower on a busy machine)")
+        if name in WRITERS:
+            q.add_argument("--overwrite", action="store_true",
+                           help="delete what --out holds (a raytraj output) and start afresh")
+
+
+def cmd_info(args):
+    from .info import describe
+
+    print(describe(args.path))
+
+
+# Commands that write a folder (--out): it is locked for the run, gets a log.txt, and may be --overwrite-n.
+WRITERS = ("train", "transfer", "finetune", "ensemble", "sweep", "distill", "quickstart", "analyze")
+
+
+def _run(args) -> None:
+    """The command, with --threads applied and its --out locked and logged (see raytraj/outfolder.py)."""
+    from .outfolder import default_threads, inputs_of, output_folder
+
+    import torch
+
+    check_number("--threads", args.threads, minimum=1, integer=True)
+    torch.set_num_threads(args.threads or default_threads())
+    if args.command not in WRITERS:
+        return args.func(args)
+    with output_folder(args.out, args.argv, overwrite=args.overwrite, inputs=inputs_of(args), what=args.command):
+        args.func(args)
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends a run as Ctrl-C does: state saved, one line, how to
+    resume. It is passed on as SIGINT, so that whoever handles SIGINT now (Python, or Tune, which
+    stops its trials cleanly) handles it."""
+    import os
+    import signal
+
+    def on_term(signum, frame):
+        _terminated.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+_terminated: list[int] = []
+
+
+def _saved_nothing(args) -> bool:
+    """An interrupted command whose --out holds no work (none, or only its own bookkeeping)."""
+    from . import fs
+    from .runfolder import CONFIG
+    from .writelock import BOOKKEEPING
+
+    out = getattr(args, "out", None)
+    if args.command not in WRITERS or not out:
+        return False
+    try:
+        return all(n in BOOKKEEPING or n == CONFIG for n in fs.listdir(out))
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        _sigterm_as_ctrl_c()
     try:
         try:
-            args.func(args)
+            from .progress import interval_s
+
+            interval_s()  # a bad RAYTRAJ_PROGRESS_S fails now, not at the first progress line
+            _run(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
-            if cause is e or not isinstance(cause, (*USER_ERRORS, OSError)):
+            if cause is e or not (isinstance(cause, (*user_errors(), OSError)) or out_of_memory(cause)):
                 raise  # a bug: keep the worker's traceback
             raise cause from None
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"raytraj {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a file where a folder should be, unreachable storage
-        print(f"raytraj {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        print(f"raytraj {args.command}: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C here, or one Tune caught (its message counts the unfinished trials)
+    except (RuntimeError, MemoryError) as e:
+        message = out_of_memory(e)
+        if message is None:
+            raise  # a bug
+        print(f"raytraj {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM here, or one Tune caught (its message counts the unfinished trials)
         hint = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"raytraj {args.command}: interrupted; " + (str(e) or f"what was done is saved: run the same "
-              f"command{hint} to continue"), file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if _terminated else "interrupted"
+        if str(e):
+            what = str(e)
+        elif _saved_nothing(args):
+            what = "nothing was saved yet: run the same command again to start"
+        else:
+            what = f"what was done is saved: run the same command{hint} to continue"
+        print(f"raytraj {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if _terminated else 130
     return 0
 
 
-def _os_error(e: OSError) -> str:
-    """One line naming the file and the cause, with the fix where there is an obvious one."""
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocator's failure (torch on the CPU or a GPU, or Python's MemoryError),
+    naming the size it tried; None for any other error."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "not enough memory" in text):
+        return None
+    m = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
+    size = ""
+    if m:
+        scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+                 "TB": 1e12}[m[2]]
+        n = float(m[1]) * scale
+        size = f": could not allocate {n / 2**30:.1f} GiB" if n >= 2**30 else f": could not allocate {n / 2**20:.1f} MiB"
+    where = "GPU memory" if type(e).__name__ == "OutOfMemoryError" else "memory"
+    return (f"out of {where}{size}; choose a smaller model (--model-arg), --batch-size or data, or a machine with "
+            "more memory")
+
+
+def _os_error(e: OSError, out: str | None = None) -> str:
+    """One line naming the file and the cause, with the fix where there is an obvious one.
+
+    ``out`` is the command's output location: a file there that cannot be written calls for
+    another --out; anywhere else (a source, a store, a cache) for that file's permissions."""
     import errno
     import re
 
@@ -549,7 +699,22 @@ def _os_error(e: OSError) -> str:
              errno.EACCES: "choose an --out you may write to", errno.ENOTDIR: "a file stands where a folder is "
              "needed; choose another --out", errno.EEXIST: "choose another --out"}
     fix = fixes.get(code, "check the path and the storage it is on")
+    named = getattr(e, "filename", None) or next(iter(re.findall(r"'(/[^']+)'", text)), None)
+    if code in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST) and not _within(named, out):
+        fix = {errno.ENOTDIR: "a file stands where a folder is needed: check the path",
+               errno.EEXIST: "a file stands in the way: check the path"}.get(
+            code, "this user may not read or write it: fix its permissions (chmod) or run as its owner")
     return f"{text}; {fix}"
+
+
+def _within(path: str | None, out: str | None) -> bool:
+    """Is ``path`` the output location ``out`` or inside it? (Unknown paths count as inside.)"""
+    from . import fs
+
+    if not path or not out:
+        return bool(out) and not path
+    here, there = fs.absolute(out).rstrip("/"), fs.absolute(path).rstrip("/")
+    return there == here or there.startswith(here + "/")
 
 
 if __name__ == "__main__":

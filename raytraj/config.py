@@ -14,6 +14,36 @@ class ConfigError(ValueError):
     """A config with unknown keys or values of the wrong type."""
 
 
+SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy's generators take seeds up to here
+
+
+def check_number(option: str, value, *, minimum: float | None = None, above: float | None = None,
+                 integer: bool = False, maximum: float | None = None) -> None:
+    """ConfigError unless ``value`` is a finite number (an integer if ``integer``) in range: at least
+    ``minimum``, greater than ``above``, at most ``maximum``. ``None`` passes (an unset option)."""
+    import math
+
+    if value is None:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        integer and value != int(value))
+    if not bad and minimum is not None and value < minimum:
+        bad = True
+    if not bad and above is not None and value <= above:
+        bad = True
+    if not bad and maximum is not None and value > maximum:
+        bad = True
+    if bad:
+        rules = [r for r in (f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None
+                             else "", f"<= {maximum}" if maximum is not None else "") if r]
+        kind = "a whole number" if integer else "a finite number"
+        raise ConfigError(f"{option} must be {kind}{' ' + ' and '.join(rules) if rules else ''}, got {value}")
+
+
+def check_seed(option: str, value) -> None:
+    check_number(option, value, minimum=0, maximum=SEED_MAX, integer=True)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], *, what: str | None = None) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and badly typed values raise ConfigError."""
     what = what or cls.__name__

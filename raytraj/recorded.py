@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .config import ConfigError
-from .data import DataConfig, Dataset, dataset_from_splits, load_data, parse_data
+from .data import DataConfig, Dataset, dataset_from_splits, fingerprint, load_data, parse_data
 from .models import build_model, model_to_dict
 
 
@@ -60,7 +60,26 @@ def data_of(store, override=None) -> Dataset:
         return load_data(override)
     if override is not None:
         return dataset_from_splits(override)
-    return load_data(store.data_config())
+    data = load_data(store.data_config())
+    check_same_data(store, data)
+    return data
+
+
+def check_same_data(store, data: Dataset) -> None:
+    """The data loaded now for the store's own data reference must be the data it was recorded on
+    (``data_fingerprint``, recorded by `raytraj train`); --data names other data explicitly."""
+    recorded = store.meta.get("data_fingerprint")
+    if not recorded:
+        return
+    now = fingerprint(data)
+    if now["sha256"] == recorded.get("sha256"):
+        return
+    shapes = [f"{s} {tuple(recorded['shapes'][s])} -> {tuple(now['shapes'][s])}" for s in now["shapes"]
+              if recorded.get("shapes", {}).get(s) != now["shapes"][s]]
+    what = "shapes " + ", ".join(shapes) if shapes else f"same shapes, other values (hash {recorded.get('sha256')} -> {now['sha256']})"
+    raise ConfigError(f"the data {data.config.describe()} loaded now differs from what {store.location} was recorded "
+                      f"on ({what}): the data changed, or its data function returns other tensors on each call "
+                      "(it must not). Pass --data explicitly to use other data")
 
 
 def data_config(text: str | None, args: dict | None) -> DataConfig | None:

@@ -6,6 +6,8 @@
     final.safetensors   the model at step T
     perm.json           the best and final permutations
     state/              resumable progress (see transfer/checkpointing.py)
+    log.txt             what each command run here printed (the CLI's; see outfolder.py)
+    .raytraj-lock       the one-writer lock (see writelock.py)
 """
 
 from __future__ import annotations
@@ -84,7 +86,19 @@ class RunFolder:
         return fs.read_json(self.metrics_path)
 
     def perm(self) -> dict:
-        return fs.read_json(self.perm_path)
+        """perm.json, checked: ``best`` and ``final`` are permutations with the groups and sizes
+        of its ``group_sizes``; ConfigError (one line) for an edited or damaged file."""
+        from .config import ConfigError
+        from .perm.apply import check_perm_lists
+
+        data = fs.read_json(self.perm_path)
+        sizes = data.get("group_sizes") if isinstance(data, dict) else None
+        if not isinstance(sizes, dict) or not all(isinstance(n, int) and n > 0 for n in sizes.values()):
+            raise ConfigError(f"{self.perm_path} lacks valid group_sizes (group -> unit count); the file was edited "
+                              "or damaged; run the transfer again")
+        for which in MODELS:
+            check_perm_lists(data.get(which), sizes, f"{self.perm_path} '{which}'")
+        return data
 
     def load_model(self, which: str = "best") -> tuple[dict, dict]:
         """(state dict, the checkpoint's info: step, method, source) of the ``which`` model."""

@@ -24,3 +24,23 @@ def digits_source(tmp_path_factory):
     train_from_args("mlp", "digits", str(root / "source"), seed=1, **kw)
     train_from_args("mlp", "digits", str(root / "target"), seed=2, **kw)
     return root
+
+
+@pytest.fixture
+def cut_transfer_at(monkeypatch):
+    """``cut(step)``: a Ctrl-C right after a transfer saved ``step``; it returns ``lift()``, which
+    removes the cut so that a resume runs to the end."""
+    from raytraj.transfer import RunCheckpointer
+
+    real_save = RunCheckpointer.save
+
+    def cut(step):
+        def die(self, state, new_pairs, cache):
+            real_save(self, state, new_pairs, cache)
+            if state.step == step:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(RunCheckpointer, "save", die)
+        return lambda: monkeypatch.setattr(RunCheckpointer, "save", real_save)
+
+    return cut

@@ -17,6 +17,7 @@ from raytraj.analysis import (
     transfer_report,
 )
 from raytraj.analysis.align import checked_spec
+from raytraj.analysis.interpolate import interpolation_title
 from raytraj.checkpoint import save_checkpoint
 from raytraj.cli import main
 from raytraj.data import load_data
@@ -61,6 +62,10 @@ def test_self_permuted_has_zero_barrier_after_alignment_only(setup, tmp_path):
     saved = json.loads((tmp_path / "aligned" / "interpolate.json").read_text())
     assert {"alphas", "train_loss", "val_loss", "val_acc", "barrier"} <= set(saved) and len(saved["alphas"]) == 5
     assert (tmp_path / "raw" / "interpolate.png").read_bytes()[:4] == b"\x89PNG"
+    # an MLP has no BatchNorm: the title must not claim a recalibration
+    assert raw["bn_recalibrated"] is False
+    assert interpolation_title(aligned) == "linear interpolation on digits, B weight-matched to A"
+    assert "BatchNorm recalibrated" in interpolation_title({**aligned, "bn_recalibrated": True})
 
 
 def test_similarity_is_one_under_the_true_permutation(setup, tmp_path):
@@ -171,6 +176,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_local_numbers(setup, ray_cluster, tmp_path):
     src, *_ = setup
     kw = dict(points=4, align="none", progress=False)

@@ -16,6 +16,8 @@ from raytraj.cli import main
 from raytraj.trajectory import TrajectoryStore
 from userpkg import NAME, importable, write_user_package
 
+pytestmark = pytest.mark.slow  # Ray Train: the end-to-end tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

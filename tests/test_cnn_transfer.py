@@ -29,6 +29,7 @@ def bn_source(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # trains CNNs and transfers them end to end
 def test_default_init_lets_a_plain_conv8_train_where_torch_default_init_stays_at_chance(tmp_path):
     """PyTorch's default init shrinks each ReLU layer's variance ~6x: eight plain convs never leave chance."""
     data = load_data("digits")
@@ -41,6 +42,7 @@ def test_default_init_lets_a_plain_conv8_train_where_torch_default_init_stays_at
     assert accs["kaiming"] > accs["torch"] + 20 and accs["torch"] < chance_accuracy(data, "val") + 10
 
 
+@pytest.mark.slow  # trains CNNs and transfers them end to end
 def test_bn_batches_reach_the_recalibration_and_set_its_statistics(bn_source):
     """The recalibrated running mean is the average of the chosen batches' channel means."""
     src = str(bn_source / "src")
@@ -62,6 +64,7 @@ def test_bn_batches_reach_the_recalibration_and_set_its_statistics(bn_source):
     assert not torch.allclose(stats[1], stats[5])
 
 
+@pytest.mark.slow  # trains CNNs and transfers them end to end
 def test_planted_bn_cnn_transfer_reproduces_the_source(bn_source, tmp_path):
     """Target init = the source's init permuted: FGMT must find that permutation, and the transferred
     BatchNorm model (buffers recalibrated) must score what the source scores."""
@@ -86,6 +89,7 @@ def test_planted_bn_cnn_transfer_reproduces_the_source(bn_source, tmp_path):
     assert abs(m["final_val_acc"] - src.meta["val_acc"][-1]) <= 100 / data.size("val") + 1e-6
 
 
+@pytest.mark.slow  # trains CNNs and transfers them end to end
 def test_pretrained_bn_cnn_fgmt_beats_naive_by_a_wide_margin(tmp_path):
     """The paper's pre-trained scenario on a BatchNorm CNN: digits 0-4 -> 5-9 with new heads."""
     kw = dict(model_args=SMALL_BN_CNN, **FAST)

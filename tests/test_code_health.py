@@ -51,3 +51,21 @@ def test_store_and_run_folder_file_names_appear_only_in_their_home_module():
 def test_the_check_finds_a_planted_literal():
     tree = ast.parse('"""metrics.json in a docstring is fine"""\nx = f"{out}/metrics.json"\ny = "best.safetensors"\n')
     assert sorted(t for _, t in code_strings(tree) if PATTERN.search(t)) == ["/metrics.json", "best.safetensors"]
+
+
+def test_the_engine_talks_to_backends_through_their_protocol_only():
+    """No probes for undeclared backend methods: both backends implement transfer/backend.py in full."""
+    from raytraj.distributed.backend import RayBackend
+    from raytraj.transfer import backend, engine, run
+    from raytraj.transfer.local import LocalBackend
+
+    for module in (engine, run):
+        tree = ast.parse(Path(module.__file__).read_text())
+        probes = [n.lineno for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "hasattr")
+                  and isinstance(n.args[0], ast.Name) and n.args[0].id in ("backend", "runner", "matcher")]
+        assert not probes, f"{module.__name__} probes the backend at lines {probes}"
+    declared = {name for name, value in vars(backend.Backend).items() if callable(value) and not name.startswith("_")}
+    assert declared == {"matcher", "evaluate", "materialize", "utilisation", "report", "close"}
+    for cls in (LocalBackend, RayBackend):
+        assert declared <= set(dir(cls)), (cls.__name__, declared - set(dir(cls)))

@@ -20,6 +20,38 @@ def test_public_api_is_reexported():
     assert raytraj.run_ensemble.__module__ == "raytraj.tune.ensemble"
 
 
+def test_the_cli_parses_without_torch_scipy_pyarrow_or_ray():
+    # `raytraj --help` and argument errors must answer at once (benchmarks/bench_startup.py times them)
+    code = ("import sys, raytraj, raytraj.cli; raytraj.cli.build_parser(); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'pyarrow', 'ray', 'numpy'}); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cli_lists_the_zoo():
+    from raytraj.cli import ZOO
+    from raytraj.models import MODELS
+
+    assert list(ZOO) == list(MODELS)
+
+
+def test_lazy_names_resolve_and_unknown_names_fail():
+    import pytest
+
+    import raytraj
+    import raytraj.analysis
+    import raytraj.train
+    import raytraj.trajectory
+    import raytraj.transfer
+
+    for package in (raytraj, raytraj.analysis, raytraj.train, raytraj.trajectory, raytraj.transfer):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+        with pytest.raises(AttributeError):
+            package.no_such_name
+    assert raytraj.perm.match is raytraj.match  # subpackages reachable as attributes, as before
+
+
 def test_every_public_name_documents_its_arguments():
     import inspect
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from raytraj.models import build_model, config_for_data
 from raytraj.perm import (
     PairBank,
+    PermutationSpec,
     SpecError,
     apply_permutation,
     color_groups,
@@ -189,3 +190,25 @@ def test_bad_pairs_raise_clear_errors():
     nan = {**state, "head.weight": torch.full_like(state["head.weight"], float("nan"))}
     with pytest.raises(FloatingPointError, match="head.weight"):
         match(spec, [(nan, state)])
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_cost_matrices_are_bit_identical_whatever_the_thread_count(threads):
+    """A Ray worker holding one CPU and this process with many must feed the LAPs the same bits, or
+    tied units are assigned differently (MKL splits long float32 sums over its threads)."""
+    g = torch.Generator().manual_seed(0)
+    spec = PermutationSpec.from_axes({"w": ("a", "b")}, {"w": torch.zeros(96, 96)})
+    pairs = [({"w": torch.randn(96, 96, generator=g)}, {"w": torch.randn(96, 96, generator=g)}) for _ in range(40)]
+    perm = random_permutation(spec, g)
+    before = torch.get_num_threads()
+    costs = {}
+    try:
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            bank = PairBank(spec)
+            for t, s in pairs:
+                bank.add(t, s)
+            costs[n] = bank.cost("a", perm)  # its term sums over 40 pairs x 96 units: 3840 products
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(costs[1], costs[threads])

@@ -62,10 +62,12 @@ def test_segmented_spec_round_trips_and_rejects_what_does_not_fit():
         PermutationSpec.from_axes({"q": (("heads", "dims"), None)}, t)
     with pytest.raises(SpecError, match="divide"):
         PermutationSpec.from_axes({"q": (("heads", "dims"), None)}, t, group_sizes={"heads": 5})
-    with pytest.raises(SpecError, match="two different groups"):
+    with pytest.raises(SpecError, match="different groups"):
         PermutationSpec.from_axes({"q": (("heads", "heads"), None)}, t, group_sizes={"heads": 2})
     with pytest.raises(SpecError, match="axis entry"):
-        PermutationSpec.from_axes({"q": (("heads", "dims", "x"), None)}, t)
+        PermutationSpec.from_axes({"q": (("heads", 3), None)}, t)
+    with pytest.raises(SpecError, match="one None part"):
+        PermutationSpec.from_axes({"q": ((None, "heads", None), None)}, t, group_sizes={"heads": H})
 
 
 def brute_force_cost(spec, pairs, perm, group):
@@ -130,6 +132,22 @@ def test_head_and_within_head_costs_sum_over_blocks():
     objective = sum(float((t[k].double() * permute_tensor(s[k].double(), spec.axes[k], perm)).sum())
                     for t, s in pairs for k in t)
     assert bank.objective(perm) == pytest.approx(objective, rel=1e-9)
+
+
+def test_nested_segments_move_fixed_blocks_of_heads_of_dims():
+    """A fused q/k/v axis, 3 x heads x dims: the three blocks stay, heads and dims move inside each."""
+    w = torch.arange(3 * H * D * 2, dtype=torch.float32).reshape(3 * H * D, 2)
+    spec = PermutationSpec.from_axes({"w": ((None, "heads", "dims"), None), "o": (("heads", "dims"),)},
+                                     {"w": w, "o": torch.zeros(H * D)}, group_sizes={"heads": H})
+    assert spec.sizes == {"heads": H, "dims": D} and spec.split_shape("w") == (3, H, D, 2)
+    perm = {"heads": torch.tensor([2, 0, 1]), "dims": torch.tensor([1, 3, 0, 2])}
+    out = apply_permutation(spec, perm, {"w": w})["w"]
+    expected = w.reshape(3, H, D, 2)[:, perm["heads"]][:, :, perm["dims"]].reshape(-1, 2)
+    assert torch.equal(out, expected)
+    assert PermutationSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError, match="divide"):
+        PermutationSpec.from_axes({"w": ((None, "heads", "dims"), None), "o": (("heads", "dims"),)},
+                                  {"w": w[:-2], "o": torch.zeros(H * D)}, group_sizes={"heads": H})
 
 
 # -- inference --------------------------------------------------------------------------------------
@@ -292,16 +310,21 @@ class TorchMHA(nn.Module):
         return self.head(self.ln(h).mean(1))
 
 
-def test_multihead_attention_module_permutes_the_residual_stream_only():
+def test_multihead_attention_module_permutes_its_heads_through_the_fused_in_proj():
     model = TorchMHA()
     x = torch.randn(4, 5, 3)
-    with pytest.warns(SpecInferenceWarning, match="MultiheadAttention"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecInferenceWarning)
         spec = infer_spec(model, x)
     check_spec(model, spec, x)
     stream = spec.axes["inp.weight"][0]
     assert stream is not None
-    assert spec.axes["attn.in_proj_weight"] == (None, stream)
-    assert spec.axes["attn.out_proj.weight"] == (stream, None) and spec.axes["attn.out_proj.bias"] == (stream,)
+    heads, dims = spec.axes["attn.out_proj.weight"][1]  # out_proj reads (heads, head_dim)
+    assert spec.sizes[heads] == 2 and spec.sizes[dims] == 4
+    # q, k and v are three fixed blocks of in_proj, each of the same heads x dims
+    assert spec.axes["attn.in_proj_weight"] == ((None, heads, dims), stream)
+    assert spec.axes["attn.in_proj_bias"] == ((None, heads, dims),)
+    assert spec.axes["attn.out_proj.weight"][0] == stream and spec.axes["attn.out_proj.bias"] == (stream,)
     assert spec.axes["ln.weight"] == (stream,) and spec.axes["head.weight"] == (None, stream)
 
 

@@ -19,6 +19,8 @@ from raytraj.models import build_model, config_for_data
 from raytraj.perm import apply_permutation, infer_spec, match, random_permutation
 from raytraj.transfer import TransferConfig, prepare, transfer
 
+pytestmark = pytest.mark.slow  # Ray clusters: the end-to-end tier
+
 
 @pytest.fixture(scope="module")
 def cluster():

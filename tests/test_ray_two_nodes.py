@@ -11,6 +11,8 @@ from raytraj.distributed import RayBackend
 from raytraj.ray_config import RayConfig
 from raytraj.transfer import TransferConfig, prepare, transfer
 
+pytestmark = pytest.mark.slow  # a two-node Ray cluster: the end-to-end tier
+
 
 @pytest.fixture(scope="module")
 def two_nodes():

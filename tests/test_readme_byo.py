@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RAYTRAJ = str(Path(sys.executable).parent / "raytraj")
 
@@ -30,6 +32,7 @@ def run(args, cwd):
     return r.stdout
 
 
+@pytest.mark.slow  # trains, transfers and runs a Tune ensemble, as the README does
 def test_readme_your_own_model_runs_as_written(tmp_path):
     blocks = section_blocks()
     assert [lang for lang, _ in blocks] == ["python", "python", "python", "bash", "python", "bash"]

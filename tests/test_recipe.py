@@ -19,6 +19,7 @@ def cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_sweep_over_finetune_epochs_ranks_by_what_the_trial_hands_over(cluster, digits_source, tmp_path):
     out = tmp_path / "sweep"
     rows = run_sweep(str(digits_source / "source"), str(out), parse_params(["finetune_epochs=0,2"]),
@@ -53,6 +54,7 @@ def test_finetune_settings_are_checked_before_ray(tmp_path, digits_source):
                   base=TransferConfig(steps=3), target={"target_seed": 1000}, scheduler="asha")
 
 
+@pytest.mark.slow
 def test_recipe_sets_what_the_command_line_leaves_open(cluster, digits_source, tmp_path, capsys):
     fast = ENSEMBLE_RECIPES["fast"].options()
     out = tmp_path / "ens"

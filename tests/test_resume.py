@@ -14,28 +14,17 @@ from raytraj.config import ConfigError
 from raytraj.data import load_data
 from raytraj.models import config_for_data
 from raytraj.train import TrainConfig, train
-from raytraj.transfer import RunCheckpointer, TransferConfig, transfer
+from raytraj.transfer import TransferConfig, transfer
 
 
-def _cut_at(monkeypatch, step):
-    real_save = RunCheckpointer.save
-
-    def die(self, state, new_pairs, cache):
-        real_save(self, state, new_pairs, cache)
-        if state.step == step:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunCheckpointer, "save", die)
-    return real_save
-
-
-def test_resume_accepts_the_source_spelled_relative_or_absolute(digits_source, tmp_path, monkeypatch):
+def test_resume_accepts_the_source_spelled_relative_or_absolute(digits_source, tmp_path, monkeypatch,
+                                                                cut_transfer_at):
     monkeypatch.chdir(digits_source)
     cfg = TransferConfig(method="naive", steps=6, eval_every=0)
-    real_save = _cut_at(monkeypatch, 3)
+    lift = cut_transfer_at(3)
     with pytest.raises(KeyboardInterrupt):
         transfer("source", str(tmp_path / "run"), cfg, target_seed=4, progress=False)
-    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    lift()
     m = transfer(str(digits_source / "source"), str(tmp_path / "run"), cfg, target_seed=4, resume=True,
                  progress=False)
     assert m["steps"] == 6 and m["source"] == str(digits_source / "source")
@@ -88,16 +77,17 @@ def test_progress_file_size_does_not_grow_with_the_number_of_steps(digits_source
     assert sizes[600] < 3 * sizes[40], sizes
 
 
-def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch):
+def test_fgmt_resumed_across_chunk_files_equals_the_uninterrupted_run(digits_source, tmp_path, monkeypatch,
+                                                                      cut_transfer_at):
     monkeypatch.setattr(checkpointing, "CHUNK", 2)
     src = str(digits_source / "source")
     cfg = TransferConfig(method="fgmt", steps=7, seed=3)
     whole = transfer(src, str(tmp_path / "whole"), cfg, target_seed=7, progress=False)
-    real_save = _cut_at(monkeypatch, 5)
+    lift = cut_transfer_at(5)
     with pytest.raises(KeyboardInterrupt):
         transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, progress=False)
     assert len(list((tmp_path / "cut" / "state").glob("chunk-*.json"))) >= 2
-    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    lift()
     resumed = transfer(src, str(tmp_path / "cut"), cfg, target_seed=7, resume=True, progress=False)
     assert resumed["val_acc"] == whole["val_acc"] and resumed["grad_batches"] == whole["grad_batches"]
     a = load_checkpoint(str(tmp_path / "whole" / "final.safetensors"))[0]

@@ -21,7 +21,7 @@ def test_a_finished_run_is_read_through_its_folder(digits_source, tmp_path):
     metrics = transfer(src, out, cfg, target_seed=2, progress=False)
     # The paths it names are the files the run wrote, with the layout they always had.
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "best.safetensors", "config.json", "final.safetensors", "metrics.json", "perm.json", "state"]
+        ".raytraj-lock", "best.safetensors", "config.json", "final.safetensors", "metrics.json", "perm.json", "state"]
     assert folder.started and folder.finished and folder.has_model("best") and folder.has_model("final")
     assert folder.metrics() == json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert folder.config()["transfer"]["steps"] == 4 and folder.config()["target_seed"] == 2

@@ -61,6 +61,7 @@ def test_planted_permutation_is_reproduced_exactly_mlp(tmp_path, method):
     assert_reproduces_the_permuted_source(tmp_path, store, problem, star, cfg, tmp_path / method)
 
 
+@pytest.mark.slow  # a ResNet-20 transfer end to end
 def test_planted_permutation_is_reproduced_exactly_resnet_with_batchnorm(tmp_path):
     store, problem, star, init = planted(tmp_path, "resnet20", {"width": 0.25}, epochs=2)
     cfg = TransferConfig(method="fgmt", steps=3, seed=4, bn_batches=3)
@@ -222,3 +223,22 @@ def test_accuracy_helper_matches_a_manual_count(digits_source):
     model.eval()
     manual = 100.0 * float((model(data.x["val"]).argmax(1) == data.y["val"]).float().mean())
     assert accuracy(model, state, data, "val") == pytest.approx(manual)
+
+
+def test_gradient_means_are_the_same_bits_however_the_batches_are_split(digits_source):
+    """Ray workers compute the batches of a step in any split; their means must be the local ones, bit for bit."""
+    from raytraj.transfer.worker import mean_gradients
+
+    cfg = TransferConfig(method="fgmt", steps=3, batch_size=16)
+    problem = prepare(str(digits_source / "source"), cfg, target_seed=2)
+    worker = local_worker(problem, cfg, "cpu")
+    perm = random_permutation(problem.spec, torch.Generator().manual_seed(0))
+    whole = worker.gradient_means(perm, 2, 1, 6)
+    split = {**dict(worker.gradient_batches(perm, 2, 1, [1, 4, 5], 6)),  # as two workers would
+             **dict(worker.gradient_batches(perm, 2, 1, [0, 2, 3], 6))}
+    parts = mean_gradients(sorted(split.items()), 6)
+    for side in (0, 1):
+        assert whole[side].keys() == parts[side].keys()
+        assert all(torch.equal(whole[side][k], parts[side][k]) for k in whole[side])
+    with pytest.raises(ValueError, match="increasing batch order"):
+        mean_gradients(list(split.items()), 6)

@@ -70,6 +70,7 @@ def test_relative_rule_solves_fewer_laps_than_the_official_rule(digits_source, t
     assert runs["relative"]["solver"]["laps"] < runs["paper"]["solver"]["laps"]
 
 
+@pytest.mark.slow  # a transfer end to end
 def test_the_auction_reaches_scipys_optimum_on_real_cost_matrices_and_runs_end_to_end(digits_source, tmp_path):
     import numpy as np
     import torch

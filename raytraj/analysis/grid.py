@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data import Dataset, sample_batches
 from ..evaluation import has_batchnorm, recalibrate_bn
 from ..models import build_model, model_from_dict
-from ..runtime import default_device
+from ..progress import progress_bar
+from ..runtime import resolve_device
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ class GridEvaluator:
     def __init__(self, model: dict, data: Dataset, bases: Sequence[Mapping[str, torch.Tensor]], *,
                  splits: Sequence[str] = ("train", "val"), bn_batches: int = 10, batch_size: int = 128,
                  seed: int = 0, device: torch.device | str | None = None):
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.model = build_model(model_from_dict(model), 0).to(self.device)
         self.data = data
         self.bases = [{k: v.to(self.device) for k, v in b.items()} for b in bases]
@@ -92,6 +92,12 @@ class GridEvaluator:
         return out
 
 
+def point_note(result: dict) -> dict:
+    """A point's val loss and accuracy, as its progress line shows them."""
+    return {k: f"{result[k]:.3f}" if k.endswith("loss") else f"{result[k]:.2f}"
+            for k in ("val_loss", "val_acc") if k in result}
+
+
 def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, backend: str = "local",
                     backend_options: dict | None = None, progress: bool = True, desc: str = "points") -> list[dict]:
     """Score every coefficient vector in ``points``, in order.
@@ -111,8 +117,14 @@ def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, 
         if options:
             raise ConfigError(f"options {sorted(options)} only apply to --backend ray")
         evaluator = GridEvaluator(**evaluator_args, device=device)
-        return [evaluator.evaluate(c) for c in tqdm(points, desc=desc, disable=None if progress else True,
-                                                    leave=False)]
+        bar = progress_bar(len(points), desc=desc, enabled=progress, unit="point")
+        results = []
+        for c in points:
+            results.append(evaluator.evaluate(c))
+            bar.set_postfix(**point_note(results[-1]))
+            bar.update(1)
+        bar.close()
+        return results
     if backend == "ray":
         from ..distributed.grid import evaluate_points_ray  # Ray is imported only when asked for
 

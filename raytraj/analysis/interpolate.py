@@ -14,6 +14,9 @@ import numpy as np
 
 from .. import fs
 from ..data import load_data
+from ..evaluation import has_batchnorm
+from ..models import build_model
+from ..writelock import locks_output
 from .align import align_weights
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -39,6 +42,7 @@ def check_points(points: int, flag: str = "--points") -> None:
         raise AnalysisError(f"{flag} must be >= 2 (the two endpoints at least), got {points}")
 
 
+@locks_output("out", what="analysis")
 def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str = "none",
                        data: str | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
                        backend_options: dict | None = None, progress: bool = True) -> dict:
@@ -76,9 +80,11 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
          "bn_batches": bn_batches, "seed": seed},
         [[1 - x, x] for x in alphas], backend=backend, backend_options=backend_options, progress=progress,
         desc="interpolate")
+    # Said in the plot's title only where it happened: a model with BatchNorm, and bn_batches > 0.
+    recalibrated = bool(bn_batches) and has_batchnorm(build_model(ma.model, 0))
     result = {
         "a": ma.ref, "b": mb.ref, "labels": [ma.label, mb.label], "align": align, "data": dataset.config.describe(),
-        "alphas": alphas,
+        "alphas": alphas, "bn_recalibrated": recalibrated,
         **{k: [r[k] for r in rows] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
     }
     result["barrier"] = barrier(alphas, result["train_loss"])
@@ -88,6 +94,13 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
     fs.atomic_write_json(fs.join(out, "interpolate.json"), result)
     plot_interpolation(result, fs.join(out, "interpolate.png"))
     return result
+
+
+def interpolation_title(r: dict) -> str:
+    """What was done, and only that: BatchNorm recalibration is named only for a model that has BatchNorm."""
+    return (f"linear interpolation on {r['data']}"
+            + (", BatchNorm recalibrated per point" if r.get("bn_recalibrated") else "")
+            + (", B weight-matched to A" if r["align"] == "weights" else ""))
 
 
 def plot_interpolation(r: dict, out: str, title: str | None = None) -> str:
@@ -106,7 +119,6 @@ def plot_interpolation(r: dict, out: str, title: str | None = None) -> str:
         ax.set_xlabel(f"α: (1-α)·{left} + α·{right}" + (" (aligned)" if r["align"] == "weights" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or f"linear interpolation on {r['data']}, BatchNorm recalibrated per point"
-                 + (", B weight-matched to A" if r["align"] == "weights" else ""), fontsize=10)
+    fig.suptitle(title or interpolation_title(r), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)

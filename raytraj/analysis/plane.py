@@ -20,7 +20,9 @@ import torch
 
 from .. import fs
 from ..data import load_data
+from ..evaluation import has_batchnorm
 from ..models import build_model, model_from_dict
+from ..writelock import locks_output
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -86,6 +88,7 @@ def grid_axes(basis: PlaneBasis, grid: int, margin: float) -> tuple[list[float],
     return np.linspace(x0 - wx, x1 + wx, grid).tolist(), np.linspace(y0 - wy, y1 + wy, grid).tolist()
 
 
+@locks_output("out", what="analysis")
 def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
                     data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10,
                     seed: int = 0, backend: str = "local", backend_options: dict | None = None,
@@ -134,8 +137,10 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
          "bn_batches": bn_batches, "seed": seed},
         [basis.coefficients(x, y) for x, y in cells], backend=backend, backend_options=backend_options,
         progress=progress, desc="plane")
+    # Said in the plot's title only where it happened: a model with BatchNorm, and bn_batches > 0.
+    recalibrated = bool(bn_batches) and has_batchnorm(build_model(models[0].model, 0))
     result = {
-        "models": [m.ref for m in models], "labels": labels, "align": align, "data": dataset.config.describe(),
+        "models": [m.ref for m in models], "bn_recalibrated": recalibrated, "labels": labels, "align": align, "data": dataset.config.describe(),
         "coords": {lab: list(p) for lab, p in zip(labels, basis.points)},
         "distance_ab": basis.ab, "xs": xs, "ys": ys,
         "val_loss": [[rows[j * grid + i]["val_loss"] for i in range(grid)] for j in range(grid)],
@@ -172,6 +177,8 @@ def plot_plane(r: dict, out: str) -> str:
             ax.set_aspect("equal")
     moved = [lab for letter, lab in zip("bc", r["labels"][1:]) if letter in r["align"]]
     aligned = f"; {' and '.join(moved)} weight-matched to {r['labels'][0]}" if moved else ""
-    fig.suptitle(f"plane through three models on {r['data']} (BatchNorm recalibrated per point{aligned})", fontsize=10)
+    done = "; ".join(x for x in ("BatchNorm recalibrated per point" if r.get("bn_recalibrated") else "",
+                                  aligned.removeprefix("; ")) if x)
+    fig.suptitle(f"plane through three models on {r['data']}" + (f" ({done})" if done else ""), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)

@@ -17,6 +17,7 @@ from .. import fs
 from ..data import load_data
 from ..plot import _series
 from ..runfolder import METRICS, RunFolder, model_file
+from ..writelock import locks_output
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
 from .grid import evaluate_points
@@ -42,6 +43,7 @@ def _default_target(runs: Sequence[str]) -> str | None:
     return None
 
 
+@locks_output("out", what="analysis")
 def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None, points: int = 11,
                     align: str = "none", bn_batches: int = 10, seed: int = 0, backend: str = "local",
                     backend_options: dict | None = None, progress: bool = True) -> dict:

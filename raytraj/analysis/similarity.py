@@ -26,12 +26,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import fs
-from ..data import load_data
+from ..recorded import data_of
 from ..perm import PermutationSpec, apply_permutation, match, perm_to_lists
+from ..progress import progress_bar
 from ..trajectory import TrajectoryStore
+from ..writelock import locks_output
 from .align import checked_spec
 from .figures import pyplot, save_figure
 from .models import AnalysisError
@@ -77,6 +78,7 @@ def shared_batches(source: TrajectoryStore, target: TrajectoryStore) -> bool:
             and a["recipe"].get("batch_size") == b["recipe"].get("batch_size"))
 
 
+@locks_output("out", what="analysis")
 def trajectory_similarity(source: str, target: str, out: str, *, window: int = 500, every: int = 10,
                           seed: int = 0, progress: bool = True) -> dict:
     """Cosine similarity of the two trajectories' displacements; writes OUT/similarity.json and .png.
@@ -105,13 +107,17 @@ def trajectory_similarity(source: str, target: str, out: str, *, window: int = 5
     names = src.param_names
     disp: list[list[dict]] = [[], []]
     prev = [None, None]
-    for it in tqdm(points, desc="read steps", disable=None if progress else True, leave=False):
+    bar = progress_bar(len(points), desc="read steps", enabled=progress, unit="step")
+    for it in points:
         for side, store in enumerate((src, tgt)):
             cur = store.read(step_of[side][it], names)
             if prev[side] is not None:
                 disp[side].append({k: cur[k] - prev[side][k] for k in names})
             prev[side] = cur
-    data = load_data(src.data_config())
+        bar.set_postfix(iteration=it)
+        bar.update(1)
+    bar.close()
+    data = data_of(src)
     spec = checked_spec(src.meta["model"], data)
     identity = [cosine(s, t) for s, t in zip(*disp)]
     perm, info = match(spec, [(t, s) for s, t in zip(*disp)], seed=seed)

@@ -5,6 +5,9 @@ Grammar: ``NAME[:ARG][CLASSES]``
 * ``digits``                  scikit-learn's bundled 8x8 handwritten digits
 * ``mnist1d`` / ``mnist1d:200000``   MNIST-1D generated locally, with a sample count
 * ``npz:PATH``                user arrays (x_train, y_train, and optionally x_test, y_test)
+* options after a comma: ``npz:PATH,n=5000,val=0.2``: ``n`` takes a seeded subset of N training
+  samples (npz; MNIST-1D's size is ``mnist1d:N``), ``val`` and ``test`` set the fractions split
+  off for val and, for data without a test split, test (defaults 0.1 and 0.2)
 * ``cifar10:ROOT``            a torchvision dataset already on disk under ROOT (never downloaded)
 * ``fashion-mnist`` / ``fashion-mnist:PATH`` / ``fashion-mnist:20000`` / ``fashion-mnist:PATH:20000``
                               Fashion-MNIST's idx files (Debian's dataset-fashion-mnist folder by default,
@@ -41,7 +44,7 @@ class DataConfig:
 
     source: str = "digits"
     path: str | None = None  # npz file, or torchvision root
-    num_samples: int | None = None  # mnist1d (None means 20000); fashion-mnist's training subset (None: all)
+    num_samples: int | None = None  # mnist1d: samples generated (None: 20000); npz, fashion-mnist: a training subset
     classes: tuple[int, ...] | None = None  # a class subset, relabelled 0..k-1 in this order
     val_fraction: float = 0.1  # of the training split
     test_fraction: float = 0.2  # only for data without its own test split
@@ -51,9 +54,10 @@ class DataConfig:
     def describe(self) -> str:
         if self.source == "import":
             return self.path + (f"({', '.join(f'{k}={v!r}' for k, v in self.args.items())})" if self.args else "")
-        arg = "".join(f":{v}" for v in (self.path, self.num_samples) if v)
+        size = self.num_samples if self.source in ("mnist1d", "fashion-mnist") else None  # npz's is an option
+        arg = "".join(f":{v}" for v in (self.path, size) if v)
         cls = f"[{','.join(map(str, self.classes))}]" if self.classes else ""
-        return f"{self.source}{arg}{cls}"
+        return f"{self.source}{arg}{_describe_options(self)}{cls}"
 
 
 _PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9_][A-Za-z0-9_-]*)(?::(?P<arg>[^\[\]]+))?(?:\[(?P<classes>[0-9,\- ]+)\])?$")
@@ -63,7 +67,8 @@ def parse_data(text: str) -> DataConfig:
     """``"mnist1d:20000[0-4]"`` -> DataConfig; malformed strings raise ConfigError with the grammar."""
     if _names_function(text.strip()):
         return DataConfig(source="import", path=text.strip())
-    m = _PATTERN.match(text.strip())
+    text, options = _split_options(text.strip())
+    m = _PATTERN.match(text)
     if not m:
         raise ConfigError(f"cannot parse data {text!r}; expected NAME[:ARG][CLASSES], e.g. digits[0-4], "
                           "mnist1d:20000, npz:/path/data.npz, cifar10:/data/root")
@@ -79,11 +84,83 @@ def parse_data(text: str) -> DataConfig:
         fields.update(_path_and_size(arg))
     elif name not in ("digits", "mnist1d", "fashion-mnist"):
         if not arg:
+            if name != "npz" and not _torchvision_name(name):
+                raise ConfigError(f"unknown data {text!r}; choose {KNOWN}")
             raise ConfigError(f"data {name!r} needs a path: {name}:PATH")
         fields["path"] = arg
     if classes:
         fields["classes"] = _parse_classes(classes)
-    return DataConfig(**fields)
+    return DataConfig(**fields, **_check_options(name, options, fields))
+
+
+# ``,KEY=VALUE`` options after NAME[:ARG], before a class subset: KEY -> DataConfig field
+_OPTIONS = {"n": "num_samples", "val": "val_fraction", "test": "test_fraction"}
+_DEFAULTS = {field: getattr(DataConfig, field) for field in ("val_fraction", "test_fraction")}
+_OPTION = re.compile(r",(?P<key>[a-z]+)=(?P<value>[^,\[\]]*)$")
+
+
+def _split_options(text: str) -> tuple[str, dict[str, str]]:
+    """``"npz:/d.npz,n=500,val=0.2[0-4]"`` -> (``"npz:/d.npz[0-4]"``, {"n": "500", "val": "0.2"})."""
+    classes = ""
+    if text.endswith("]") and "[" in text:
+        text, classes = text[:text.rindex("[")], text[text.rindex("["):]
+    options: dict[str, str] = {}
+    while (m := _OPTION.search(text)) and m["key"] in _OPTIONS:
+        if m["key"] in options:
+            raise ConfigError(f"data option {m['key']}= is given twice")
+        options[m["key"]] = m["value"]
+        text = text[:m.start()]
+    if m := _OPTION.search(text):
+        raise ConfigError(f"unknown data option {m['key']}=; the options are n= (npz samples), val= and test= "
+                          "(fractions)")
+    return text + classes, options
+
+
+def _check_options(name: str, options: dict[str, str], fields: dict) -> dict:
+    """The options as DataConfig fields, checked."""
+    out: dict = {}
+    for key, value in options.items():
+        if key == "n":
+            if name != "npz":
+                raise ConfigError(f"n= takes a subset of an npz file's samples; {name} takes none"
+                                  + (" (give MNIST-1D's size as mnist1d:N)" if name == "mnist1d" else ""))
+            if not value.isdigit() or int(value) < 10:
+                raise ConfigError(f"npz option n={value}: a sample count must be an integer >= 10")
+            out["num_samples"] = int(value)
+            continue
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = float("nan")
+        if not 0 < fraction < 1:
+            raise ConfigError(f"data option {key}={value}: a fraction must be a number between 0 and 1, e.g. "
+                              f"{key}={_DEFAULTS[_OPTIONS[key]]}")
+        out[_OPTIONS[key]] = fraction
+    val, test = ({**_DEFAULTS, **out}[f] for f in ("val_fraction", "test_fraction"))
+    if val + test >= 1:
+        raise ConfigError(f"data options val={val:g} and test={test:g} leave no training samples; lower them")
+    return out
+
+
+def _describe_options(cfg: DataConfig) -> str:
+    """The options that differ from their defaults, as ``parse_data`` reads them back."""
+    parts = [f",n={cfg.num_samples}" if cfg.num_samples and cfg.source == "npz" else ""]
+    parts += [f",{key}={getattr(cfg, field):g}" for key, field in _OPTIONS.items()
+              if field in _DEFAULTS and getattr(cfg, field) != _DEFAULTS[field]]
+    return "".join(parts)
+
+
+KNOWN = ("digits, digits[0-4], mnist1d[:N], npz:PATH, fashion-mnist[:PATH][:N], a torchvision dataset already on disk (e.g. cifar10:ROOT, "
+         "fashionmnist:ROOT), or your data function package.module:function")
+
+
+def _torchvision_name(name: str) -> bool:
+    """Is ``name`` a torchvision dataset class (lower case)? False when torchvision is not installed."""
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        return False
+    return any(k.lower() == name and isinstance(getattr(tvd, k), type) for k in dir(tvd))
 
 
 def _path_and_size(arg: str) -> dict:

@@ -69,6 +69,8 @@ def load_data(config: DataConfig | str) -> Dataset:
         raise ConfigError(f"--data-arg goes with a data function (--data package.module:function), not with "
                           f"{cfg.describe()}")
     arrays = load_arrays(cfg)
+    if cfg.source == "npz" and cfg.num_samples:
+        arrays = _take_samples(arrays, cfg)
     rng = np.random.default_rng(cfg.split_seed)
     x, y = arrays["x_train"], arrays["y_train"]
     if "x_test" in arrays:
@@ -111,6 +113,31 @@ def load_data(config: DataConfig | str) -> Dataset:
         y={s: torch.from_numpy(ys[s].astype(np.int64)) for s in SPLITS},
         num_classes=num_classes,
     )
+
+
+def fingerprint(data: Dataset) -> dict:
+    """What identifies the tensors a dataset holds: each split's shape and a hash of inputs and labels.
+    A store records it when it is made; a later command that loads other data for the same
+    reference (a data function that changes between calls, an edited file) is caught by it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in SPLITS:
+        for t in (data.x[s], data.y[s]):
+            h.update(str((s, tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"sha256": h.hexdigest()[:16], "shapes": {s: list(data.x[s].shape) for s in SPLITS},
+            "num_classes": data.num_classes}
+
+
+def _take_samples(arrays: dict, cfg: DataConfig) -> dict:
+    """``n=N``: N of the file's training samples, drawn once from the split seed (before the val split;
+    its test arrays are kept whole)."""
+    n, have = cfg.num_samples, len(arrays["y_train"])
+    if n > have:
+        raise ConfigError(f"{cfg.describe()}: n={n}, but {cfg.path} holds {have} training samples; give n <= {have}")
+    keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(have)[:n])
+    return {**arrays, "x_train": arrays["x_train"][keep], "y_train": arrays["y_train"][keep]}
 
 
 def dataset_from_splits(splits, config: DataConfig | None = None) -> Dataset:

@@ -29,7 +29,17 @@ def load_arrays(cfg) -> Arrays:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RAYTRAJ_CACHE", Path.home() / ".cache" / "raytraj"))
+    """Where generated data is kept: $RAYTRAJ_CACHE, else ~/.cache/raytraj; a file there is refused."""
+    given = os.environ.get("RAYTRAJ_CACHE")
+    path = Path(given or Path.home() / ".cache" / "raytraj")
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = f"RAYTRAJ_CACHE={given}" if given else f"the data cache {path}"
+                raise ConfigError(f"{where}: {p} is a file, not a folder; point RAYTRAJ_CACHE at a folder (it "
+                                  "holds generated data such as mnist1d)")
+            break
+    return path
 
 
 def _digits() -> Arrays:
@@ -115,7 +125,9 @@ def _torchvision(name: str, root: str | None) -> Arrays:
                           "torchvision (which provides the others) is not installed") from e
     classes = {k.lower(): getattr(tvd, k) for k in dir(tvd) if isinstance(getattr(tvd, k), type)}
     if name not in classes:
-        raise ConfigError(f"unknown data {name!r}: not digits, mnist1d, npz, fashion-mnist, or a torchvision dataset")
+        from .config import KNOWN
+
+        raise ConfigError(f"unknown data {name!r}; choose {KNOWN}")
     cls = classes[name]
     try:
         train, test = cls(root, train=True, download=False), cls(root, train=False, download=False)

@@ -29,12 +29,39 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return False
     env = {"runtime_env": runtime_env} if runtime_env else {}
     if address or os.environ.get("RAY_ADDRESS"):
+        check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")
         check_reachable(address or os.environ["RAY_ADDRESS"])
         ray.init(address=address, log_to_driver=True, **env)
     else:
+        _watch_once()  # the local instance's processes die with this one, even on SIGKILL
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
                  **env)
     return True
+
+
+_watchdog = []
+
+
+def _watch_once() -> None:
+    from ..watchdog import watch
+
+    if not _watchdog:
+        _watchdog.append(watch())
+
+
+def check_address(address: str, where: str = "--address") -> None:
+    """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST[:PORT]``; anything else fails here in one line,
+    not as Ray's ValueError ("Unable to parse port number") from deep inside ``ray.init``."""
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if client and not sep and address.removeprefix("ray://"):
+        return  # Ray Client's default port
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{where} {address!r} is not a Ray address: give auto, HOST:PORT (the head's GCS port, "
+                          "6379 by default) or ray://HOST:PORT" + (" (or unset RAY_ADDRESS to start a local "
+                                                                  "instance)" if where == "RAY_ADDRESS" else ""))
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 
 import ray
 import torch
-from tqdm.auto import tqdm
 
+from ..analysis.grid import point_note
 from ..config import ConfigError
+from ..progress import progress_bar
 from ..runtime import set_torch_threads
 from .cluster import connect
 
@@ -65,12 +66,13 @@ def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[floa
             if todo:
                 i, c = todo.pop()
                 in_flight[actor.evaluate.remote(i, list(c))] = actor
-        bar = tqdm(total=len(points), desc=desc, disable=None if progress else True, leave=False)
+        bar = progress_bar(len(points), desc=desc, enabled=progress, unit="point")
         while in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             actor = in_flight.pop(done[0])
             i, r = ray.get(done[0])
             results[i] = r
+            bar.set_postfix(**point_note(r))  # the point just scored (points finish out of order)
             bar.update(1)
             if todo:
                 j, c = todo.pop()

@@ -144,7 +144,8 @@ class ShardedMatcher:
         return within
 
     def objective(self, perm) -> float:
-        """The permuted part of sum over pairs of <target, perm(source)>: the shards' float64 partials, in worker order."""
+        """The permuted part of sum over pairs of <target, perm(source)>: the shards' float64 partials,
+        in worker order."""
         return float(sum(self._call_all("objective", lambda i: (self.b.diff_for(i, perm),))))
 
     def constant(self) -> float:

@@ -161,9 +161,34 @@ def build_model(cfg, seed: int) -> nn.Module:
     if isinstance(cfg, FactoryConfig):
         return build_factory_model(cfg, seed)
     cls = MODELS[model_name(cfg)][1]
+    check_fits_in_memory(cls, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(cfg)
+
+
+def check_fits_in_memory(cls: type[nn.Module], cfg) -> None:
+    """Refuse a zoo model whose parameters and buffers alone exceed the memory this machine has
+    free, before allocating them: built on the ``meta`` device, it costs no memory, and the
+    message names the size (torch would fail with its allocator's error, or the kernel kill it)."""
+    from ..runtime import available_memory, gib
+
+    with torch.device("meta"):
+        shell = cls(cfg)
+    tensors = [*shell.parameters(), *shell.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free = available_memory()
+    if free is not None and need > free:
+        numel = sum(t.numel() for t in tensors)
+        raise ConfigError(f"model {model_name(cfg)} ({describe_config(cfg)}) needs {gib(need)} for its {numel:,} "
+                          f"parameters alone, more than the {gib(free)} of memory free here; choose smaller "
+                          "widths or depth (--model-arg)")
+
+
+def describe_config(cfg) -> str:
+    """The fields of a zoo config that differ from its defaults: ``hidden=[100000]``."""
+    defaults = to_dict(type(cfg)())
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v != defaults.get(k)) or "defaults"
 
 
 def reinit_head(model: nn.Module, seed: int, head_name: str = HEAD) -> None:

@@ -6,6 +6,7 @@ so a permutation maps source units into target order.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -63,15 +64,15 @@ def permute_tensor(t: torch.Tensor, axes, perm: Mapping[str, torch.Tensor], skip
 def segmented_index(perm: Mapping[str, torch.Tensor], entry: tuple, length: int) -> torch.Tensor:
     """The gather index of a segmented axis: new[b * d + j] = old[perm[outer][b] * d + perm[inner][j]].
 
-    A None part of ``entry`` stays in place; ``length`` is the axis length, n_outer * d.
+    More parts nest row-major the same way. A None part stays in place; ``length`` is the axis length.
     """
-    outer = perm[entry[0]] if entry[0] is not None else None
-    inner = perm[entry[1]] if entry[1] is not None else None
-    if outer is None:
-        outer = torch.arange(length // len(inner), device=inner.device)
-    if inner is None:
-        inner = torch.arange(length // len(outer), device=outer.device)
-    return (outer[:, None] * len(inner) + inner[None, :].to(outer.device)).reshape(-1)
+    known = math.prod(len(perm[g]) for g in entry if g is not None)
+    device = next(perm[g].device for g in entry if g is not None)
+    index = torch.zeros(1, dtype=torch.long, device=device)
+    for g in entry:
+        part = perm[g].to(device) if g is not None else torch.arange(length // known, device=device)
+        index = (index[:, None] * len(part) + part[None, :]).reshape(-1)
+    return index
 
 
 def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:
@@ -88,5 +89,47 @@ def perm_to_lists(perm: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
     return {g: p.tolist() for g, p in perm.items()}
 
 
-def perm_from_lists(data: Mapping[str, list[int]]) -> Permutation:
+def perm_from_lists(data: Mapping[str, list[int]], sizes: Mapping[str, int] | None = None,
+                    where: str = "permutation") -> Permutation:
+    """The JSON form read back (a run folder's perm.json, a transfer's saved progress), checked.
+
+    Args:
+        data: group -> list of indices.
+        sizes: the groups and sizes it must have (e.g. the spec's); None checks only that every
+            list is a permutation.
+        where: names the data in the error, e.g. ``"runs/fgmt/perm.json 'best'"``.
+
+    Raises:
+        ConfigError: other groups than ``sizes``, a list of the wrong length, or one that is not a
+            permutation of 0..n-1 (an edited or damaged file).
+    """
+    check_perm_lists(data, sizes, where)
     return {g: torch.tensor(v, dtype=torch.long) for g, v in data.items()}
+
+
+def check_perm_lists(data, sizes: Mapping[str, int] | None = None, where: str = "permutation") -> None:
+    """See :func:`perm_from_lists`; the same checks without building tensors."""
+    from ..config import ConfigError
+
+    fix = "the file was edited or damaged; run the transfer again"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} is a {type(data).__name__}, not a mapping of group to indices; {fix}")
+    if sizes is not None and set(data) != set(sizes):
+        missing, extra = sorted(set(sizes) - set(data)), sorted(set(data) - set(sizes))
+        raise ConfigError(f"{where} has other groups than the model's permutation spec (missing {missing[:3]}, "
+                          f"unknown {extra[:3]}); {fix}")
+    for g, v in data.items():
+        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            raise ConfigError(f"{where}: group {g!r} is not a list of integer indices; {fix}")
+        n = len(v) if sizes is None else sizes[g]
+        if len(v) != n:
+            raise ConfigError(f"{where}: group {g!r} has {len(v)} indices, but the group has {n} units; {fix}")
+        if sorted(v) != list(range(n)):
+            seen, dup = set(), None
+            for i in v:
+                if i in seen or not 0 <= i < n:
+                    dup = i
+                    break
+                seen.add(i)
+            why = f"index {dup} is out of range" if dup is not None and not 0 <= dup < n else f"index {dup} repeats"
+            raise ConfigError(f"{where}: group {g!r} is not a permutation of 0..{n - 1} ({why}); {fix}")

@@ -219,9 +219,11 @@ def block_groups(spec: PermutationSpec) -> dict[str, dict[str | None, list[tuple
     for name, entry in spec.axes.items():
         at = 0
         for e in entry:
-            if isinstance(e, tuple) and e[0] is not None:
-                pairs.setdefault(e[0], {}).setdefault(e[1], []).append((name, at))
-            at += 2 if isinstance(e, tuple) else 1
+            if isinstance(e, tuple):  # each named part with the part after it: blocks and what is inside them
+                for i, (outer, inner) in enumerate(zip(e[:-1], e[1:])):
+                    if outer is not None:
+                        pairs.setdefault(outer, {}).setdefault(inner, []).append((name, at + i))
+            at += len(e) if isinstance(e, tuple) else 1
     return pairs
 
 

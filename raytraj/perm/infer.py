@@ -1,96 +1,153 @@
-"""Derive a PermutationSpec by tracing a model with torch.fx.
+"""Derive a PermutationSpec from one real forward pass, recorded as ATen ops.
 
-Every tensor axis is a variable: each axis of each parameter or buffer, and each axis of each
-activation. Each op in the traced graph states which variables must share one permutation, and a
+Capture. A TorchDispatchMode records every ATen op of one forward pass on the example input: the
+op, its arguments and its outputs, with each tensor known by its identity (parameters and buffers
+by the objects the model holds, so tied weights are one tensor under two names). This path was
+chosen over the others:
+
+* torch.fx traces Python symbolically: data-dependent control flow stops it, and it cannot see
+  into ``nn.TransformerEncoder``, Hugging Face models or timm's attention;
+* torch.export compiles the model symbolically (seconds per model, and sympy on every start-up),
+  and fails on code that export does not support;
+* the autograd graph, which Torch-Pruning's DepGraph walks after one real forward pass, sees only
+  ops on tensors that need gradients (not token ids, masks or buffers), has no forward shapes,
+  and must map its backward nodes back to modules through hooks.
+
+Like DepGraph, a real pass runs the model's own Python, whatever its control flow; unlike it, the
+ATen level sees every op with its shapes, and its op set is small and closed, so a rule is
+written once per op (``addmm``, ``convolution``, ``native_layer_norm``, ...), not per module
+class, and pointwise ops are known by ATen's own tag. The pass runs in eval mode with gradients
+enabled: the fused fast paths of ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` are
+then skipped, so their in-projection, heads and attention are seen op by op.
+
+Rules. Every tensor axis is a variable: each axis of each parameter or buffer, and each axis of
+each value the pass computes. Each op states which variables must share one permutation, and a
 union-find merges them. The roots that survive become the groups.
 
-A reshape that splits one axis into two, (B, T, H*d) -> (B, T, H, d), or merges two back, records
-that the long axis is *segmented*: its variable is the pair (blocks, within-block) of the two
-short axes. That is how attention heads are found: q, k, v and the output projection meet the
-head axis and the head_dim axis only through such reshapes, and q @ k^T, softmax, attn @ v and
-``F.scaled_dot_product_attention`` relate those short axes like any other.
+A reshape that splits axes or merges them, (B, T, H*d) -> (B, T, H, d), or (B, N, 3*H*d) ->
+(B, N, 3, H, d), records that the long axis is *segmented*: its variable is the row-major product
+of the short ones. Two decompositions of one axis meet at their common refinement, so a fused
+q/k/v axis 3*H*d, split once into (3, H*d) and then each H*d into (H, d), becomes (3, H, d). That
+is how attention heads are found, in fused projections (``nn.MultiheadAttention``'s
+``in_proj_weight``, timm's ``qkv``) as in separate ones. GroupNorm splits the channels into
+(groups, channels per group) the same way: whole groups move, and the channels inside them.
 
-Some variables are *frozen* (never permuted): every axis of the model input (features and
-positions) and of the model output (classes), and anything an op touches that this module does
-not understand. A frozen variable freezes everything merged with it, so an unknown op can only
-make the spec more conservative, never wrong. Each freeze that costs a permutable axis is reported
-in ``spec.unpermuted`` and as a warning. Rotary position embeddings (RoPE) slice, rotate and
-concatenate the within-head dims in pairs; those slices and concatenations freeze the dims, and
-the notes name them.
-
-``nn.MultiheadAttention`` is a leaf to torch.fx. Its fused ``in_proj_weight`` stacks q, k and v
-on one axis, which a spec entry cannot describe, so its rule permutes only the residual stream
-through it (in_proj's input axis, out_proj's output axis) and leaves its heads unpermuted, with
-a note. Write q, k and v as separate Linear layers to have heads permuted.
+Some variables are *frozen* (never permuted): every axis of the model input (features, positions,
+token ids) and of its answer (classes), constants, and anything an op touches that this module
+does not understand. A frozen variable freezes everything merged with it, so an unknown op can
+only make the spec more conservative, never wrong. Each freeze that costs a permutable axis is
+reported in ``spec.unpermuted`` and as a warning. Rotary position embeddings (RoPE) slice, rotate
+and concatenate the within-head dims in pairs; those slices and concatenations freeze the dims,
+and the notes name them. Whatever inference decides is proved by check_spec before use.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import operator
 import warnings
 from typing import Any
 
 import torch
-import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from .example import call_args, map_tensors, primary_output
 from .spec import PermutationSpec
+
+_ROPE_HINT = "rotary position embeddings (RoPE) pair dims this way"
 
 
 class SpecInferenceError(RuntimeError):
-    """The model could not be traced, so no spec can be derived."""
+    """The model could not be run on the example, so no spec can be derived."""
 
 
 class SpecInferenceWarning(UserWarning):
     """Inference left some axes unpermuted because an op was not understood."""
 
 
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    # Softmax over any axis is permutation-equivariant along it, and acts elementwise along the others.
-    nn.Softmax, nn.LogSoftmax,
-)
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)
-_NORM_LAST_MODULES = (nn.LayerNorm, nn.RMSNorm)
-_ELEMENTWISE_FUNCTIONS = {
-    torch.relu, torch.tanh, torch.sigmoid, torch.neg, torch.abs, torch.exp,
-    F.relu, F.relu6, F.gelu, F.silu, F.mish, F.leaky_relu, F.elu, F.hardtanh, F.softplus, F.dropout,
-    F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, operator.neg,
-}
-_POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-}
-# For methods only the tensor they are called on matters (x.to(y) and x.type_as(y) read y's dtype).
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "tanh", "sigmoid", "neg", "abs", "exp", "contiguous", "clone", "softmax", "log_softmax",
-    "float", "double", "half", "bfloat16", "to", "type_as", "detach",
-}
-_BINARY_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div,
-}
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_",
-                   "expand", "expand_as"}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
-_TRANSPOSE_FUNCTIONS = {torch.transpose, torch.permute, torch.swapaxes, torch.t}
-_TRANSPOSE_METHODS = {"transpose", "permute", "swapaxes", "t"}
-_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
-_MATMUL_METHODS = {"matmul", "bmm"}
-_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-_CAT_FUNCTIONS = {torch.cat, torch.concat}
-_ROPE_HINT = "rotary position embeddings (RoPE) pair dims this way"
+# -- capture ---------------------------------------------------------------------------------------
+class _Ref:
+    """A tensor in a recorded op's arguments: the id of the value it holds."""
+
+    __slots__ = ("vid",)
+
+    def __init__(self, vid: int):
+        self.vid = vid
 
 
+class _Recorder(TorchDispatchMode):
+    """Records each ATen op as (op, arguments with tensors as _Refs, output value ids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[Any, dict, list]] = []
+        self.shapes: list[tuple[int, ...]] = []  # value id -> shape
+        self.produced: set[int] = set()
+        self._vid: dict[int, int] = {}  # id(tensor) -> value id
+        self._keep: list[torch.Tensor] = []  # holds every tensor seen, so no id() is reused
+
+    def value(self, t: torch.Tensor, fresh: bool = False) -> int:
+        vid = None if fresh else self._vid.get(id(t))
+        if vid is None:
+            vid = len(self.shapes)
+            self.shapes.append(tuple(t.shape))
+            self._vid[id(t)] = vid
+            self._keep.append(t)
+        return vid
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        bound = _bind(func, map_tensors(args, lambda t: _Ref(self.value(t))),
+                      map_tensors(kwargs, lambda t: _Ref(self.value(t))))
+        base = None
+        if args and out is args[0] and isinstance(out, torch.Tensor) and out._base is not None:
+            # An in-place write into a view changes its base too, which no later op would show.
+            base = self.value(out._base)
+        outs = []
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                outs.append(self.value(t, fresh=True))  # in-place ops return their input: a new value
+                self.produced.add(outs[-1])
+            else:
+                outs.append(None)
+        if base is not None:
+            bound["__base__"] = _Ref(base)
+        self.ops.append((func, bound, outs))
+        return out
+
+
+_SCHEMAS: dict[Any, list[tuple[str, bool, Any]]] = {}
+
+
+def _bind(func, args, kwargs) -> dict:
+    """The op's arguments by schema name, defaults filled in."""
+    schema = _SCHEMAS.get(func)
+    if schema is None:  # reading a schema is slow, and a forward pass repeats few ops many times
+        schema = _SCHEMAS[func] = [(a.name, a.has_default_value(), a.default_value if a.has_default_value()
+                                    else None) for a in func._schema.arguments]
+    bound = {}
+    for i, (name, has_default, default) in enumerate(schema):
+        if i < len(args):
+            bound[name] = args[i]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif has_default:
+            bound[name] = default
+    return bound
+
+
+def _refs(value) -> list[int]:
+    """Value ids of the tensors inside an argument (a tensor, or a list of them)."""
+    if isinstance(value, _Ref):
+        return [value.vid]
+    if isinstance(value, (tuple, list)):
+        return [v.vid for v in value if isinstance(v, _Ref)]
+    return []
+
+
+# -- union-find ------------------------------------------------------------------------------------
 class _UnionFind:
     def __init__(self):
         self.parent: dict[Any, Any] = {}
@@ -123,57 +180,6 @@ class _UnionFind:
         return self.find(v) in self.frozen
 
 
-class _TensorShape:
-    """The shape of a tensor flowing out of a node (aggregates hold one per tensor)."""
-
-    __slots__ = ("shape",)
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-
-class _ShapeRecorder(torch.fx.Interpreter):
-    """Runs the graph once and records every node's output shapes in ``node.meta["tensor_meta"]``,
-    as fx's ShapeProp does, without its metadata (which imports sympy: half a second of every
-    transfer's start-up)."""
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        found = []
-
-        def meta(v):
-            if isinstance(v, torch.Tensor):
-                found.append(v)
-                return _TensorShape(v.shape)
-            if isinstance(v, (tuple, list)):
-                return type(v)(meta(x) for x in v) if not hasattr(v, "_fields") else tuple(meta(x) for x in v)
-            if isinstance(v, dict):
-                return {k: meta(x) for k, x in v.items()}
-            return v
-
-        m = meta(out)
-        if found:
-            n.meta["tensor_meta"] = m
-        return out
-
-
-def _shape(node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _holds_tensors(node) -> bool:
-    """A tuple or list of tensors flows out (torch.split, nn.MultiheadAttention, max with dim)."""
-    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
-    return isinstance(meta, (tuple, list, dict))
-
-
-def _arg(node, index: int, name: str, default=None):
-    if name in node.kwargs:
-        return node.kwargs[name]
-    return node.args[index] if len(node.args) > index else default
-
-
 def _segments(before, after):
     """Pair runs of axes with equal products: [([before axes], [after axes]), ...]; None if none fit."""
     segs, i, j = [], 0, 0
@@ -203,33 +209,96 @@ def _segments(before, after):
     return segs
 
 
+def _refinement(a: list[int], b: list[int]) -> list[int] | None:
+    """The coarsest sizes that both row-major factorisations ``a`` and ``b`` of one length are made of.
+
+    [3, 8] and [3, 2, 4] give [3, 2, 4]; [2, 8] and [4, 4] give [2, 2, 4]; [2, 3] and [3, 2] have
+    none (their block boundaries do not nest), which is None.
+    """
+    cuts = sorted({math.prod(a[:i + 1]) for i in range(len(a))} | {math.prod(b[:i + 1]) for i in range(len(b))})
+    if any(hi % lo for lo, hi in zip(cuts, cuts[1:])):
+        return None
+    return [cuts[0]] + [hi // lo for lo, hi in zip(cuts, cuts[1:])]
+
+
+def _runs(sizes: list[int], atoms: list[int]) -> list[list[int]]:
+    """Which atoms (indices) make up each of ``sizes``, in order."""
+    out, k = [], 0
+    for n in sizes:
+        run, p = [], 1
+        while p < n:
+            run.append(k)
+            p, k = p * atoms[k], k + 1
+        out.append(run)
+    return out
+
+
+# -- the walk --------------------------------------------------------------------------------------
+_IDENTITY = {"_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_fresh", "lift_fresh_copy",
+             "_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "dropout", "native_dropout",
+             "zeros_like", "ones_like", "empty_like", "full_like", "fill_", "zero_", "_conj", "resolve_conj",
+             "resolve_neg", "type_as", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"}
+# Elementwise ops that ATen does not tag as pointwise (PReLU is not one: its weight sits on axis 1, not last).
+_POINTWISE_UNTAGGED = {"copy_", "copy", "masked_fill", "where", "lerp", "hardswish", "hardswish_", "gelu_", "silu_",
+                       "log_sigmoid_forward", "masked_fill_"}
+_VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "squeeze", "unsqueeze",
+          "view_as", "squeeze_", "unsqueeze_", "view_copy", "_reshape_copy"}
+_TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "swapdims", "movedim", "numpy_T", "mT", "transpose_", "t_"}
+_MATMULS = {"mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm"}
+_BATCH_NORMS = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+                "cudnn_batch_norm", "miopen_batch_norm", "batch_norm", "_batch_norm_impl_index"}
+_LAST_NORMS = {"native_layer_norm", "layer_norm", "_fused_rms_norm", "rms_norm"}
+_SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool1d",
+            "adaptive_max_pool2d", "adaptive_max_pool3d", "upsample_nearest1d", "upsample_nearest2d",
+            "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d",
+            "upsample_trilinear3d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
+            "pixel_shuffle", "pixel_unshuffle"}
+# Ops that reorder, pick or mix entries only along the axes they name: those are fixed, the rest carry over.
+_ALONG = {"roll": "dims", "flip": "dims", "cumsum": "dim", "cumprod": "dim", "logcumsumexp": "dim", "cummax": "dim",
+          "cummin": "dim", "index_select": "dim", "sort": "dim", "topk": "dim", "tril": -2, "triu": -2,
+          "diff": "dim"}
+_REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean", "std_mean",
+               "logsumexp", "linalg_vector_norm", "norm", "any", "all", "argmax", "argmin", "nansum", "aminmax"}
+
+
 class _Tracer:
     def __init__(self, model: nn.Module):
         self.model = model
         self.uf = _UnionFind()
         self.notes: list[str] = []
         self.used: set[str] = set()
-        # (long axis, blocks axis, within axis, their sizes, note): the long axis is (blocks, within).
-        self.splits: list[tuple[Any, Any, Any, tuple[int, int], str]] = []
+        # (long axis, [parts], their sizes, note): the long axis is the row-major product of the parts.
+        self.splits: list[tuple[Any, list, tuple[int, ...], str]] = []
         self.size: dict[Any, int] = {}
+        self._fresh = 0
+        self.noted: list = []  # variables fixed for a reason worth a note (an op not understood, RoPE)
 
     # -- variables ---------------------------------------------------------------------------
-    def ax(self, node, axis: int):
-        """The variable of one axis of an activation, or None when no tensor flows out of ``node``."""
-        shape = _shape(node)
-        if shape is None or not shape:
+    def ax(self, vid: int | None, axis: int):
+        """The variable of one axis of a value."""
+        if vid is None:
             return None
-        v = ("act", node.name, axis % len(shape))
+        shape = self.shapes[vid]
+        if not shape:
+            return None
+        v = ("v", vid, axis % len(shape))
         self.uf.add(v)
         self.size[v] = shape[axis]
         return v
 
-    def axes(self, node) -> list:
-        shape = _shape(node)
-        return [] if shape is None else [self.ax(node, i) for i in range(len(shape))]
+    def axes(self, vid: int | None) -> list:
+        return [] if vid is None else [self.ax(vid, i) for i in range(len(self.shapes[vid]))]
+
+    def fresh(self, size: int):
+        self._fresh += 1
+        v = ("part", self._fresh)
+        self.uf.add(v)
+        self.size[v] = size
+        return v
 
     def tensor_axis(self, name: str, axis: int):
-        self.used.add(name)
         v = ("tensor", name, axis)
         self.uf.add(v)
         self.size[v] = self._state_shapes[name][axis]
@@ -239,311 +308,185 @@ class _Tracer:
         for v in vs[1:]:
             self.uf.union(vs[0], v)
 
-    def freeze(self, nodes, reason: str | None, tensors=()):
-        """Freeze every axis of ``nodes`` (inputs first, output last) and of ``tensors``."""
-        *inputs, out = nodes if nodes else [None]
-        tensor_vars = [self.tensor_axis(name, a) for name in tensors for a in range(len(self._state_shapes[name]))]
-        upstream = [v for n in inputs for v in self.axes(n)] + tensor_vars
-        self.freeze_vars(upstream, self.axes(out) if out is not None else [], reason)
-
-    def freeze_vars(self, upstream, downstream, reason: str | None):
-        """Freeze variables; the reason is reported only when this freezes something that was still
-        permutable upstream: freezing what follows the already-fixed input costs nothing."""
-        # an axis of length 1 carries no permutation, so fixing it loses nothing
-        loses = any(v is not None and self.size.get(v, 2) > 1 and not self.uf.is_frozen(v) for v in upstream)
-        for v in list(upstream) + list(downstream):
-            self.uf.freeze(v)
-        if reason and loses:
-            self.notes.append(reason)
-
-    # -- the walk ----------------------------------------------------------------------------
-    def run(self, example_input) -> PermutationSpec:
-        model = copy.deepcopy(self.model).eval()
-        self._state_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        try:
-            gm = torch.fx.symbolic_trace(model)
-        except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
-            raise SpecInferenceError(
-                f"torch.fx could not trace {type(self.model).__name__}: {e}. Write the spec by hand with "
-                "PermutationSpec.from_axes, or make forward() free of data-dependent control flow."
-            ) from e
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        with torch.no_grad():
-            _ShapeRecorder(gm).run(*inputs)
-        self.modules = dict(gm.named_modules())
-        self.node_module = {}
-        for node in gm.graph.nodes:
-            self.visit(node)
-        return self.build()
-
-    def visit(self, node):
-        tensor_inputs = [n for n in node.all_input_nodes if _shape(n) is not None]
-        if node.op == "placeholder":
-            self.freeze([node], None)  # features and positions are fixed by the data
-        elif node.op == "output":
-            self.freeze(tensor_inputs + [None], None)  # classes are fixed by the labels
-        elif node.op == "get_attr":
-            if node.target in self._state_shapes:
-                # a parameter or buffer used directly (position embeddings): its axes are the node's
-                for axis, v in enumerate(self.axes(node)):
-                    self.union(v, self.tensor_axis(node.target, axis))
-            else:
-                self.freeze([node], None)  # a constant outside the state_dict cannot move
-        elif node.op == "call_module":
-            self.visit_module(node, self.modules[node.target], tensor_inputs)
-        elif node.op in ("call_function", "call_method"):
-            self.visit_function(node, tensor_inputs)
-
-    def visit_module(self, node, mod: nn.Module, inputs):
-        x = inputs[0] if inputs else None
-        prefix = node.target + "."
-        own = [k for k in self._state_shapes if k.startswith(prefix) and "." not in k[len(prefix):]]
-        t = lambda attr, axis: self.tensor_axis(prefix + attr, axis)  # noqa: E731
-        X, O = self.axes(x), self.axes(node)
-        if isinstance(mod, nn.MultiheadAttention) and self.attention_module(node, mod, prefix):
-            return
-        if _shape(node) is None:
-            self.freeze(inputs + [None], f"{node.target} ({type(mod).__name__}): module with several outputs not "
-                                         "understood, its tensors and the channels around it are left unpermuted",
-                        [k for k in self._state_shapes if k.startswith(prefix)])
-            return
-        if isinstance(mod, nn.Linear) and len(X) >= 1:
-            self.union(X[-1], t("weight", 1))
-            self.union(O[-1], t("weight", 0), t("bias", 0) if mod.bias is not None else None)
-            for a, b in zip(X[:-1], O[:-1]):
-                self.union(a, b)
-        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and len(X) == mod.weight.dim():
-            depthwise = mod.groups == mod.in_channels == mod.out_channels
-            if mod.groups != 1 and not depthwise:
-                return self.unknown_module(node, mod, inputs, own)
-            self.union(X[0], O[0])
-            if depthwise:  # each output channel reads only its own input channel
-                self.union(X[1], O[1])
-                self.freeze_vars([t("weight", 1)], [], None)
-            else:
-                self.union(X[1], t("weight", 1))
-            self.union(O[1], t("weight", 0), t("bias", 0) if mod.bias is not None else None)
-            self.spatial(node, X[2:], O[2:], "convolution mixes neighbouring positions")
-            self.freeze_vars([], [t("weight", a) for a in range(2, mod.weight.dim())], None)
-        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            self.union_all(X, O)
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(mod, attr, None) is not None:
-                    self.union(O[1], t(attr, 0))
-            if getattr(mod, "num_batches_tracked", None) is not None:
-                self.used.add(prefix + "num_batches_tracked")
-        elif isinstance(mod, _NORM_LAST_MODULES) and len(mod.normalized_shape) == 1:
-            # normalising over the last axis commutes with permuting it
-            self.union_all(X, O)
-            for attr in ("weight", "bias"):
-                if getattr(mod, attr, None) is not None:
-                    self.union(O[-1], t(attr, 0))
-        elif isinstance(mod, nn.GroupNorm) and mod.num_groups in (1, mod.num_channels):
-            # one group normalises over all channels and one group per channel normalises each
-            # alone: both are permutation-equivariant; other group counts are not.
-            self.union_all(X, O)
-            if mod.affine:
-                self.union(O[1], t("weight", 0), t("bias", 0))
-        elif isinstance(mod, nn.Embedding):
-            for a, b in zip(X, O[:-1]):
-                self.union(a, b)
-            self.union(O[-1], t("weight", 1))
-            self.freeze_vars([], [t("weight", 0)], None)  # token ids are fixed by the data
-        elif isinstance(mod, _ELEMENTWISE_MODULES) and not own:
-            self.union_all(X, O)
-        elif isinstance(mod, _POOL_MODULES) and not own:
-            self.pool(node, X, O)
-        elif isinstance(mod, nn.Flatten):
-            self.reshape(node, x)
-        else:
-            self.unknown_module(node, mod, inputs, own)
-
-    def unknown_module(self, node, mod, inputs, own):
-        self.freeze(
-            inputs + [node],
-            f"{node.target} ({type(mod).__name__}): module not understood, its tensors and "
-            "the channels around it are left unpermuted",
-            own,
-        )
-
-    def attention_module(self, node, mod: nn.MultiheadAttention, prefix: str) -> bool:
-        """nn.MultiheadAttention's documented rule; False when its configuration is not covered."""
-        q, k, v = (_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-        extra = [_arg(node, i, n) for i, n in ((3, "key_padding_mask"), (5, "attn_mask"))]
-        if (mod.in_proj_weight is None or mod.bias_k is not None or not all(isinstance(n, torch.fx.Node)
-                                                                            for n in (q, k, v))
-                or any(isinstance(n, torch.fx.Node) for n in extra) or _shape(q) != _shape(k) != _shape(v)):
-            return False
-        t = lambda attr, axis: self.tensor_axis(prefix + attr, axis)  # noqa: E731
-        Q, K, V = self.axes(q), self.axes(k), self.axes(v)
-        self.union(Q[-1], K[-1], V[-1], t("in_proj_weight", 1))
-        inner = [t("in_proj_weight", 0), t("out_proj.weight", 1)]
-        if mod.in_proj_bias is not None:
-            inner.append(t("in_proj_bias", 0))
-        self.freeze_vars(inner, [], f"{node.target} (MultiheadAttention): its fused in_proj_weight stacks q, k and v "
-                                    "on one axis, so its heads are left unpermuted (use separate q, k, v Linear "
-                                    "layers to permute them); the residual stream through it is permuted")
-        self.used.update(k for k in self._state_shapes if k.startswith(prefix))
-        self.node_module[node.name] = (mod, prefix, Q)
-        return True
-
-    def attention_output(self, node, source, index) -> None:
-        mod, prefix, Q = self.node_module[source.name]
-        O = self.axes(node)
-        if index == 0:
-            for a, b in zip(Q[:-1], O[:-1]):
-                self.union(a, b)
-            bias = self.tensor_axis(prefix + "out_proj.bias", 0) if mod.out_proj.bias is not None else None
-            self.union(O[-1], self.tensor_axis(prefix + "out_proj.weight", 0), bias)
-        else:
-            self.freeze([node], None)  # attention weights: positions only, fixed by the data
-
-    def visit_function(self, node, inputs):
-        f = node.target
-        is_method = node.op == "call_method"
-        if _shape(node) is None:
-            if _holds_tensors(node):
-                name = f if isinstance(f, str) else getattr(f, "__name__", repr(f))
-                self.freeze(inputs + [None], f"{node.name} ({name}): op with several outputs not understood, "
-                                             "the channels around it are left unpermuted")
-            return  # sizes, shapes, dims: no tensor flows out, so nothing to relate
-        if f is operator.getitem and isinstance(node.args[0], torch.fx.Node) and _shape(node.args[0]) is None:
-            if node.args[0].name in self.node_module:
-                self.attention_output(node, node.args[0], node.args[1])
-            else:
-                self.freeze([node], None)  # one output of an op whose inputs were frozen above
-        elif (f in _ELEMENTWISE_FUNCTIONS) or (is_method and f in _ELEMENTWISE_METHODS):
-            x = node.args[0]
-            if _shape(x) == _shape(node):
-                self.union_all(self.axes(x), self.axes(node))
-            else:
-                self.unknown(node, inputs)
-        elif (f in _BINARY_FUNCTIONS) or (is_method and f in _BINARY_METHODS):
-            self.broadcast(node, inputs)
-        elif (f in _RESHAPE_FUNCTIONS) or (is_method and f in _RESHAPE_METHODS):
-            self.reshape(node, node.args[0])
-        elif (f in _TRANSPOSE_FUNCTIONS) or (is_method and f in _TRANSPOSE_METHODS):
-            self.transpose(node, node.args[0])
-        elif (f in _MATMUL_FUNCTIONS) or (is_method and f in _MATMUL_METHODS):
-            self.matmul(node, node.args[0], node.args[1])
-        elif f is F.scaled_dot_product_attention:
-            self.attention(node)
-        elif f is F.linear:
-            self.linear(node, node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias"))
-        elif (f in _REDUCE_FUNCTIONS) or (is_method and f in _REDUCE_METHODS):
-            self.reduce(node, node.args[0])
-        elif f in _POOL_FUNCTIONS:
-            self.pool(node, self.axes(node.args[0]), self.axes(node))
-        elif f in _CAT_FUNCTIONS:
-            self.cat(node, inputs)
-        elif f is operator.getitem:
-            self.getitem(node, node.args[0], node.args[1])
-        else:
-            self.unknown(node, inputs)
-
-    def unknown(self, node, inputs):
-        f = node.target
-        name = f if isinstance(f, str) else getattr(f, "__name__", repr(f))
-        self.freeze(inputs + [node], f"{node.name} ({name}): op not understood, the channels around it "
-                                     "are left unpermuted")
-
-    # -- op rules ----------------------------------------------------------------------------
     def union_all(self, xs, ys):
         for a, b in zip(xs, ys):
             self.union(a, b)
 
-    def spatial(self, node, before, after, why: str):
-        """Positions that an op mixes or resizes cannot be permuted on either side."""
-        self.freeze_vars(before, after, f"{node.name}: {why}; the positions there are left unpermuted")
+    def split(self, long, sizes, note: str) -> list:
+        """Record ``long`` as the row-major product of new variables of ``sizes``; returns them."""
+        parts = [self.fresh(n) for n in sizes]
+        self.add_split(long, parts, sizes, note)
+        return parts
 
-    def pool(self, node, X, O):
-        self.union_all(X[:2], O[:2])
-        self.spatial(node, X[2:], O[2:], "pooling mixes neighbouring positions")
+    def add_split(self, long, parts, sizes, note: str):
+        # Fixed is settled at once where it is already known (the input's axes), so that notes only
+        # report axes that could have moved; settle_splits does the rest at the end.
+        if self.uf.is_frozen(long):
+            self.freeze_vars([], parts, None)
+        self.splits.append((long, list(parts), tuple(sizes), note))
 
-    def broadcast(self, node, inputs):
+    def freeze_vars(self, upstream, downstream, reason: str | None):
+        """Freeze variables; the reason is reported only when this freezes something that was still
+        permutable upstream: freezing what follows an already-fixed input costs nothing."""
+        # an axis of length 1 carries no permutation, so fixing it loses nothing
+        loses = any(v is not None and self.size.get(v, 2) > 1 and not self.uf.is_frozen(v) for v in upstream)
+        for v in list(upstream) + list(downstream):
+            self.uf.freeze(v)
+        if reason:
+            self.noted += [v for v in list(upstream) + list(downstream) if v is not None]
+        if reason and loses:
+            self.notes.append(reason)
+
+    def freeze_values(self, inputs, outputs, reason: str | None):
+        self.freeze_vars([v for i in inputs for v in self.axes(i)], [v for o in outputs for v in self.axes(o)],
+                         reason)
+
+    # -- the walk ----------------------------------------------------------------------------
+    def run(self, example_input) -> PermutationSpec:
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            if p.is_floating_point():
+                # Needing gradients turns the fused fast paths of nn.TransformerEncoderLayer and
+                # nn.MultiheadAttention off, so their ops are recorded one by one.
+                p.requires_grad_(True)
+        state = model.state_dict(keep_vars=True)
+        self._state_shapes = {k: tuple(v.shape) for k, v in state.items()}
+        rec = _Recorder()
+        state_vids: dict[str, int] = {k: rec.value(v) for k, v in state.items()}
+        args, kwargs = call_args(example_input)
+        input_vids: list[int] = []
+        map_tensors((args, kwargs), lambda t: input_vids.append(rec.value(t)))
+        try:
+            with torch.enable_grad(), rec:
+                out = model(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the model's own code failed on the example
+            raise SpecInferenceError(
+                f"{type(self.model).__name__} failed on the example input ({type(e).__name__}: {e}); give an "
+                "example batch the model accepts (a tensor, a tuple of positional inputs or a dict of keyword "
+                "inputs), or write the spec by hand with PermutationSpec.from_axes"
+            ) from e
+        answer = primary_output(out)
+        if answer is None:
+            raise SpecInferenceError(
+                f"{type(self.model).__name__} returned {type(out).__name__}, which holds no tensor; inference "
+                "needs the model's answer as a tensor, a tuple, a dict or a ModelOutput with 'logits'")
+        self.shapes = rec.shapes
+        for name, vid in state_vids.items():
+            for axis, v in enumerate(self.axes(vid)):
+                self.union(v, self.tensor_axis(name, axis))
+        self.freeze_values(input_vids, [], None)  # features, positions, token ids are fixed by the data
+        # Values nobody produced and that are neither state nor input are constants: they cannot move.
+        known = set(state_vids.values()) | set(input_vids) | rec.produced
+        consts = {vid for _, bound, _ in rec.ops for a in bound.values() for vid in _refs(a)} - known
+        self.freeze_values(consts, [], None)
+        self.state_names: dict[int, list[str]] = {}
+        for name, vid in state_vids.items():
+            self.state_names.setdefault(vid, []).append(name)
+        for func, bound, outs in rec.ops:
+            self.mark_used(bound)
+            self.visit(func, bound, outs)
+        self.freeze_values([rec.value(answer)], [], None)  # classes are fixed by the labels
+        return self.build()
+
+    def mark_used(self, bound):
+        for a in bound.values():
+            for vid in _refs(a):
+                self.used.update(self.state_names.get(vid, ()))
+
+    def visit(self, func, a: dict, outs: list):
+        name = func.overloadpacket.__name__
+        ins = [vid for v in a.values() for vid in _refs(v)]
+        tensor_outs = [o for o in outs if o is not None]
+        if not tensor_outs:
+            return  # an op that only reads (an assert, a scalar): no tensor flows on
+        out = outs[0]
+        if "__base__" in a:
+            return self.freeze_values(ins, tensor_outs, f"{self.where(ins)}{name}: an in-place write into a view; "
+                                                         "the channels around it are left unpermuted")
+        if not ins:
+            return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
+        first = _refs(a.get("self", a.get("input")))
+        x = first[0] if first else None
+        if name in _IDENTITY and x is not None and all(self.shapes[o] == self.shapes[x] for o in tensor_outs):
+            for o in tensor_outs:
+                self.union_all(self.axes(x), self.axes(o))
+        elif torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED:
+            self.broadcast(out, ins)
+        elif name in _VIEWS:
+            self.reshape(x, out, name)
+        elif name == "expand":
+            self.broadcast(out, [x])
+        elif name in _TRANSPOSES:
+            self.transpose(name, a, x, out)
+        elif name in _MATMULS:
+            self.matmul(name, a, out)
+        elif name == "convolution" or name == "_convolution":
+            self.convolution(a, out)
+        elif name in _BATCH_NORMS or name in _LAST_NORMS or name == "native_group_norm":
+            rule = self.batch_norm if name in _BATCH_NORMS else self.norm_last if name in _LAST_NORMS else \
+                self.group_norm
+            rule(a, x, out)
+            self.freeze_values([], tensor_outs[1:], None)  # statistics saved for the backward pass
+        elif name == "embedding":
+            self.embedding(a, out)
+        elif name.startswith("_scaled_dot_product") or name == "scaled_dot_product_attention":
+            self.attention(name, a, outs)
+        elif name in _SPATIAL:
+            self.spatial(name, x, tensor_outs)
+        elif name in _REDUCTIONS or torch.Tag.reduction in func.tags:
+            self.reduce(name, a, x, tensor_outs)
+        elif name in ("split", "split_with_sizes", "unsafe_split", "unsafe_split_with_sizes", "chunk",
+                      "tensor_split", "split_with_sizes_copy", "unbind", "unbind_copy"):
+            self.split_op(name, a, x, outs)
+        elif name in ("cat", "concat", "stack"):
+            self.cat(name, a, out)
+        elif name in ("select", "select_copy"):
+            self.select(a, x, out)
+        elif name in ("slice", "slice_copy", "narrow"):
+            self.slice(name, a, x, out)
+        elif name in _ALONG:
+            self.along(name, a, x, tensor_outs)
+        elif name == "index" and x is not None:
+            self.index(a, x, out)
+        elif name in ("constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+                      "replication_pad1d", "replication_pad2d", "replication_pad3d", "pad"):
+            self.pad(a, x, out)
+        else:
+            self.unknown(name, ins, tensor_outs)
+
+    def unknown(self, name, ins, outs):
+        self.freeze_values(ins, outs, f"{self.where(ins)}{name}: op not understood, the channels around it are "
+                                      "left unpermuted")
+
+    def where(self, ins) -> str:
+        """The first parameter an op reads, to say where a note comes from."""
+        names = [n for v in ins for n in self.state_names.get(v, ())]
+        return f"{names[0]}: " if names else ""
+
+    # -- op rules ----------------------------------------------------------------------------
+    def broadcast(self, out, ins):
         """Elementwise with broadcasting: an axis is shared with every input that is not size 1 there."""
-        out = _shape(node)
-        O = self.axes(node)
-        for n in inputs:
-            s = _shape(n)
-            for i, (size, v) in enumerate(zip(s, self.axes(n))):
-                j = len(out) - len(s) + i
-                if size == out[j]:
+        so = self.shapes[out]
+        O = self.axes(out)
+        for vid in ins:
+            s = self.shapes[vid]
+            if len(s) > len(so):
+                continue
+            for i, (size, v) in enumerate(zip(s, self.axes(vid))):
+                j = len(so) - len(s) + i
+                if size == so[j]:
                     self.union(v, O[j])
                 # a size-1 input axis is constant along the output's: any permutation leaves it alone
 
-    def linear(self, node, x, w, b):
-        if not isinstance(w, torch.fx.Node) or len(_shape(w) or ()) != 2:
-            return self.unknown(node, [n for n in (x, w, b) if isinstance(n, torch.fx.Node)])
-        X, W, O = self.axes(x), self.axes(w), self.axes(node)
-        self.union_all(X[:-1], O[:-1])
-        self.union(X[-1], W[1])
-        self.union(O[-1], W[0], self.ax(b, 0) if isinstance(b, torch.fx.Node) else None)
-
-    def transpose(self, node, x):
-        n = len(_shape(x))
-        if node.target in ("t", torch.t):
-            order = list(range(n))[::-1]
-        elif node.target in ("permute", torch.permute):
-            dims = node.args[1:] if node.op == "call_method" else (node.args[1],)
-            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-                dims = dims[0]
-            order = [d % n for d in dims]
-        else:
-            a, b = (d % n for d in node.args[1:3])
-            order = list(range(n))
-            order[a], order[b] = order[b], order[a]
-        X, O = self.axes(x), self.axes(node)
-        for out_axis, in_axis in enumerate(order):
-            self.union(O[out_axis], X[in_axis])
-
-    def matmul(self, node, a, b):
-        """(..., n, k) @ (..., k, m): k is summed, so a shared permutation of it cancels."""
-        sa, sb, so = _shape(a), _shape(b), _shape(node)
-        if sa is None or sb is None or len(sa) < 2 or len(sb) < 2:
-            return self.unknown(node, [n for n in (a, b) if isinstance(n, torch.fx.Node)])
-        A, B, O = self.axes(a), self.axes(b), self.axes(node)
-        self.union(A[-1], B[-2])
-        self.union(A[-2], O[-2])
-        self.union(B[-1], O[-1])
-        for s, V in ((sa, A), (sb, B)):
-            for i in range(len(s) - 2):
-                j = len(so) - len(s) + i
-                if s[i] == so[j]:
-                    self.union(V[i], O[j])
-
-    def attention(self, node):
-        """softmax(q k^T / sqrt(d) + mask) v over (..., T, d): q and k share d, v and the output share d_v."""
-        q, k, v = (_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-        mask = _arg(node, 3, "attn_mask")
-        sq, sk, sv = _shape(q), _shape(k), _shape(v)
-        if sq is None or sk is None or sv is None or not (sq[:-2] == sk[:-2] == sv[:-2]):
-            # grouped-query attention shares k and v heads between q heads: not covered
-            return self.unknown(node, [n for n in node.all_input_nodes])
-        Q, K, V, O = self.axes(q), self.axes(k), self.axes(v), self.axes(node)
-        for i in range(len(sq) - 2):
-            self.union(Q[i], K[i], V[i], O[i])
-        self.union(Q[-1], K[-1])
-        self.union(V[-1], O[-1])
-        self.union(Q[-2], O[-2])
-        self.union(K[-2], V[-2])
-        if isinstance(mask, torch.fx.Node):
-            # the mask is added to the scores (..., Tq, Tk): it moves with every axis it varies along
-            scores = [*Q[:-1], K[-2]]
-            sm = _shape(mask)
-            for i, (size, m) in enumerate(zip(sm, self.axes(mask))):
-                j = len(scores) - len(sm) + i
-                if size > 1:
-                    self.union(m, scores[j])
-
-    def reshape(self, node, x):
-        """Match runs of axes with equal sizes; one axis split into two, or two merged, is segmented."""
-        before, after = _shape(x), _shape(node)
-        X, O = self.axes(x), self.axes(node)
+    def reshape(self, x, out, name):
+        """Match runs of axes with equal sizes; axes split or merged are segmented at their common refinement."""
+        before, after = self.shapes[x], self.shapes[out]
+        X, O = self.axes(x), self.axes(out)
         segs = _segments(before, after)
+        note = self._reshape_note(name, before, after)
+        lost = f"{note}: a reshape that is not understood, the channels are left unpermuted"
         if segs is None:
-            return self.freeze([x, node], f"{node.name}: reshape {before} -> {after} is not understood, the "
-                                          "channels are left unpermuted")
+            return self.freeze_vars(X, O, lost)
         for bi, aj in segs:
             bi = [i for i in bi if before[i] > 1]
             aj = [j for j in aj if after[j] > 1]
@@ -551,152 +494,434 @@ class _Tracer:
                 self.union(X[bi[0]], O[aj[0]])
             elif not bi or not aj:
                 continue  # only size-1 axes: nothing to permute
-            elif len(bi) + len(aj) == 3:
-                long, parts = (X[bi[0]], [O[j] for j in aj]) if len(bi) == 1 else (O[aj[0]], [X[i] for i in bi])
-                sizes = tuple(after[j] for j in aj) if len(bi) == 1 else tuple(before[i] for i in bi)
-                note = self._reshape_note(node, before, after)
-                if any(self.uf.is_frozen(v) for v in (long, *parts)):
-                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], note)
-                else:
-                    self.splits.append((long, parts[0], parts[1], sizes, note))
             else:
-                self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], self._reshape_note(node, before, after))
+                sb, sa = [before[i] for i in bi], [after[j] for j in aj]
+                atoms = _refinement(sb, sa)
+                if atoms is None:
+                    self.freeze_vars([X[i] for i in bi], [O[j] for j in aj], lost)
+                    continue
+                parts = [self.fresh(n) for n in atoms]
+                sides = [(v, run) for vars_, sizes in (([X[i] for i in bi], sb), ([O[j] for j in aj], sa))
+                         for v, run in zip(vars_, _runs(sizes, atoms))]
+                for v, run in sides:  # the input side first, so what is fixed there reaches the parts
+                    if len(run) == 1:
+                        self.union(v, parts[run[0]])
+                    else:
+                        self.add_split(v, [parts[k] for k in run], tuple(atoms[k] for k in run), note)
+                for v, run in sides:
+                    if all(self.uf.is_frozen(parts[k]) for k in run):
+                        self.freeze_vars([], [v], None)
 
     @staticmethod
-    def _reshape_note(node, before, after) -> str:
-        if len(after) == 2 and len(before) > 2:
-            spatial = math.prod(before[2:])
-            return (f"{node.name}: flatten of {before[1]} channels x {spatial} positions into {after}; the "
-                    "channels are left unpermuted (pool to 1x1 before flattening to permute them)")
-        return f"{node.name}: reshape {before} -> {after} is not understood, the channels are left unpermuted"
+    def _reshape_note(name, before, after) -> str:
+        return f"{name} {list(before)} -> {list(after)}"
 
-    def reduce(self, node, x):
+    def transpose(self, name, a, x, out):
+        n = len(self.shapes[x])
+        if name in ("t", "t_", "numpy_T") or (name == "mT"):
+            order = list(range(n))[::-1] if name != "mT" else [*range(n - 2), n - 1, n - 2]
+        elif name == "permute":
+            order = [d % n for d in a["dims"]]
+        elif name == "movedim":
+            return self.unknown(name, [x], [out])
+        else:
+            d0, d1 = (a.get("dim0"), a.get("dim1")) if "dim0" in a else (a.get("axis0"), a.get("axis1"))
+            order = list(range(n))
+            order[d0 % n], order[d1 % n] = order[d1 % n], order[d0 % n]
+        X, O = self.axes(x), self.axes(out)
+        for out_axis, in_axis in enumerate(order):
+            self.union(O[out_axis], X[in_axis])
+
+    def matmul(self, name, a, out):
+        """(..., n, k) @ (..., k, m): k is summed, so a shared permutation of it cancels."""
+        m1 = _refs(a.get("mat1", a.get("batch1", a.get("self"))))
+        m2 = _refs(a.get("mat2", a.get("batch2", a.get("other"))))
+        if name in ("mm", "bmm", "matmul"):
+            m1, m2 = _refs(a["self"]), _refs(a.get("mat2", a.get("other")))
+        if not m1 or not m2:
+            return self.unknown(name, [v for x in a.values() for v in _refs(x)], [out])
+        p, q = m1[0], m2[0]
+        sp, sq, so = self.shapes[p], self.shapes[q], self.shapes[out]
+        if len(sp) < 2 or len(sq) < 2 or len(so) < 2:
+            return self.unknown(name, [p, q], [out])
+        A, B, O = self.axes(p), self.axes(q), self.axes(out)
+        self.union(A[-1], B[-2])
+        self.union(A[-2], O[-2])
+        self.union(B[-1], O[-1])
+        for s, V in ((sp, A), (sq, B)):
+            for i in range(len(s) - 2):
+                j = len(so) - len(s) + i
+                if j >= 0 and s[i] == so[j]:
+                    self.union(V[i], O[j])
+        if name.startswith("add") or name == "baddbmm":
+            self.broadcast(out, _refs(a.get("self")))  # the added bias
+
+    def convolution(self, a, out):
+        x, w = _refs(a["input"])[0], _refs(a["weight"])[0]
+        bias = _refs(a.get("bias"))
+        X, W, O = self.axes(x), self.axes(w), self.axes(out)
+        groups, transposed = int(a.get("groups", 1)), bool(a.get("transposed", False))
+        if len(X) != len(W) or len(O) != len(X):
+            return self.unknown("convolution", [x, w, *bias], [out])
+        w_out, w_in = (W[1], W[0]) if transposed else (W[0], W[1])
+        self.union(X[0], O[0])
+        if bias:
+            self.union(O[1], self.ax(bias[0], 0))
+        if groups == 1:
+            self.union(X[1], w_in)
+            self.union(O[1], w_out)
+        elif not transposed:
+            # Grouped (depthwise when each group has one channel): channels come in `groups` blocks, and
+            # block g of the output reads only block g of the input: blocks move together on both sides.
+            cin, cout = self.shapes[x][1], self.shapes[out][1]
+            gin = self.segment(X[1], groups, cin // groups, "grouped convolution")
+            gout = self.segment(O[1], groups, cout // groups, "grouped convolution")
+            self.union(gin[0], gout[0])
+            self.union(O[1], w_out)
+            if cin // groups > 1:
+                self.union(gin[1], w_in)
+            else:
+                self.freeze_vars([], [w_in], None)
+        else:
+            return self.unknown("convolution (transposed, grouped)", [x, w, *bias], [out])
+        self.freeze_vars(X[2:], O[2:] + W[2:], f"convolution mixes neighbouring positions; the positions there "
+                                                 "are left unpermuted")
+
+    def segment(self, long, blocks: int, inner: int, note: str) -> list:
+        """``long`` as (blocks, inner), with a size-1 part standing for nothing: [blocks var, inner var]."""
+        if blocks == 1:
+            return [self.fresh(1), long]
+        if inner == 1:
+            return [long, self.fresh(1)]
+        return self.split(long, (blocks, inner), note)
+
+    def batch_norm(self, a, x, out):
+        X, O = self.axes(x), self.axes(out)
+        self.union_all(X, O)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            for vid in _refs(a.get(key)):
+                self.union(O[1], self.ax(vid, 0))
+
+    def norm_last(self, a, x, out):
+        """Normalising over the trailing axes commutes with permuting any of them; weight and bias sit on them."""
+        X, O = self.axes(x), self.axes(out)
+        self.union_all(X, O)
+        for key in ("weight", "bias"):
+            for vid in _refs(a.get(key)):
+                W = self.axes(vid)
+                self.union_all(W, X[len(X) - len(W):])
+
+    def group_norm(self, a, x, out):
+        """GroupNorm normalises each block of C/G channels: whole blocks move, and the channels inside them."""
+        X, O = self.axes(x), self.axes(out)
+        self.union_all(X, O)
+        c, g = self.shapes[x][1], int(a["group"])
+        self.segment(X[1], g, c // g, "GroupNorm")
+        for key in ("weight", "bias"):
+            for vid in _refs(a.get(key)):
+                self.union(X[1], self.ax(vid, 0))
+
+    def embedding(self, a, out):
+        w, idx = _refs(a["weight"])[0], _refs(a["indices"])[0]
+        W, I, O = self.axes(w), self.axes(idx), self.axes(out)
+        self.union_all(I, O[:-1])
+        self.union(O[-1], W[1])
+        self.freeze_vars([], [W[0]], None)  # token ids are fixed by the data
+
+    def attention(self, name, a, outs):
+        """softmax(q k^T / sqrt(d) + mask) v over (..., T, d): q and k share d, v and the output share d_v."""
+        q, k, v = (_refs(a.get(n)) for n in ("query", "key", "value"))
+        mask = _refs(a.get("attn_mask", a.get("attn_bias")))
+        out = outs[0]
+        if not (q and k and v) or out is None:
+            return self.unknown(name, [i for x in a.values() for i in _refs(x)], [o for o in outs if o is not None])
+        q, k, v = q[0], k[0], v[0]
+        sq, sk, sv = self.shapes[q], self.shapes[k], self.shapes[v]
+        Q, K, V, O = self.axes(q), self.axes(k), self.axes(v), self.axes(out)
+        if sq[:-2] == sk[:-2] == sv[:-2]:
+            for i in range(len(sq) - 2):
+                self.union(Q[i], K[i], V[i], O[i])
+        elif (len(sq) >= 3 and sq[:-3] == sk[:-3] == sv[:-3] and sk[-3] == sv[-3] and sk[-3]
+              and sq[-3] % sk[-3] == 0):
+            # Grouped-query attention (enable_gqa): kv head j serves q heads j * g ... j * g + g - 1, so the
+            # q heads are (kv heads, g): kv heads move with their q groups, q heads also within a group.
+            for i in range(len(sq) - 3):
+                self.union(Q[i], K[i], V[i], O[i])
+            self.union(Q[-3], O[-3])
+            kv, _ = self.segment(Q[-3], sk[-3], sq[-3] // sk[-3], "grouped-query attention")
+            self.union(kv, K[-3], V[-3])
+        else:
+            return self.unknown(name, [q, k, v, *mask], [o for o in outs if o is not None])
+        self.union(Q[-1], K[-1])
+        self.union(V[-1], O[-1])
+        self.union(Q[-2], O[-2])
+        self.union(K[-2], V[-2])
+        if mask:
+            # the mask is added to the scores (..., Tq, Tk): it moves with every axis it varies along
+            scores = [*Q[:-1], K[-2]]
+            sm = self.shapes[mask[0]]
+            for i, (size, m) in enumerate(zip(sm, self.axes(mask[0]))):
+                j = len(scores) - len(sm) + i
+                if size > 1 and j >= 0:
+                    self.union(m, scores[j])
+        # the other outputs (log-sum-exp, seeds) only serve the backward pass
+        self.freeze_values([], [o for o in outs[1:] if o is not None], None)
+
+    def spatial(self, name, x, outs):
+        """Pooling and resizing act per channel and mix positions: (N, C) carry over, positions are fixed."""
+        X = self.axes(x)
+        for o in outs:
+            O = self.axes(o)
+            if len(O) != len(X) or len(X) < 3:
+                return self.unknown(name, [x], outs)
+            self.union_all(X[:2], O[:2])
+            self.freeze_vars(X[2:], O[2:], None)
+
+    def reduce(self, name, a, x, outs):
         """A sum, mean or max over an axis ignores its order: reduced axes are free, the others carry over."""
-        before = _shape(x)
-        dim = _arg(node, 1, "dim")
-        keepdim = _arg(node, 2, "keepdim", False)
-        if dim is None:
+        before = self.shapes[x]
+        dim = a.get("dim")
+        keepdim = bool(a.get("keepdim", False))
+        if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
             dims = set(range(len(before)))
         elif isinstance(dim, int):
-            dims = {dim % len(before)}
+            dims = {dim % max(1, len(before))}
         elif isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim):
             dims = {d % len(before) for d in dim}
         else:
-            return self.unknown(node, [x])
-        if not isinstance(keepdim, bool):
-            return self.unknown(node, [x])
-        X, O = self.axes(x), self.axes(node)
+            return self.unknown(name, [x], outs)
+        X = self.axes(x)
         kept = [i for i in range(len(before)) if keepdim or i not in dims]
-        for j, i in enumerate(kept):
-            if i not in dims:
-                self.union(X[i], O[j])
+        for o in outs:
+            O = self.axes(o)
+            if len(O) != len(kept):
+                self.freeze_vars([], O, None)  # an output of another shape: nothing says how it relates
+                continue
+            for j, i in enumerate(kept):
+                if i not in dims:
+                    self.union(X[i], O[j])
 
-    def cat(self, node, inputs):
-        out = _shape(node)
-        dim = _arg(node, 1, "dim", 0) % len(out)
-        O = self.axes(node)
-        for n in inputs:
-            for i, v in enumerate(self.axes(n)):
+    def along(self, name, a, x, outs):
+        n = len(self.shapes[x])
+        key = _ALONG[name]
+        dims = a.get(key) if isinstance(key, str) else [key, key + 1]
+        dims = [dims] if isinstance(dims, int) else list(dims or ())
+        if not dims or n == 0:
+            return self.unknown(name, [x], outs)
+        dims = {d % n for d in dims}
+        X = self.axes(x)
+        for o in outs:
+            O = self.axes(o)
+            if len(O) != n:
+                return self.unknown(name, [x], outs)
+            self.union_all([v for i, v in enumerate(X) if i not in dims], [v for i, v in enumerate(O) if i not in dims])
+            self.freeze_vars([X[d] for d in dims], [O[d] for d in dims],
+                             f"{name} along axis {sorted(dims)}, which is left unpermuted")
+
+    def index(self, a, x, out):
+        """x[..., idx, ...] with one index tensor: the indexed axis is fixed, the others carry over."""
+        indices = a.get("indices") or []
+        at = [i for i, t in enumerate(indices) if t is not None]
+        if len(at) != 1 or not isinstance(indices[at[0]], _Ref):
+            return self.unknown("index", [x, *[r for t in indices for r in _refs(t)]], [out])
+        p, idx = at[0], indices[at[0]].vid
+        X, O, k = self.axes(x), self.axes(out), len(self.shapes[idx])
+        if len(O) != len(X) - 1 + k:
+            return self.unknown("index", [x, idx], [out])
+        self.union_all(X[:p], O[:p])
+        self.union_all(X[p + 1:], O[p + k:])
+        self.union_all(self.axes(idx), O[p:p + k])
+        self.freeze_vars([X[p]], O[p:p + k], f"indexing picks entries along axis {p}, which is left unpermuted")
+
+    def split_op(self, name, a, x, outs):
+        """Equal pieces along one axis: that axis is (pieces, piece length); the pieces are fixed blocks and the
+        units inside them move alike in every piece. Unequal pieces are blocks of their common length."""
+        shape = self.shapes[x]
+        dim = int(a.get("dim", 0)) % len(shape)
+        X = self.axes(x)
+        pieces = [o for o in outs if o is not None]
+        unbind = name.startswith("unbind")
+        for o in pieces:
+            O = self.axes(o)
+            if unbind:
+                self.union_all(X[:dim] + X[dim + 1:], O)
+            else:
+                self.union_all(X[:dim] + X[dim + 1:], O[:dim] + O[dim + 1:])
+        if unbind:  # each piece is used its own way (q, k, v): which is which is fixed by the code
+            return self.freeze_vars([X[dim]], [], None)
+        lengths = [self.shapes[o][dim] for o in pieces]
+        unit = math.gcd(*lengths)
+        if sum(lengths) != shape[dim] or unit == 0:
+            return self.freeze_vars([X[dim]], [self.ax(o, dim) for o in pieces],
+                                    f"{name}: pieces that do not tile axis {dim}, which is left unpermuted")
+        # Pieces of unequal length (q, then k and v together, in cross-attention) are whole blocks of
+        # their common length: a piece of m blocks is (m, unit) with its m fixed like the pieces'.
+        blocks, inner = self.segment(X[dim], shape[dim] // unit, unit, name)
+        self.freeze_vars([], [blocks], None)  # which piece is which (q, k or v) is fixed by the code
+        for o, n in zip(pieces, lengths):
+            own = self.segment(self.ax(o, dim), n // unit, unit, name)
+            self.freeze_vars([], [own[0]], None)
+            self.union(inner, own[1])
+
+    def cat(self, name, a, out):
+        ins = _refs(a["tensors"])
+        so = self.shapes[out]
+        O = self.axes(out)
+        dim = int(a.get("dim", 0)) % len(so)
+        if name == "stack":
+            for vid in ins:
+                self.union_all(self.axes(vid), O[:dim] + O[dim + 1:])
+            return self.freeze_vars([], [O[dim]], None)
+        for vid in ins:
+            if len(self.shapes[vid]) != len(so):
+                continue  # torch.cat skips empty 1-D tensors
+            for i, v in enumerate(self.axes(vid)):
                 if i != dim:
                     self.union(v, O[i])
         # The joined axis holds several groups side by side, which one group cannot describe.
-        reason = (f"{node.name}: concatenation along axis {dim}, the joined groups are left unpermuted"
-                  + (f" ({_ROPE_HINT})" if dim == len(out) - 1 and len(out) > 2 else ""))
-        self.freeze_vars([self.ax(n, dim) for n in inputs], [O[dim]], reason)
+        reason = (f"concatenation along axis {dim}, the joined groups are left unpermuted"
+                  + (f" ({_ROPE_HINT})" if dim == len(so) - 1 and len(so) > 2 else ""))
+        self.freeze_vars([self.ax(vid, dim) for vid in ins if len(self.shapes[vid]) == len(so)], [O[dim]], reason)
 
-    def getitem(self, node, x, index):
-        """Full slices keep an axis; a partial slice or a picked entry fixes it."""
-        shape = _shape(x)
-        X, O = self.axes(x), self.axes(node)
-        items = index if isinstance(index, tuple) else (index,)
-        if Ellipsis in items:
-            at = items.index(Ellipsis)
-            fill = len(shape) - sum(1 for i in items if i is not None and i is not Ellipsis)
-            items = items[:at] + (slice(None),) * fill + items[at + 1:]
-        if not all(i is None or isinstance(i, (int, slice)) for i in items):
-            return self.unknown(node, [x])
-        p = o = 0
-        for item in items:
-            if item is None:
-                o += 1
-            elif isinstance(item, int):
-                self.freeze_vars([X[p]], [], f"{node.name}: picks one entry along axis {p}, which is left unpermuted")
-                p += 1
-            else:
-                dynamic = any(isinstance(b, torch.fx.Node) for b in (item.start, item.stop, item.step))
-                if not dynamic and item.indices(shape[p]) == (0, shape[p], 1):
-                    self.union(X[p], O[o])
-                else:
-                    self.freeze_vars([X[p]], [O[o]], f"{node.name}: slices part of axis {p}, which is left unpermuted"
-                                                     + (f" ({_ROPE_HINT})" if p == len(shape) - 1 else ""))
-                p, o = p + 1, o + 1
-        for k in range(len(shape) - p):
-            self.union(X[p + k], O[o + k])
+    def select(self, a, x, out):
+        X, O = self.axes(x), self.axes(out)
+        dim = int(a["dim"]) % len(X)
+        self.union_all(X[:dim] + X[dim + 1:], O)
+        self.freeze_vars([X[dim]], [], None)
+
+    def slice(self, name, a, x, out):
+        X, O = self.axes(x), self.axes(out)
+        dim = int(a.get("dim", 0)) % len(X)
+        self.union_all(X[:dim] + X[dim + 1:], O[:dim] + O[dim + 1:])
+        if self.shapes[x][dim] == self.shapes[out][dim]:
+            self.union(X[dim], O[dim])  # a full slice keeps the axis
+        else:
+            self.freeze_vars([X[dim]], [O[dim]], f"{name} takes part of axis {dim}, which is left unpermuted"
+                                                 + (f" ({_ROPE_HINT})" if dim == len(X) - 1 else ""))
+
+    def pad(self, a, x, out):
+        X, O = self.axes(x), self.axes(out)
+        if len(X) != len(O):
+            return self.unknown("pad", [x], [out])
+        padded = len(a.get("pad", a.get("padding", ()))) // 2
+        keep = len(X) - padded
+        self.union_all(X[:keep], O[:keep])
+        self.freeze_vars(X[keep:], O[keep:], None if keep >= 2 else "padding of the channel axis")
 
     # -- result ------------------------------------------------------------------------------
-    def settle_splits(self) -> dict[Any, tuple[Any, Any]]:
-        """Root of each segmented class -> (blocks root, within root), None for a fixed part.
+    def settle_splits(self) -> dict[Any, list]:
+        """Root of each segmented class -> its parts' roots, row-major.
 
-        A fixed long axis fixes both parts; two fixed parts fix the long axis; one fixed part
-        leaves the other permutable (RoPE fixes the dims inside q and k heads, not the heads).
-        Two splits of one class must agree; what does not fit is fixed.
+        A fixed long axis fixes its parts; parts all fixed fix the long axis; some fixed parts leave the
+        others permutable (RoPE fixes the dims inside q and k heads, not the heads). Two decompositions of
+        one class meet at their common refinement; where none exists, or a class would contain itself,
+        everything involved is fixed.
         """
         find, frozen = self.uf.find, self.uf.is_frozen
-        while True:
+        splits = list(self.splits)
+        for _ in range(10_000):
             changed = False
-            seen: dict[Any, tuple[Any, Any, tuple[int, int]]] = {}
-            for long, outer, inner, sizes, note in self.splits:
-                trio = (long, outer, inner)
-                if all(frozen(v) for v in trio):
-                    continue
+            decomp: dict[Any, int] = {}
+            kept: list = []
+            for long, parts, sizes, note in splits:
                 r = find(long)
-                bad = frozen(long) or (frozen(outer) and frozen(inner)) or len({r, find(outer), find(inner)}) < 3
-                if not bad and r in seen:
-                    o2, i2, s2 = seen[r]
-                    bad = s2 != sizes
-                    if not bad and (find(outer) != find(o2) or find(inner) != find(i2)):
-                        self.union(outer, o2)
-                        self.union(inner, i2)
+                if frozen(r):
+                    if any(not frozen(p) for p in parts):
+                        self.freeze_vars([], parts, None)
                         changed = True
-                        continue
-                if bad:
-                    members = sorted(v[1] for v in self.uf.parent if v[0] == "tensor" and find(v) == r)
-                    lost = not frozen(long) and members
-                    self.freeze_vars([], trio, None)
-                    if lost:
-                        self.notes.append(f"{', '.join(members[:4])}: {note.split(':', 1)[0]} splits them into "
-                                          f"{sizes[0]} blocks of {sizes[1]}, but one of the two is fixed elsewhere "
-                                          f"(a position-dependent rotation such as RoPE, or an op not understood); "
-                                          "left unpermuted")
+                    continue
+                roots = [find(p) for p in parts]
+                if all(frozen(p) for p in roots):
+                    self.freeze_vars([], [long], None)
                     changed = True
                     continue
-                seen.setdefault(r, (outer, inner, sizes))
-            # a block or within-block axis that is itself split again is not covered
-            parts = {find(v) for o, i, _ in seen.values() for v in (o, i) if not frozen(v)}
-            for r in set(seen) & parts:
-                self.freeze_vars([], [r], None)
+                if r in roots or len(set(roots)) < len(roots):
+                    self.lost(r, sizes, note, "an axis that would contain itself")
+                    self.freeze_vars([], [long, *parts], None)
+                    changed = True
+                    continue
+                if r not in decomp:
+                    decomp[r] = len(kept)
+                    kept.append((long, parts, sizes, note))
+                    continue
+                _, parts2, sizes2, note2 = kept[decomp[r]]
+                if sizes2 == sizes:
+                    for p, p2 in zip(parts, parts2):
+                        if find(p) != find(p2):
+                            self.union(p, p2)
+                            changed = True
+                    continue
+                atoms = _refinement(list(sizes), list(sizes2))
                 changed = True
+                if atoms is None:
+                    self.lost(r, sizes, note, f"also split into {list(sizes2)} ({note2})")
+                    self.freeze_vars([], [long, *parts, *parts2], None)
+                    kept[decomp[r]] = (long, [], (), note)
+                    continue
+                new = [self.fresh(n) for n in atoms]
+                for ps, ss, nt in ((parts, sizes, note), (parts2, sizes2, note2)):
+                    for p, run in zip(ps, _runs(list(ss), atoms)):
+                        if len(run) == 1:
+                            self.union(p, new[run[0]])
+                        else:
+                            kept.append((p, [new[k] for k in run], tuple(atoms[k] for k in run), nt))
+                kept[decomp[r]] = (long, new, tuple(atoms), note)
+            splits = [s for s in kept if s[1]]
             if not changed:
-                out = {}
-                for r, (o, i, sizes) in seen.items():
-                    if frozen(r):
-                        continue
-                    out[r] = tuple(None if frozen(v) else find(v) for v in (o, i))
-                    if None in out[r]:
-                        members = sorted(v[1] for v in self.uf.parent if v[0] == "tensor" and find(v) == r)
-                        if members:
-                            kept = "blocks" if out[r][0] is not None else "units within each block"
-                            self.notes.append(f"{', '.join(members[:4])}: split into {sizes[0]} blocks of {sizes[1]}; "
-                                              f"only the {kept} are permuted, the rest is fixed elsewhere (a "
-                                              "position-dependent rotation such as RoPE, or an op not understood)")
-                return out
+                out = {find(long): [find(p) for p in parts] for long, parts, _, _ in splits}
+                bad = self.unwritable(out)
+                if not bad:
+                    self.splits = splits
+                    return out
+                self.freeze_vars([], bad, None)
+        raise SpecInferenceError("inference did not settle the segmented axes; write the spec by hand")
+
+    def leaves(self, r, decomp, stack=()) -> list | None:
+        """The parts a class is made of, all the way down: [(root or None when fixed, size)]; None on a cycle."""
+        if self.uf.is_frozen(r):
+            return [(None, r)]
+        if r not in decomp:
+            return [(r, r)]
+        if r in stack:
+            return None
+        out = []
+        for p in decomp[r]:
+            sub = self.leaves(p, decomp, (*stack, r))
+            if sub is None:
+                return None
+            out += sub
+        return out
+
+    def unwritable(self, decomp) -> list:
+        """Variables to fix so that every segmented axis is a spec entry: no cycle, one None run, no repeats."""
+        bad = []
+        for r in decomp:
+            parts = self.leaves(r, decomp)
+            if parts is None:
+                bad.append(r)
+                continue
+            entry = _merge_fixed([g for g, _ in parts])
+            named = [g for g in entry if g is not None]
+            if len(entry) - len(named) > 1 or len(set(named)) < len(named):
+                bad += named
+                members = self.members(r)
+                if members:
+                    self.notes.append(f"{', '.join(members[:4])}: segmented into parts that a spec entry cannot "
+                                      "describe (fixed parts on both sides of a permuted one), left unpermuted")
+        return bad
+
+    def members(self, r) -> list[str]:
+        return sorted({v[1] for v in self.uf.parent if v[0] == "tensor" and self.uf.find(v) == r})
+
+    def lost(self, r, sizes, note, why):
+        members = self.members(r)
+        if members and not self.uf.is_frozen(r):
+            self.notes.append(f"{', '.join(members[:4])}: {note} splits them into {list(sizes)}, but they are "
+                              f"{why}; left unpermuted")
 
     def build(self) -> PermutationSpec:
-        segmented = self.settle_splits()
-        sizes = {}
-        for long, outer, inner, (n_outer, n_inner), _ in self.splits:
-            sizes.setdefault(self.uf.find(outer), n_outer)
-            sizes.setdefault(self.uf.find(inner), n_inner)
+        decomp = self.settle_splits()
+        self._root_size = None  # the classes are final now
         unused = [k for k in self._state_shapes if k not in self.used]
         for name in unused:
             if len(self._state_shapes[name]) > 0:
@@ -716,6 +941,7 @@ class _Tracer:
 
         axes = {}
         group_sizes = {}
+        noted = {self.uf.find(v) for v in self.noted}
         for name, shape in self._state_shapes.items():
             entry = []
             for axis in range(len(shape)):
@@ -725,36 +951,87 @@ class _Tracer:
                     continue
                 root = self.uf.find(v)
                 base = name.rsplit(".", 1)[0] if axis == 0 else f"{name}:{axis}"
-                if root in segmented:
-                    outer, inner = segmented[root]
-                    pair = (label(outer, f"{base}:blocks") if outer is not None else None,
-                            label(inner, f"{base}:within") if inner is not None else None)
-                    group_sizes.update({g: sizes[r] for g, r in zip(pair, (outer, inner)) if g is not None})
+                if root in decomp:
+                    leaves = self.leaves(root, decomp)
+                    self.note_fixed_part(root, leaves, noted)
+                    parts = _merge_fixed([g for g, _ in leaves])
+                    if len(parts) == 1:  # every other part has length 1
+                        entry.append(label(parts[0], base) if parts[0] is not None else None)
+                        continue
+                    tags = _part_tags(parts)
+                    pair = tuple(label(g, f"{base}:{t}") if g is not None else None for g, t in zip(parts, tags))
+                    for g, lab in zip(parts, pair):
+                        if g is not None:
+                            group_sizes[lab] = self.size_of(g)
                     entry.append(pair)
                 else:
                     entry.append(label(root, base))
             axes[name] = tuple(entry)
         notes = tuple(dict.fromkeys(self.notes))
-        if notes:
-            warnings.warn(
-                "infer_spec left axes unpermuted:\n  " + "\n  ".join(notes), SpecInferenceWarning, stacklevel=3
-            )
         return PermutationSpec(axes=axes, shapes=self._state_shapes, unpermuted=notes, group_sizes=group_sizes)
+
+    def note_fixed_part(self, root, leaves, noted):
+        fixed = [r for g, r in leaves if g is None and r in noted]
+        if fixed and len(fixed) < len(leaves):
+            members = self.members(root)
+            sizes = [self.size_of(r) for _, r in leaves]
+            self.notes.append(f"{', '.join(members[:4])}: split into {sizes}; only some of the parts are permuted, "
+                              "the rest is fixed elsewhere (a position-dependent rotation such as RoPE, or an op "
+                              "not understood)")
+
+    def size_of(self, root) -> int:
+        if getattr(self, "_root_size", None) is None:
+            self._root_size = {self.uf.find(v): n for v, n in self.size.items()}
+        return self._root_size[root]
+
+
+def _merge_fixed(parts: list) -> list:
+    """Adjacent fixed parts are one fixed part; parts of length 1 were never recorded."""
+    out: list = []
+    for g in parts:
+        if g is None and out and out[-1] is None:
+            continue
+        out.append(g)
+    return out
+
+
+def _part_tags(parts: list) -> list[str]:
+    """Names for a segmented axis's permuted parts: blocks and within for two, part0, part1, ... for more."""
+    named = [g for g in parts if g is not None]
+    tags = iter(["blocks", "within"] if len(named) == 2 else [f"part{i}" for i in range(len(named))])
+    return [next(tags) if g is not None else "" for g in parts]
 
 
 def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
-    """The permutation spec of ``model``, derived by tracing it on ``example_input``.
+    """The permutation spec of ``model``, derived from one forward pass on ``example_input``.
 
     Covers parameters and buffers, and attention heads (segmented axes, see
-    :class:`~raytraj.perm.spec.PermutationSpec`). The input's axes and the output's class axis
+    :class:`~raytraj.perm.spec.PermutationSpec`). The input's axes and the answer's class axis
     are never permuted; ops that are not understood leave the axes they touch unpermuted and are
     reported in ``spec.unpermuted``. Verify the result with :func:`check_spec`.
 
     Args:
-        model: the module to trace with torch.fx.
-        example_input: a batch (or a tuple of positional inputs) to propagate shapes with.
+        model: the module; a copy runs in eval mode, so the caller's model is not changed.
+        example_input: a batch of any dtype (token ids stay integers), a tuple of positional
+            inputs, or a dict of keyword inputs. The model may return a tensor, a tuple, a dict or
+            a ModelOutput; its answer is the ``logits`` entry, or else the first tensor.
 
     Returns:
         the spec; it warns (SpecInferenceWarning) when it left axes unpermuted.
+
+    Raises:
+        SpecInferenceError: the model fails on the example, or returns no tensor.
     """
-    return _Tracer(model).run(example_input)
+    try:
+        spec = _Tracer(model).run(example_input)
+    except SpecInferenceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a gap in the rules must not surface as a traceback
+        raise SpecInferenceError(
+            f"inference failed on {type(model).__name__} ({type(e).__name__}: {e}); write the spec by hand with "
+            "PermutationSpec.from_axes, or use --method naive, which needs none"
+        ) from e
+    if spec.unpermuted:
+        warnings.warn("infer_spec left axes unpermuted:\n  " + "\n  ".join(spec.unpermuted), SpecInferenceWarning,
+                      stacklevel=2)
+    return spec

@@ -18,6 +18,7 @@ supplies it with cost matrices, block scores and the objective through ``BankCos
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Mapping, Sequence
 
@@ -330,19 +331,44 @@ def block_scores(bank: PairBank, perm: Mapping[str, torch.Tensor],
             for axis, g in enumerate(plain.axes[name]):
                 if g is not None and axis not in (at, at + 1):
                     s = s.index_select(axis + 1, perm[g].to(s.device))  # same shape, axis reordered
-            others = [d for d in range(t.dim()) if d not in (at + 1, at + 2)]
-            c = torch.tensordot(t, s, dims=(others, others)).double()  # (H, d, H, d): target a, j x source b, k
+            c = contract_axes(t, s, (at + 1, at + 2))  # (H, d, H, d) float64: target a, j x source b, k
             m = c if m is None else m + c
         if m is not None:
             out[inner] = m.cpu().numpy()
     return out
 
 
+# On the CPU, the summed dimension of a contraction is cut into chunks of this many entries. MKL
+# splits a long one over its threads (from about 1024 entries on 2 threads), so the float32 result
+# would follow the thread count: a Ray worker with one CPU and this process with eight would feed
+# the LAPs different last bits, and tied units would be assigned differently. Chunks this short
+# are summed alike by one thread or many; their products are added in float64, in chunk order.
+CONTRACT_CHUNK = 512
+
+
+def contract_axes(target: torch.Tensor, source: torch.Tensor, keep: tuple[int, ...]) -> torch.Tensor:
+    """sum over every dim except ``keep`` of target x source, in float64, the same whatever the thread count.
+
+    (P, *dims) x (P, *dims) -> (*target's kept dims, *source's kept dims)
+    """
+    others = [d for d in range(target.dim()) if d not in keep]
+    kept = [target.shape[d] for d in keep]
+    summed = math.prod(target.shape[d] for d in others)
+    if target.device.type != "cpu" or summed <= CONTRACT_CHUNK:
+        # Sums over many pairs and many incremental updates accumulate in float64, on any device.
+        return torch.tensordot(target, source, dims=(others, others)).double()
+    n = math.prod(kept)
+    t = target.permute(*keep, *others).reshape(n, summed)  # (n, K)
+    s = source.permute(*keep, *others).reshape(n, summed)  # (n, K)
+    out = torch.zeros((n, n), dtype=torch.float64)
+    for k in range(0, summed, CONTRACT_CHUNK):
+        out += (t[:, k:k + CONTRACT_CHUNK] @ s[:, k:k + CONTRACT_CHUNK].T).double()  # (n, chunk) x (chunk, n)
+    return out.reshape(*kept, *kept)
+
+
 def _contract(target: torch.Tensor, source: torch.Tensor, axis: int) -> torch.Tensor:
-    """sum over every dim except ``axis``: an (n, n) matrix target_axis @ source_axis^T."""
-    others = [d for d in range(target.dim()) if d != axis]
-    # Sums over many pairs and many incremental updates accumulate in float64, on any device.
-    return torch.tensordot(target, source, dims=(others, others)).double()  # (P, *dims) x (P, *dims) -> (n, n)
+    """sum over every dim except ``axis``: an (n, n) float64 matrix target_axis @ source_axis^T."""
+    return contract_axes(target, source, (axis,))  # (P, *dims) x (P, *dims) -> (n, n)
 
 
 def match(

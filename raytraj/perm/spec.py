@@ -3,7 +3,7 @@
 It is plain data in the Git Re-Basin shape:
 
 * ``axes``:   tensor name -> one entry per axis: a group name, ``None`` (never permuted), or a
-  *segmented* entry ``(outer, inner)``;
+  *segmented* entry ``(outer, inner)``, or more parts ``(g1, g2, ..., gk)``;
 * ``groups``: group name  -> [(tensor name, axis), ...], derived from ``axes``;
 * ``shapes``: tensor name -> shape, so group sizes are known and inputs can be checked.
 
@@ -13,9 +13,13 @@ inside every block, the same way in each block. Along it, new[b * n_inner + j] =
 old[perm[outer][b] * n_inner + perm[inner][j]]. Multi-head attention allows a different
 within-head permutation per head; the shared one is a subgroup of that, so it is always correct,
 and it keeps every group a plain permutation of range(n). Group sizes are read off plain axes, off
-``group_sizes``, or off a segmented axis whose other group's size is known. One of the two may be
-None: ``(heads, None)`` permutes whole heads and leaves the dims inside them in place (what
-rotary position embeddings allow for q and k).
+``group_sizes``, or off a segmented axis whose other parts' sizes are known. A part may be None:
+``(heads, None)`` permutes whole heads and leaves the dims inside them in place (what rotary
+position embeddings allow for q and k).
+
+More parts nest the same way, row-major: a fused q/k/v projection of width 3 * heads * head_dim
+is ``(None, heads, dims)``, three fixed blocks (q, k, v), each of ``heads`` blocks of ``dims``.
+At most one part may be None, so that every part's size can be read off the others.
 
 A spec covers parameters *and* buffers (BatchNorm running stats move with their channels).
 Every constructor checks coverage: each tensor has one entry per axis, and every axis of a
@@ -24,21 +28,22 @@ group has the same length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import torch
 
-Axes = tuple  # tuple[str | None | tuple[str, str], ...]
+Axes = tuple  # tuple[str | None | tuple[str | None, ...], ...]
 
 
 def is_segmented(entry) -> bool:
-    """Whether one axis entry is an ``(outer, inner)`` pair rather than a group name or None."""
+    """Whether one axis entry is a tuple of parts, ``(outer, inner)`` or more, rather than a group name or None."""
     return isinstance(entry, tuple)
 
 
 def axis_groups(entry) -> tuple[str, ...]:
-    """The group names one axis entry carries: none, one, or (outer, inner)."""
+    """The group names one axis entry carries: none, one, or a segmented axis's parts."""
     if entry is None:
         return ()
     return tuple(g for g in entry if g is not None) if is_segmented(entry) else (entry,)
@@ -54,7 +59,8 @@ class PermutationSpec:
 
     Each tensor's axes name a group (the axis moves with every other axis of that group), None
     (it stays), or a segmented ``(outer, inner)`` pair (H x d units: ``outer`` moves whole
-    blocks, ``inner`` the units inside every block; None for a part that stays). Checked for
+    blocks, ``inner`` the units inside every block; None for a part that stays), or more parts
+    nested row-major, such as ``(None, heads, dims)`` for a fused q/k/v axis. Checked for
     coverage when built; ``infer_spec`` derives one from a model, ``from_axes`` takes a
     hand-written one.
 
@@ -101,33 +107,37 @@ class PermutationSpec:
                 for g in axis_groups(group):
                     groups.setdefault(g, []).append((name, axis))
                 if is_segmented(group):
-                    if group[0] == group[1]:
-                        raise SpecError(
-                            f"{name} axis {axis}: a segmented axis needs two different groups, got {group[0]!r} twice"
-                        )
+                    named = [g for g in group if g is not None]
+                    if len(set(named)) < len(named):
+                        raise SpecError(f"{name} axis {axis}: the parts of a segmented axis must be different "
+                                        f"groups, got {group!r}")
+                    if len(group) - len(named) > 1:
+                        raise SpecError(f"{name} axis {axis}: a segmented axis may hold one None part, got "
+                                        f"{group!r}")
                     segmented.append((name, axis, group))
                 elif group is not None:
                     settle(group, shape[axis], f"{name} axis {axis}")
         for g, n in self.group_sizes.items():
             settle(g, n, "group_sizes")
-        # A segmented axis fixes one group's size once the other's is known: settle to a fixpoint.
+        # A segmented axis fixes its one unknown part's size once the others are known: settle to a fixpoint.
         todo = segmented
         while todo:
             left = []
-            for name, axis, (outer, inner) in todo:
+            for name, axis, parts in todo:
                 n = shapes[name][axis]
-                known = [g for g in (outer, inner) if g in sizes]
-                if not known:
-                    left.append((name, axis, (outer, inner)))
+                unknown = [g for g in parts if g is None or g not in sizes]
+                if len(unknown) > 1:
+                    left.append((name, axis, parts))
                     continue
-                if n % sizes[known[0]]:
+                known = math.prod(sizes[g] for g in parts if g is not None and g in sizes)
+                if n % known or (not unknown and n != known):
                     raise SpecError(
-                        f"{name} axis {axis} has length {n}, which group {known[0]!r} of size {sizes[known[0]]} "
-                        "does not divide into blocks"
+                        f"{name} axis {axis} has length {n}, which groups "
+                        f"{[g for g in parts if g in sizes]} of sizes {[sizes[g] for g in parts if g in sizes]} "
+                        "do not divide into blocks"
                     )
-                other = inner if known[0] == outer else outer
-                if other is not None:
-                    settle(other, n // sizes[known[0]], f"{name} axis {axis}")
+                if unknown and unknown[0] is not None:
+                    settle(unknown[0], n // known, f"{name} axis {axis}")
             if len(left) == len(todo):
                 unknown = sorted({g for _, _, e in left for g in e if g is not None and g not in sizes})
                 raise SpecError(
@@ -186,7 +196,7 @@ class PermutationSpec:
                    group_sizes=d.get("group_sizes", {}))
 
     def unsegmented(self) -> "PermutationSpec":
-        """The same symmetry on tensors whose segmented axes are split in two: (..., n_outer, n_inner, ...).
+        """The same symmetry on tensors whose segmented axes are split into their parts: (..., n_outer, n_inner, ...).
 
         Every entry of the result is plain, so code written for plain axes (matching's cached
         contractions) serves segmented specs unchanged; :meth:`split_shape` gives the reshape.
@@ -199,14 +209,10 @@ class PermutationSpec:
         return PermutationSpec(axes=axes, shapes=shapes, unpermuted=self.unpermuted)
 
     def split_shape(self, name: str) -> tuple[int, ...]:
-        """The shape of tensor ``name`` with each segmented axis split into (n_outer, n_inner)."""
+        """The shape of tensor ``name`` with each segmented axis split into its parts' sizes."""
         out: list[int] = []
         for n, e in zip(self.shapes[name], self.axes[name]):
-            if is_segmented(e):
-                blocks = self.sizes[e[0]] if e[0] is not None else n // self.sizes[e[1]]
-                out += [blocks, n // blocks]
-            else:
-                out.append(n)
+            out += segment_sizes(e, n, self.sizes) if is_segmented(e) else [n]
         return tuple(out)
 
     # -- checks --------------------------------------------------------------------------------
@@ -260,19 +266,32 @@ class PermutationSpec:
         for g, members in self.groups.items():
             roles = {n: self.axes[n] for n, _ in members}
             lines.append(f"  {g} [{self.sizes[g]}]: " + ", ".join(
-                f"{n}:{a}" + ("" if not is_segmented(roles[n][a]) else
-                              "(blocks)" if roles[n][a][0] == g else "(within)") for n, a in members))
+                f"{n}:{a}" + ("" if not is_segmented(roles[n][a]) else _part_label(roles[n][a], g))
+                for n, a in members))
         for note in self.unpermuted:
             lines.append(f"  unpermuted: {note}")
         return "\n".join(lines)
 
 
+def segment_sizes(entry: tuple, length: int, sizes: Mapping[str, int]) -> list[int]:
+    """The sizes of a segmented axis's parts, row-major; a None part takes what the others leave."""
+    known = math.prod(sizes[g] for g in entry if g is not None)
+    return [sizes[g] if g is not None else length // known for g in entry]
+
+
+def _part_label(entry: tuple, group: str) -> str:
+    at = entry.index(group)
+    if len(entry) == 2:
+        return "(blocks)" if at == 0 else "(within)"
+    return f"(part {at + 1} of {len(entry)})"
+
+
 def _entry(e, name: str):
-    """One axis entry normalised: None, a group name, or an (outer, inner) tuple (from JSON lists too)."""
+    """One axis entry normalised: None, a group name, or a tuple of parts (from JSON lists too)."""
     if e is None or isinstance(e, str):
         return e
-    if (isinstance(e, (tuple, list)) and len(e) == 2 and all(g is None or isinstance(g, str) for g in e)
-            and e != [None, None] and tuple(e) != (None, None)):
+    if (isinstance(e, (tuple, list)) and len(e) >= 2 and all(g is None or isinstance(g, str) for g in e)
+            and any(g is not None for g in e)):
         return tuple(e)
-    raise SpecError(f"{name}: an axis entry must be a group name, None or (outer, inner) names (one may be "
-                    f"None), got {e!r}")
+    raise SpecError(f"{name}: an axis entry must be a group name, None or a tuple of two or more parts (group "
+                    f"names, one may be None), got {e!r}")

@@ -1,7 +1,15 @@
-"""Training that records its trajectory."""
+"""Training that records its trajectory.
 
-from .loop import TrainResult, initial_state, lr_at, train
-from .recipe import TrainConfig
-from .run import train_from_args
+Names are imported from their modules on first use (``raytraj.lazy``): the CLI reads TrainConfig's
+defaults without loading torch.
+"""
 
-__all__ = ["TrainConfig", "TrainResult", "initial_state", "lr_at", "train", "train_from_args"]
+from ..lazy import lazy_exports
+
+_NAMES = {
+    **dict.fromkeys(["TrainResult", "initial_state", "lr_at", "train"], ".loop"),
+    "TrainConfig": ".recipe",
+    "train_from_args": ".run",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
+__all__ = sorted(_NAMES)

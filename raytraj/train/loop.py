@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from .. import fs
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import ConfigError, to_dict
-from ..data import Dataset, epoch_batches
+from ..config import ConfigError, check_seed, to_dict
+from ..data import Dataset, epoch_batches, fingerprint
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
 from ..models import HEAD, build_model, model_to_dict, reinit_head
 from ..progress import progress_bar
 from ..runfolder import RunFolder
-from ..runtime import default_device
+from ..runtime import resolve_device
 from ..trajectory import TrajectoryError, TrajectoryStore, TrajectoryWriter, is_store
 from ..trajectory.store import MANIFEST
+from ..writelock import locks_output
 from .recipe import TrainConfig
 
 TRAIN_STATE = "train_state.safetensors"
@@ -87,6 +88,7 @@ def initial_state(model_cfg, seed: int, init: Mapping[str, torch.Tensor] | None,
     return {k: body[k].clone() for k in own}
 
 
+@locks_output("out", what="training run")
 def train(
     model_cfg,
     data: Dataset,
@@ -117,11 +119,13 @@ def train(
 
 def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *, init, init_info, new_head, device,
            soft_targets, soft_info, progress, head) -> TrainResult:
-    device = torch.device(device or default_device())
+    check_seed("--seed", seed)
+    device = resolve_device(device)
     model = build_model(model_cfg, seed).to(device)
     param_names = [n for n, _ in model.named_parameters()]
     meta = {
-        "model": model_to_dict(model_cfg), "data": to_dict(data.config), "recipe": to_dict(recipe), "seed": seed,
+        "model": model_to_dict(model_cfg), "data": to_dict(data.config), "data_fingerprint": fingerprint(data),
+        "recipe": to_dict(recipe), "seed": seed,
         "init": init_info, "new_head": new_head, **({"soft_targets": soft_info} if soft_targets is not None else {}),
     }
     state_path = fs.join(out, TRAIN_STATE)
@@ -164,7 +168,7 @@ def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *
         save_checkpoint(state_path, momentum, {
             "step": step, "iteration": iteration, "train_s": train_s, "val_acc": val_accs,
             "elapsed_s": elapsed0 + time.perf_counter() - t_start, "cpu_s": cpu0 + time.process_time() - c_start})
-        bar.set_postfix(val_acc=f"{val:.1f}")
+        bar.set_postfix(step=step, val_acc=f"{val:.2f}")  # the recorded step and its val
         model.train()
 
     model.train()
@@ -188,7 +192,6 @@ def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *
             opt.step()
             train_s += time.perf_counter() - t0
             iteration += 1
-            bar.update(1)
             if recipe.save_every:
                 due = iteration % recipe.save_every == 0 or iteration == total
             else:
@@ -198,6 +201,7 @@ def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *
                     raise FloatingPointError(f"training loss became {loss.item()} by iteration {iteration}; "
                                              "lower --lr")
                 checkpoint()
+            bar.update(1)  # after the checkpoint: its line shows the step just recorded
     bar.close()
     model.eval()
     test = accuracy(model, model.state_dict(), data, "test", device=device)

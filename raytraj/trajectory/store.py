@@ -13,6 +13,7 @@ manifest that lists it, so a crash leaves at worst an unlisted file that the nex
 
 from __future__ import annotations
 
+import errno
 import json
 import platform
 import zlib
@@ -134,7 +135,9 @@ class TrajectoryWriter:
         with fs.atomic_output(fs.join(self.location, rel)) as out:
             with ipc.new_file(out, schema) as w:
                 w.write_batch(pa.record_batch(columns, schema=schema))
-        self.manifest["steps"].append({"step": step, "file": rel, **(info or {})})
+        # The tensors' checksums, folded into the manifest: its digest then names the trajectory's data.
+        tensors_crc = zlib.crc32(" ".join(f.metadata[b"crc32"].decode() for f in fields).encode())
+        self.manifest["steps"].append({"step": step, "file": rel, "crc32": tensors_crc, **(info or {})})
         fs.atomic_write_json(fs.join(self.location, MANIFEST), self.manifest)
 
     def truncate(self, num_steps: int) -> None:
@@ -178,7 +181,15 @@ class TrajectoryStore:
         steps = [s["step"] for s in manifest["steps"]]
         if steps != list(range(len(steps))):
             missing = sorted(set(range(max(steps, default=-1) + 1)) - set(steps))
-            raise TrajectoryError(f"{self.location} is missing steps {missing}; re-record or resume the run")
+            twice = sorted({s for s in steps if steps.count(s) > 1})
+            if twice:
+                problem = f"lists steps {twice} more than once"
+            elif missing:
+                problem = f"is missing steps {missing}"
+            else:
+                problem = f"lists its steps out of order ({steps[:8]}{' ...' if len(steps) > 8 else ''})"
+            raise TrajectoryError(f"{path} {problem}; the manifest was edited or damaged: re-record the run, "
+                                  "resume it, or restore the file from a copy")
         self.manifest = manifest
         self._columns = {t["name"]: i for i, t in enumerate(manifest["tensors"])}
         if self.complete:
@@ -253,6 +264,14 @@ class TrajectoryStore:
 
         return from_dict(TrainConfig, self.meta.get("recipe") or {})
 
+    @property
+    def digest(self) -> str:
+        """The store's identity: a hash of its manifest, which lists every step's tensor checksums. A
+        store retrained (another seed, other data) or edited has another digest."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
+
     def step_info(self, step: int) -> dict:
         self._check_step(step)
         return self.manifest["steps"][step]
@@ -290,7 +309,13 @@ class TrajectoryStore:
                     out[field.name] = _decode(field, col, location)
         except TrajectoryError:
             raise
-        except (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError) as e:
+        except OSError as e:
+            if _unreadable(e):  # the file is fine, this user may not read it: no "corrupt, re-record"
+                raise PermissionError(errno.EACCES, f"cannot read step {step}: permission denied; make the store "
+                                      "readable to this user (chmod -R u+r) or run as its owner", location) from None
+            raise TrajectoryError(f"{location} is truncated or corrupt ({e}); re-record the run or restore "
+                                  "the file from a copy") from e
+        except (pa.ArrowException, ValueError, IndexError, KeyError, TypeError) as e:
             # Any damage to the file's bytes (found by fuzzing single bytes): one clear error.
             raise TrajectoryError(f"{location} is truncated or corrupt ({e}); re-record the run or restore "
                                   "the file from a copy") from e
@@ -300,6 +325,11 @@ class TrajectoryStore:
         """Read every step in full; raises TrajectoryError at the first damaged one."""
         for step in range(self.num_steps):
             self.read(step)
+
+
+def _unreadable(e: OSError) -> bool:
+    """An error of access (pyarrow puts the errno in its message only), not of content."""
+    return e.errno in (errno.EACCES, errno.EPERM) or "permission denied" in str(e).lower()
 
 
 def _check_manifest(path: str, manifest: dict) -> None:
@@ -328,10 +358,23 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return ref, None
 
 
+def open_ref(ref: str) -> tuple[TrajectoryStore, int | None]:
+    """The store and step (None: the last) that ``STORE[:STEP]`` names. A store whose own name ends in
+    ``:N`` (a folder ``run:1``) is that store, not step N of ``run``; when neither exists, the
+    message says how the reference was read."""
+    location, step = parse_ref(ref)
+    if step is not None and not fs.exists(fs.join(location, MANIFEST)):
+        if fs.exists(fs.join(ref, MANIFEST)):
+            return TrajectoryStore(ref), None
+        raise TrajectoryError(f"{location} is not a trajectory store (no {MANIFEST}); {ref!r} was read as "
+                              f"STORE:STEP, step {step} of {location}. A store whose name ends in ':{step}' "
+                              f"is read whole only where it exists: check the path")
+    return TrajectoryStore(location), step
+
+
 def read_state(ref: str) -> tuple[dict[str, torch.Tensor], TrajectoryStore, int]:
     """The full state at ``STORE[:STEP]`` (default: the last recorded step)."""
-    location, step = parse_ref(ref)
-    store = TrajectoryStore(location)
+    store, step = open_ref(ref)
     step = store.last_step if step is None else step
     return store.read(step), store, step
 

@@ -23,8 +23,10 @@ CHUNK = 256  # steps per chunk file
 
 
 class RunCheckpointer:
-    def __init__(self, location: str, chunk: int | None = None):
+    def __init__(self, location: str, chunk: int | None = None, sizes: dict[str, int] | None = None):
+        """``sizes``: the permutation groups and sizes the saved permutations must have (the spec's)."""
         self.location = location
+        self.sizes = sizes
         self.chunk = chunk or CHUNK
         self.pair_steps: list[int] = []  # steps whose pair file is on disk
         self._chunks = 0  # chunk files on disk
@@ -115,7 +117,8 @@ class RunCheckpointer:
                 pairs.append((target, source))
         state = TransferState(
             step=info["step"],
-            perms=[perm_from_lists(p) for p in records["perms"]],
+            perms=[perm_from_lists(p, self.sizes, f"{self.location}: the saved permutation of step {s}")
+                   for s, p in enumerate(records["perms"])],
             val_acc={int(k): v for k, v in records["val_acc"].items()},
             timing=info["timing"],
             solves=records["solves"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..config import ConfigError, check_seed
 from ..trajectory import SCHEDULES
 
 METHODS = ("fgmt", "gmt", "naive", "oracle")
@@ -88,6 +88,7 @@ class TransferConfig:
         for name in ("eval_every", "bn_batches", "val_subset", "step_sweeps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_seed("seed", self.seed)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 

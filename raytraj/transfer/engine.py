@@ -54,7 +54,9 @@ def run_transfer(
     pending: dict[int, object] = {}
 
     def collect(before: int):
-        for s in sorted(k for k in pending if k < before):
+        # A handle already done (the local backend's) is read at once; another backend's evaluation
+        # runs on while the next step computes, and is read then.
+        for s in sorted(k for k in pending if k < before or hasattr(pending[k], "value")):  # holds its value
             t0 = time.perf_counter()
             acc = pending.pop(s).result()
             state.timing["eval_s"] += time.perf_counter() - t0
@@ -72,7 +74,22 @@ def run_transfer(
         if cfg.evaluates(s, num_steps) and s not in state.val_acc:
             submit_eval(s)
 
-    bar = progress_bar(num_steps, state.step, f"transfer {cfg.method}", progress)
+    bar = progress_bar(num_steps, state.step, f"transfer {cfg.method}", progress, unit="step")
+
+    shown = [state.step]  # steps counted on the bar (a disabled bar counts nothing itself)
+
+    def report(upto: int):
+        """Count steps up to ``upto`` on the bar, each beside its own val (evaluated steps only)."""
+        while shown[0] < upto:
+            shown[0] += 1
+            done = shown[0]
+            note = {"val_acc": f"{state.val_acc[done]:.2f}"} if done in state.val_acc else {}
+            busy = getattr(backend, "utilisation", None)  # the Ray backend: share of time its workers computed
+            if busy is not None and busy() is not None:
+                note["workers_busy"] = f"{100 * busy():.0f}%"
+            bar.set_postfix(**note)
+            bar.update(1)
+
     for s in range(state.step + 1, num_steps + 1):
         prev = state.perms[s - 1]
         if cfg.method in ("gmt", "fgmt"):
@@ -105,16 +122,10 @@ def run_transfer(
         if checkpointer:
             new_pairs, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
             checkpointer.save(state, new_pairs, cache)
-        last = max(state.val_acc) if state.val_acc else None
-        bar.update(1)
-        note = {"val_acc": f"{state.val_acc[last]:.1f}"} if last is not None else {}
-        busy = backend.utilisation()  # the share of time a backend's workers computed (None: no workers)
-        if busy is not None:
-            note["workers_busy"] = f"{100 * busy:.0f}%"
-        if note:
-            bar.set_postfix(**note)  # LineProgress (logs) takes keywords only
-    bar.close()
+        report(s - 1 if s in pending else s)  # a step is shown once its val is known
     collect(before=num_steps + 1)
+    report(num_steps)
+    bar.close()
     if checkpointer:
         _, cache, state.shards = matcher.snapshot() if fgmt else ([], {}, {})
         checkpointer.save(state, [], cache)

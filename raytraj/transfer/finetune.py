@@ -12,8 +12,9 @@ from ..config import ConfigError
 from ..data import DataConfig
 from ..models import model_from_dict, rebuildable
 from ..recorded import data_of, model_of
-from ..runfolder import RunFolder
+from ..runfolder import CONFIG, RunFolder
 from ..train import TrainResult, train
+from ..trajectory import is_store
 from .problem import open_source
 from .run import load_run_config
 
@@ -37,6 +38,16 @@ def finetune(run: str, out: str, *, epochs: int, lr: float | None = None, seed: 
     Returns:
         the TrainResult (val and test accuracy, timings).
     """
+    folder = RunFolder(run)
+    if not folder.started:
+        if is_store(run):
+            raise ConfigError(f"--from {run} is a trajectory store, not a transfer run folder; to train on from a "
+                              f"store's step use `raytraj train --init {run}[:STEP] ...`")
+        raise ConfigError(f"--from {run} is not a transfer run folder (it has no {CONFIG}); give the --out of a "
+                          "`raytraj transfer`")
+    if not folder.has_model(which):
+        raise ConfigError(f"--from {run} holds an unfinished transfer (no {which} model yet); finish it with "
+                          "`raytraj transfer ... --resume` first")
     record, cfg = load_run_config(run)
     source = open_source(record["source"])
     state, info = RunFolder(run).load_model(which)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, check_seed
 from ..data import DataConfig, Dataset
 from ..evaluation import at_chance_level, chance_accuracy
 from ..imports import resolve
@@ -151,6 +151,7 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     spec = infer_checked_spec(model_cfg, data, spec)
 
     if target_seed is not None:
+        check_seed("--target-seed", target_seed)
         init = initial_state(model_cfg, target_seed, None, False)
         target = {"seed": target_seed}
     elif target_state is not None:
@@ -182,9 +183,10 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     return Problem(source, meta, model_cfg, data_cfg, data, spec, trajectory, init, target, oracle_perm)
 
 
-def refuse_source_init(source: str, store: TrajectoryStore, init: dict, target: dict) -> None:
-    """A target init equal to the source's own init only replays the source: the result means nothing."""
-    start = store.read(0, store.param_names)
+def refuse_source_init(source: str, store: TrajectoryStore, init: dict, target: dict, start: dict | None = None) -> None:
+    """A target init equal to the source's own init (``start``, read here if not given) only replays
+    the source: the result means nothing."""
+    start = store.read(0, store.param_names) if start is None else start
     if all(k in init and init[k].shape == v.shape and torch.equal(init[k], v) for k, v in start.items()):
         how = (f"--target-seed {target['seed']}" if "seed" in target else "the target module" if
                target.get("module") else f"--target-init {target.get('init')}")
@@ -199,14 +201,21 @@ def check_targets(source: str, targets: list[dict], seed: int = 0) -> None:
     store = open_source(source)
     model_cfg = model_of(store)  # its model can be rebuilt here (a factory that imports, with the store's shapes)
     refuse_untrained_source(source, store.meta, data_of(store))
+    start = store.read(0, store.param_names)  # once, not per target: ensembles may have thousands
+    # A store `raytraj train` made from a seed (no --init) starts where its factory seeded with that
+    # seed starts, and nowhere another seed does: only that seed needs building.
+    seeded = store.meta.get("seed") if not store.meta.get("init") else None
     for t in targets:
         if t.get("target_seed") is not None:
+            check_seed("--target-seed", t["target_seed"])
+            if seeded is not None and t["target_seed"] != seeded:
+                continue
             init, target = initial_state(model_cfg, t["target_seed"], None, False), {"seed": t["target_seed"]}
         else:
             state, _, _ = read_state(t["target_init"])
             init = initial_state(model_cfg, seed, state, bool(t.get("new_head")))
             target = {"init": t["target_init"]}
-        refuse_source_init(source, store, init, target)
+        refuse_source_init(source, store, init, target, start)
 
 
 def oracle_permutation(source: str, store: TrajectoryStore, oracle_target: str, target_init, spec, seed: int):

@@ -18,6 +18,7 @@ from ..perm import perm_to_lists
 from ..ray_config import RayConfig
 from ..runfolder import RunFolder
 from ..trajectory import is_store
+from ..writelock import locks_output
 from .backend import Backend
 from .checkpointing import RunCheckpointer
 from .config import TransferConfig
@@ -62,6 +63,7 @@ def make_backend(problem: Problem, cfg: TransferConfig, backend: str = "local", 
     raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
 
 
+@locks_output("out", what="transfer")
 def transfer(
     source: str,
     out: str,
@@ -122,6 +124,8 @@ def transfer(
     if problem is None:
         problem = prepare(source, cfg, target_seed=target_seed, target_init=target_init, new_head=new_head,
                           oracle_target=oracle_target, model=model, data=data, spec=spec, head=head, force=force)
+    record["fingerprints"] = fingerprints(problem)
+    checkpointer.sizes = problem.spec.sizes  # saved permutations must fit the spec
     claimed = _claim_output(out, record, checkpointer, resume)  # only once the inputs are known good
     try:
         # Ray workers keep their bank shards' checkpoint in the run folder.
@@ -248,15 +252,58 @@ def _claim_output(out: str, record: dict, checkpointer: RunCheckpointer, resume:
         if not resume:
             raise ConfigError(f"{out} holds an unfinished transfer; pass --resume to continue it, or choose another "
                               "--out")
-        if recorded != record:
-            diff = sorted(k for k in record if recorded.get(k) != record[k])
-            raise ConfigError(f"{out} holds a transfer with other settings ({', '.join(diff)}); resume with the same "
-                              "arguments")
+        settings = [k for k in record if k != "fingerprints" and recorded.get(k) != record[k]]
+        if settings:
+            raise ConfigError(f"{out} holds a transfer with other settings ({_setting_changes(recorded, record)}); "
+                              "resume with the same arguments")
+        if "fingerprints" in record and recorded.get("fingerprints") not in (None, record["fingerprints"]):
+            raise ConfigError(f"{out} was started on other inputs: {_input_changes(recorded['fingerprints'], record['fingerprints'])}; "
+                              "resuming would mix two transfers. Restore the inputs, or start a new --out")
         return False
     if not write:
         return False
     fs.atomic_write_json(config_path, record)
     return True
+
+
+def fingerprints(problem: Problem) -> dict:
+    """The identities of a transfer's inputs, for config.json: a resume on changed inputs is refused."""
+    import hashlib
+
+    from ..trajectory import TrajectoryStore
+
+    store = TrajectoryStore(problem.source)
+    h = hashlib.sha256()
+    for name, t in sorted(problem.target_init.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().double().reshape(-1).numpy().tobytes())
+    return {"source": {"digest": store.digest, "seed": store.meta.get("seed"), "steps": store.num_steps,
+                       "data": (store.meta.get("data_fingerprint") or {}).get("sha256")},
+            "target": {"digest": h.hexdigest()[:16], **problem.target}}
+
+
+def _setting_changes(recorded: dict, record: dict) -> str:
+    """``--method naive -> fgmt``: each setting that differs, as it was and as it is now."""
+    out = []
+    for key in sorted(k for k in record if k != "fingerprints" and recorded.get(k) != record[k]):
+        was, now = recorded.get(key), record[key]
+        if isinstance(was, dict) and isinstance(now, dict):
+            out += [f"{key}.{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                    if was.get(k) != now.get(k)]
+        else:
+            out.append(f"{key} {was!r} -> {now!r}")
+    return ", ".join(out)
+
+
+def _input_changes(was: dict, now: dict) -> str:
+    """What changed in the source or target since the run started, field by field."""
+    out = []
+    for role in ("source", "target"):
+        a, b = was.get(role) or {}, now.get(role) or {}
+        diff = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            out.append(f"the {role} changed ({', '.join(diff)})")
+    return "; ".join(out) or "the inputs changed"
 
 
 def load_run_config(out: str) -> tuple[dict, TransferConfig]:

@@ -31,7 +31,7 @@ from ..finite import nonfinite_names
 from ..models import build_model
 from ..perm import PermutationSpec
 from ..perm.apply import permute_tensor
-from ..runtime import default_device
+from ..runtime import resolve_device
 from ..trajectory import Trajectory
 
 
@@ -80,7 +80,7 @@ class TransferWorker:
                  target_init: Mapping[str, torch.Tensor], *, seed: int, batch_size: int, bn_batches: int,
                  eval_batch_size: int = 512, val_subset: int = 0, init_decay: bool = False,
                  device: torch.device | str | None = None):
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.model = build_model(model_cfg, 0).to(self.device)
         self.data = data
         self.spec = spec
@@ -139,13 +139,15 @@ class TransferWorker:
         source_state = self.source_point(t)
         for i in batch_ids:
             key = (self.seed, step, t, i)
-            target, source = self._gradient(target_state, batches[i], key), self._gradient(source_state, batches[i], key)
+            target = self._gradient(target_state, batches[i], key)
+            source = self._gradient(source_state, batches[i], key)
             for side, state, grad in (("transferred model", target_state, target), ("source", source_state, source)):
                 check_gradient(grad, state, side, t, step)
             yield i, (target, source)
 
     def gradient_means(self, perm, step: int, t: int, count: int) -> tuple[dict, dict]:
-        """The gradient pair of point t at transfer step ``step``: both models' gradients, averaged over ``count`` batches."""
+        """The gradient pair of point t at transfer step ``step``: both models' gradients, averaged over
+        ``count`` batches."""
         return mean_gradients(self.gradient_batches(perm, step, t, range(count), count), count)
 
     def _gradient(self, state, idx, key=None) -> dict[str, torch.Tensor]:

@@ -8,14 +8,16 @@ import torch
 
 from .. import fs
 from ..config import ConfigError, replace
-from ..data import load_data
+from ..recorded import data_of
 from ..models import config_for_data
 from ..train import train
 from ..transfer.problem import open_source
+from ..writelock import locks_output
 from .ensemble import RESULT
 from .trial import load_probs
 
 
+@locks_output("out", what="distillation")
 def distill(ensemble: str, out: str, *, student: str = "mlp", student_args: dict | None = None,
             epochs: int | None = None, lr: float | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Train a student on an ensemble's averaged soft labels, and the same student on hard labels.
@@ -36,7 +38,7 @@ def distill(ensemble: str, out: str, *, student: str = "mlp", student_args: dict
         raise ConfigError(f"{ensemble} holds no finished ensemble ({RESULT} is missing); run `raytraj ensemble` first")
     record = fs.read_json(fs.join(ensemble, RESULT))
     source = open_source(record["source"])
-    data = load_data(source.data_config())
+    data = data_of(source)
     teacher = np.mean([load_probs(m["run"], "train") for m in record["members"]], axis=0)
     teacher_test = np.mean([load_probs(m["run"], "test") for m in record["members"]], axis=0)
     recipe = source.recipe()

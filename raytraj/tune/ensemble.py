@@ -20,13 +20,13 @@ from ray import tune
 
 from .. import fs
 from ..config import ConfigError, to_dict
-from ..data import load_data
 from ..recipes import check_finetune
-from ..recorded import model_of
+from ..recorded import data_of, model_of
 from ..trajectory import is_store
 from ..transfer import TransferConfig
 from ..transfer.problem import check_targets, open_source
-from .runner import refuse_unfinished, result_rows, run_experiment
+from ..writelock import locks_output
+from .runner import check_trial_options, refuse_unfinished, result_rows, run_experiment
 from .trial import load_probs
 
 RESULT = "ensemble.json"
@@ -43,6 +43,7 @@ def member_targets(members: int, targets: str | list[str] | None, new_head: bool
     return [{"target_init": fs.absolute(s), "new_head": new_head} for s in stores]
 
 
+@locks_output("out", what="ensemble")
 def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, targets=None, new_head: bool = False,
                  seed_base: int = 1000, finetune_epochs: int = 0, finetune_lr: float | None = None,
                  storage: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
@@ -61,6 +62,7 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         accuracy by size, the source's, and timings against training the members from scratch.
     """
     check_finetune(finetune_epochs, finetune_lr)
+    check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent)
     target_list = member_targets(members, targets, new_head, seed_base)
     source, out = fs.absolute(source), fs.absolute(out)
     if is_store(out):
@@ -74,13 +76,13 @@ def run_ensemble(source: str, out: str, *, members: int, cfg: TransferConfig, ta
         "ensemble", {"member": tune.grid_search(list(range(members)))}, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address, runtime_env=runtime_env,
+        max_failures=max_failures, address=address, runtime_env=runtime_env, trials=members,
     )
     wall_s = time.perf_counter() - t0
     rows = result_rows(grid)
     refuse_unfinished(rows, "ensemble members", members)
     rows.sort(key=lambda r: r["config"]["member"])
-    data = load_data(store.data_config())
+    data = data_of(store)
     labels = data.y["test"].numpy()
     dirs = [fs.join(out, "members", f"member-{r['config']['member']:03d}") for r in rows]
     probs = [load_probs(d, "test") for d in dirs]

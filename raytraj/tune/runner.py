@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import stat
+import time
 
 import ray
 from ray import tune
 
 from .. import fs
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..distributed.cluster import connect, fits, fixed_cluster, node_totals
+from ..progress import meter, timestamp
 from ..ray_errors import describe
 from ..runfolder import RunFolder
 from .trial import FINISHED, MEMBERS, TRIALS, transfer_trial
@@ -82,10 +84,29 @@ def check_trusted_storage(path: str) -> None:
                               f"code in it; `chmod o-w {p}` if you trust its content")
 
 
+def check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent) -> None:
+    """Values Tune would take (and hang on, or fail on with a traceback): refused before anything starts."""
+    check_number("--cpus-per-trial", cpus_per_trial, above=0)
+    check_number("--gpus-per-trial", gpus_per_trial, minimum=0)
+    check_number("--max-concurrent", max_concurrent, minimum=1, integer=True)
+
+
+def say_trials(name: str, trials: int, cpus_per_trial: float, gpus_per_trial: float,
+               max_concurrent: int | None) -> None:
+    """One line before Tune starts: how many trials, and how many the cluster runs at once."""
+    total = ray.cluster_resources()
+    at_once = int(total.get("CPU", 0) // cpus_per_trial) if cpus_per_trial else trials
+    if gpus_per_trial:
+        at_once = min(at_once, int(total.get("GPU", 0) // gpus_per_trial))
+    at_once = max(1, min(at_once, max_concurrent or at_once, trials))
+    print(f"{name}: {trials} trials, {at_once} at a time on this cluster ({total.get('CPU', 0):g} CPUs, "
+          f"{total.get('GPU', 0):g} GPUs): about {-(-trials // at_once)} rounds", flush=True)
+
+
 def run_experiment(name: str, param_space: dict, *, out: str, storage: str | None, resume: bool,
                    cpus_per_trial: float, gpus_per_trial: float | None, tune_config: tune.TuneConfig,
                    max_failures: int = 2, address: str | None = None, settings: dict | None = None,
-                   runtime_env: dict | None = None) -> tune.ResultGrid:
+                   runtime_env: dict | None = None, trials: int | None = None) -> tune.ResultGrid:
     """Start (or with ``resume`` continue) experiment ``name``.
 
     Args:
@@ -94,7 +115,9 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
         gpus_per_trial: None takes one GPU per trial when the cluster has GPUs.
         settings: JSON-friendly; a resume with other settings is refused before anything is touched.
         runtime_env: Ray's runtime_env (``working_dir``, ``py_modules``) for the user's own modules.
+        trials: how many trials the experiment holds, for the progress count (default: Tune's count).
     """
+    check_trial_options(cpus_per_trial, gpus_per_trial, tune_config.max_concurrent_trials)
     settings = json.loads(json.dumps(settings or {}))  # as it reads back: tuples become lists
     record = settings_path(out, name)
     root = storage_root(out, storage)
@@ -111,6 +134,8 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
     if gpus_per_trial is None:
         gpus_per_trial = default_gpus_per_trial()
     check_trial_fits(cpus_per_trial, gpus_per_trial)
+    if trials:
+        say_trials(name, trials, cpus_per_trial, gpus_per_trial, tune_config.max_concurrent_trials)
     trainable = tune.with_resources(tune.with_parameters(transfer_trial, settings=settings),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if resume:
@@ -134,7 +159,7 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
                 # Tune's own tables (a status table every few seconds, each trial's result dump) give way
                 # to one line per trial event; Tuner.restore keeps the callback it was started with.
                 verbose=0,
-                callbacks=[TrialLines(name)],
+                callbacks=[TrialLines(name, trials)],
             ),
         )
     with quiet_tune():
@@ -142,14 +167,43 @@ def run_experiment(name: str, param_space: dict, *, out: str, storage: str | Non
 
 
 class TrialLines(tune.Callback):
-    """One line per trial start, finish, early stop and failure, in a terminal and in logs alike."""
+    """One timestamped line per trial start, finish, early stop and failure, in a terminal and in
+    logs alike; a trial's end also counts the trials done, with elapsed time, time remaining and rate."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, total: int | None = None):
+        self.name, self.total = name, total
+        self._runtime()
+
+    def _runtime(self) -> None:
+        # counted in this process only: Tuner.restore unpickles the callback it was started with
+        self._t0, self._initial, self._ended = None, None, set()
+
+    def __getstate__(self):
+        return {"name": self.name, "total": self.total}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._runtime()
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self._t0 = time.monotonic()
+        if self.total is None and total_num_samples and total_num_samples > 0:
+            self.total = total_num_samples
 
     def _say(self, trial, what: str) -> None:
         searched = " ".join(f"{k}={v}" for k, v in _flat(trial.config or {}).items())
-        print(f"{self.name}: trial {trial.trial_id} ({searched}) {what}", flush=True)
+        print(f"{timestamp()} {self.name}: trial {trial.trial_id} ({searched}) {what}", flush=True)
+
+    def _count(self, trials, trial) -> str:
+        """``; k/N trials done (pct%) [elapsed<remaining, rate]`` after ``trial`` ended."""
+        if self._initial is None:  # trials a resumed experiment had already finished
+            self._initial = sum(1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR"))
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        self._ended.add(trial.trial_id)
+        n = self._initial + len(self._ended)
+        total = max(self.total or len(trials), n)
+        return "; trials done " + meter(n, total, time.monotonic() - self._t0, self._initial, unit="trial")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(trial, "started")
@@ -157,16 +211,21 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
         best = f"best val {r['best_val_acc']:.2f}%" if r.get("best_val_acc") is not None else "no evaluation"
-        if r.get(FINISHED):
-            self._say(trial, f"finished: {best} (step {r.get('best_step')})")
+        if r.get(FINISHED) and r.get("finetune_val_acc") is not None:
+            # what the trial hands over is the trained-on model: its val first, the transfer's after
+            self._say(trial, f"finished: val {r['finetune_val_acc']:.2f}% after the training after the transfer "
+                             f"(the transfer's {best} at step {r.get('best_step')}){self._count(trials, trial)}")
+        elif r.get(FINISHED):
+            self._say(trial, f"finished: {best} (step {r.get('best_step')}){self._count(trials, trial)}")
         else:
-            self._say(trial, f"stopped early by the scheduler at step {r.get('step')}: {best}")
+            self._say(trial, f"stopped early by the scheduler at step {r.get('step')}: {best}"
+                             f"{self._count(trials, trial)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._say(trial, "failed; Tune starts it again, from its last saved step")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._say(trial, "failed")
+        self._say(trial, f"failed{self._count(trials, trial)}")
 
 
 def _flat(config: dict) -> dict:

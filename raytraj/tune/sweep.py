@@ -27,7 +27,8 @@ from ..trajectory import is_store
 from ..transfer import TransferConfig
 from ..recipes import check_finetune
 from ..transfer.problem import check_targets
-from .runner import refuse_unfinished, result_rows, run_experiment
+from ..writelock import locks_output
+from .runner import check_trial_options, refuse_unfinished, result_rows, run_experiment
 from .trial import FINISHED, TIME_ATTR
 
 # Searched besides TransferConfig's fields: the subsequent training of each trial's transfer.
@@ -79,6 +80,7 @@ def _typed(name: str, text: str, hint):
         raise ConfigError(f"--param {name}: {text!r} is not a valid {kind.__name__}") from None
 
 
+@locks_output("out", what="sweep")
 def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferConfig, target: dict,
               samples: int = 1, search: str = "grid", scheduler: str | None = None, storage: str | None = None,
               cpus_per_trial: float = 1, gpus_per_trial: float | None = None, max_concurrent: int | None = None,
@@ -107,6 +109,7 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
         target = {**target, "target_init": fs.absolute(target["target_init"])}
     if is_store(out):
         raise ConfigError(f"--out {out} is a trajectory store; a sweep needs a folder of its own")
+    check_trial_options(cpus_per_trial, gpus_per_trial, max_concurrent)
     check_targets(source, [target], base.seed)  # the source is usable, its model rebuilds, the target differs
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
@@ -134,15 +137,15 @@ def run_sweep(source: str, out: str, params: dict[str, list], *, base: TransferC
                 "params": params, "samples": samples, "search": search, "scheduler": scheduler}
     searched = {"transfer": {k: v for k, v in space.items() if k not in FINETUNE_FIELDS},
                 **{k: v for k, v in space.items() if k in FINETUNE_FIELDS}}
+    expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)
     grid = run_experiment(
         "sweep", searched, settings=settings,
         out=out, storage=storage, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
-        max_failures=max_failures, address=address, runtime_env=runtime_env,
+        max_failures=max_failures, address=address, runtime_env=runtime_env, trials=expected,
     )
     results = result_rows(grid)
-    expected = samples * (math.prod(len(v) for v in params.values()) if search == "grid" else 1)
     refuse_unfinished([r for r in results if r["status"] != "error" or not r["metrics"]], "sweep trials",
                       expected - sum(1 for r in results if r["status"] == "error" and r["metrics"]))
     rows = []
@@ -191,6 +194,12 @@ def format_results(rows: list[dict], params: list[str]) -> str:
     out = [line, "-" * len(line)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(out)
+
+
+def format_best(rows: list[dict], params: list[str]) -> str:
+    """The best trial as the table's own row under its header (rows are sorted best first)."""
+    header, _, row = format_results(rows, params).splitlines()[:3]
+    return f"best:\n{header}\n{row}"
 
 
 def _fmt(v) -> str:

@@ -18,7 +18,7 @@ from ray import tune
 
 from .. import fs
 from ..config import from_dict
-from ..data import load_data
+from ..recorded import data_of
 from ..evaluation import predict
 from ..models import build_model
 from ..runfolder import RunFolder
@@ -28,6 +28,7 @@ from ..transfer import TransferConfig, transfer
 from ..transfer.checkpointing import RunCheckpointer
 from ..transfer.finetune import finetune
 from ..transfer.problem import open_source
+from ..writelock import covered_by
 
 PROBS = "probs-{split}.npy"
 # Not Tune's own ``done``, which Tune also sets on trials its scheduler stops early.
@@ -78,13 +79,26 @@ def eval_reporter(run_dir: str, length: int, report: Callable[[dict], None] = tu
 
     def on_eval(step: int, acc: float) -> None:
         best["acc"] = max(best["acc"], acc)
+        if step == length:
+            # The last step's result goes out with the final report (FINISHED, test accuracy, CPU
+            # seconds): reported here, ASHA could stop at its last rung a trial that has run every step,
+            # before the final report, and it would read "stopped early" with no final val.
+            return
         report({"step": step, TIME_ATTR: step / length, "val_acc": acc, "best_val_acc": best["acc"]})
 
     return on_eval
 
 
 def transfer_trial(config: dict, settings: dict | None = None) -> None:
-    """Tune function trainable. ``settings`` (shared by all trials) and ``config`` (this trial's
+    """Tune function trainable; the experiment's driver holds the lock of ``out``, under which the
+    trial writes its run folder (see raytraj/writelock.py)."""
+    settings = settings or {}
+    with covered_by({**settings, **config}["out"]):
+        _transfer_trial(config, settings)
+
+
+def _transfer_trial(config: dict, settings: dict) -> None:
+    """The trial itself. ``settings`` (shared by all trials) and ``config`` (this trial's
     searched values) together hold: source, out, transfer (TransferConfig fields, ``config``'s
     override ``settings``'), member + targets (ensembles) or target (sweeps), finetune_epochs,
     finetune_lr, save_probs."""
@@ -131,7 +145,7 @@ def member_state(run_dir: str, finetuned: bool) -> dict[str, torch.Tensor]:
 def save_member_probs(source: str, run_dir: str, finetuned: bool) -> float:
     """Softmax outputs of the member on every split (ensembles average them); returns test accuracy."""
     store = open_source(source)
-    data = load_data(store.data_config())
+    data = data_of(store)
     model = build_model(store.model_config(), 0)
     state = member_state(run_dir, finetuned)
     for split in ("train", "val", "test"):
