@@ -15,7 +15,7 @@ from .lazy import lazy_exports
 
 _NAMES = {
     **dict.fromkeys(["DataConfig", "Dataset", "load_data"], ".data"),
-    **dict.fromkeys(["build_model", "config_for_data", "model_config"], ".models"),
+    **dict.fromkeys(["build_model", "config_for_data", "logits_of", "model_config"], ".models"),
     **dict.fromkeys(["PairBank", "PermutationSpec", "apply_permutation", "check_spec", "infer_spec", "match",
                      "random_permutation"], ".perm"),
     **dict.fromkeys(["TrainConfig", "train_from_args"], ".train"),

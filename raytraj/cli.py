@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .config import ConfigError, check_number
 from .ray_errors import root_cause
@@ -72,7 +73,8 @@ def _transfer_config(args):
     fields = {"method": args.method, "schedule": args.schedule, "steps": args.steps, "grad_batches": args.grad_batches,
               "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
-              "init_decay": getattr(args, "init_decay", None) or None, **_solver_fields(args)}
+              "min_coverage": args.min_coverage, "init_decay": getattr(args, "init_decay", None) or None,
+              **_solver_fields(args)}
     # steps None: with schedule "actual" follow the recorded steps; a linear schedule takes TransferConfig's T
     return TransferConfig(**{k: v for k, v in fields.items()
                              if v is not None or (k == "steps" and args.schedule == "actual")})
@@ -209,24 +211,36 @@ def cmd_quickstart(args):
 
 
 def cmd_spec(args):
+    import warnings
+
     from .data import load_data
     from .models import build_model, config_for_data
-    from .perm import check_spec, infer_spec
+    from .perm import SpecInferenceWarning
+    from .recorded import check_model_takes_data, data_config
+    from .transfer.problem import coverage_of, infer_checked_spec
 
-    data = load_data(args.data)
-    models = [args.model] if args.model else list(ZOO)
-    for name in models:
+    data = load_data(data_config(args.data, _key_values(args.data_arg)) or "digits")
+    if args.model_arg and not args.model:
+        raise ConfigError("--model-arg goes with --model")
+    if args.spec and not args.model:
+        raise ConfigError("--spec goes with --model")
+    for name in [args.model] if args.model else list(ZOO):
         try:
             cfg = config_for_data(name, data.input_shape, data.num_classes, **_key_values(args.model_arg))
         except ConfigError as e:
+            if args.model:
+                raise
             print(f"{name}: skipped ({e})")
             continue
-        model = build_model(cfg, 0)
-        spec = infer_spec(model, data.x["train"][:8])
-        check_spec(model, spec, data.x["train"][:8])
-        print(f"{name} on {data.config.describe()}: spec checked, {spec.summary()}" if args.verbose else
-              f"{name} on {data.config.describe()}: spec checked, {len(spec.sizes)} groups, "
-              f"{sum(spec.sizes.values())} permuted units")
+        check_model_takes_data(cfg, data)
+        with warnings.catch_warnings():  # the coverage line below says what is left unpermuted
+            warnings.simplefilter("ignore", SpecInferenceWarning)
+            spec = infer_checked_spec(cfg, data, args.spec)
+        cov = coverage_of(spec, build_model(cfg, 0), data)
+        print(f"{name} on {data.config.describe()}: spec checked, {len(spec.sizes)} groups, "
+              f"{sum(spec.sizes.values())} permuted units; {cov.line()}")
+        if args.verbose:
+            print(spec.summary())
 
 
 def _tune_options(args) -> dict:
@@ -414,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")
-    x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level")
+    x.add_argument("--force", action="store_true", help="transfer a source that ends at chance level, or with a "
+                   "spec that permutes less than --min-coverage")
+    x.add_argument("--min-coverage", type=float, default=defaults["min_coverage"], metavar="SHARE",
+                   help="fgmt/gmt/oracle refuse a spec that permutes less than this share of the model's tensors "
+                        f"(default {defaults['min_coverage']}; 0 refuses only a spec that permutes nothing)")
     x.add_argument("--backend", default="local", choices=["local", "ray"])
     x.add_argument("--address", help="Ray cluster: auto, or ray://HOST:PORT (default: start a local one)")
     x.add_argument("--workers", type=int, help="Ray gradient workers")
@@ -520,10 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--new-head", action="store_true")
     sw.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("spec", help="infer and check permutation specs of zoo models")
-    s.add_argument("--data", default="digits")
-    s.add_argument("--model", choices=ZOO)
+    s = sub.add_parser("spec", help="infer and check a model's permutation spec, and print its coverage")
+    s.add_argument("--data", help="bundled data or a data function package.module:function (default digits)")
+    s.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --data")
+    s.add_argument("--model", help=f"a zoo model ({', '.join(ZOO)}) or your factory package.module:function "
+                   "(default: every zoo model)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
+    s.add_argument("--spec", metavar="PKG.MOD:FN", help="check and measure this spec instead of the inferred one")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_spec)
 
@@ -623,7 +644,9 @@ def main(argv: list[str] | None = None) -> int:
             from .progress import interval_s
 
             interval_s()  # a bad RAYTRAJ_PROGRESS_S fails now, not at the first progress line
-            _run(args)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+                _run(args)
         except Exception as e:  # a Ray worker's bad input or OSError: map it, not Ray's wrapper and traceback
             cause = root_cause(e)
             if cause is e or not (isinstance(cause, (*user_errors(), OSError)) or out_of_memory(cause)):
@@ -655,6 +678,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _one_line_warnings(command: str, default):
+    """Warnings that mark themselves ``one_line`` print as one line of the command's, not with a source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "one_line", False):
+            print(f"raytraj {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
+def _os_error(e: OSError) -> str:
+    """One line naming the file and the cause, with the fix where there is an obvious one."""
 def out_of_memory(e: BaseException) -> str | None:
     """One line for an allocator's failure (torch on the CPU or a GPU, or Python's MemoryError),
     naming the size it tried; None for any other error."""

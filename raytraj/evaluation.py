@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .data import Dataset
+from .models.outputs import logits_of
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -22,7 +23,7 @@ def predict(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor
     """Softmax probabilities of ``model`` at ``state`` on ``x``, in eval mode."""
     model.eval()
     state = {k: v.to(device) for k, v in state.items()}
-    out = [torch.softmax(functional_call(model, state, (x[i:i + batch_size].to(device),)), dim=1).cpu()
+    out = [torch.softmax(logits_of(functional_call(model, state, (x[i:i + batch_size].to(device),))), dim=1).cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 

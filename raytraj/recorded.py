@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .config import ConfigError
 from .data import DataConfig, Dataset, dataset_from_splits, fingerprint, load_data, parse_data
-from .models import build_model, model_to_dict
+from .models import build_model, logits_of, model_to_dict
 
 
 def model_of(store, override=None):
@@ -104,7 +104,7 @@ def check_model_takes_data(cfg, data: Dataset) -> None:
         cfg.get("name") if isinstance(cfg, Mapping) else type(cfg).__name__)
     try:
         with torch.no_grad():
-            out = model(x)
+            out = logits_of(model(x))
     except Exception as e:  # the user's forward; any failure means these inputs do not fit it
         msg = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(f"model {name} cannot take the data's inputs of shape {tuple(x.shape)} "

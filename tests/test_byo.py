@@ -94,10 +94,13 @@ def test_python_api_gives_the_cli_result(pkg, source, cli_runs, tmp_path):
 
 
 def test_spec_override_is_used_and_checked(pkg, source, cli_runs, tmp_path, capsys):
-    # A spec that permutes nothing: FGMT can then only follow the trajectory as Naive does.
+    # A spec that permutes nothing: FGMT can then only follow the trajectory as Naive does, so it is
+    # refused unless forced.
     out = tmp_path / "noperm"
-    assert main(["transfer", "--source", source, "--target-seed", "5", "--method", "fgmt", "--steps", str(STEPS),
-                 "--spec", "byo_userpkg.specs:no_perm", "--out", str(out), "--quiet"]) == 0
+    args = ["transfer", "--source", source, "--target-seed", "5", "--method", "fgmt", "--steps", str(STEPS),
+            "--spec", "byo_userpkg.specs:no_perm", "--out", str(out), "--quiet"]
+    assert main(args) == 2 and "FGMT would equal Naive" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
     naive = json.loads((cli_runs["naive"] / "metrics.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["val_acc"] == naive["val_acc"]
     assert json.loads((out / "config.json").read_text())["spec"] == "byo_userpkg.specs:no_perm"

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from ..config import ConfigError
 from ..data import Dataset, sample_batches
 from ..evaluation import has_batchnorm, recalibrate_bn
-from ..models import build_model, model_from_dict
+from ..models import build_model, logits_of, model_from_dict
 from ..progress import progress_bar
 from ..runtime import resolve_device
 
@@ -34,7 +34,7 @@ def loss_and_accuracy(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = functional_call(model, dict(state), (x[i:i + batch_size],))
+        logits = logits_of(functional_call(model, dict(state), (x[i:i + batch_size],)))
         loss += float(F.cross_entropy(logits.double(), y[i:i + batch_size], reduction="sum"))
         correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
     return loss / len(x), 100.0 * correct / len(x)

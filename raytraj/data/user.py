@@ -4,15 +4,17 @@ The contract. The data function (``--data mypkg.data:load --data-arg n=20000``) 
 the ``--data-arg`` values as keyword arguments, torch seeded with 0, and returns a mapping with
 the keys ``train``, ``val`` and ``test``. Each value is either
 
-* an ``(inputs, labels)`` pair: ``inputs`` a float tensor (or array) ``(N, *input_shape)``,
-  ``labels`` integers ``0..C-1`` of shape ``(N,)``; or
+* an ``(inputs, labels)`` pair: ``inputs`` a float tensor (or array) ``(N, *input_shape)``, or an
+  integer one such as token ids ``(N, L)`` (kept as int64, never cast to float), ``labels``
+  integers ``0..C-1`` of shape ``(N,)``; or
 * a ``torch.utils.data.Dataset`` whose items are ``(input, label)`` pairs; it is read into memory
   once.
 
 An optional key ``num_classes`` states C; by default it is the largest label plus one. The inputs
 are used as given (raytraj does not standardise them), and every process that calls the
 function with the same arguments must get the same tensors: Ray workers and later commands call
-it again instead of copying the data.
+it again instead of copying the data. The model may return logits, a dict or ``ModelOutput`` with
+``logits``, or a tuple whose first tensor is the logits (see ``raytraj/models/outputs.py``).
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def _split(value: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in value)
     else:
         raise ConfigError(f"{where} is a {type(value).__name__}; give an (inputs, labels) pair or a torch Dataset")
-    if not x.is_floating_point():
-        raise ConfigError(f"{where}: inputs must be floating point, got {x.dtype}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ConfigError(f"{where}: inputs must be floating point, or integers such as token ids; got {x.dtype}")
     if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
         raise ConfigError(f"{where}: labels must be a 1-D integer tensor, got {tuple(y.shape)} {y.dtype}")
     if x.dim() < 2 or len(x) != len(y):
@@ -93,6 +95,8 @@ def _split(value: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
                           "axis of the same length")
     if len(y) == 0:
         raise ConfigError(f"{where} is empty")
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise ConfigError(f"{where}: inputs hold NaN or Inf")
-    return x.detach().float().contiguous(), y.detach().long().contiguous()
+    # Floats become float32; integers (token ids, indices into an nn.Embedding) stay integers, as int64.
+    x = x.detach().float() if x.is_floating_point() else x.detach().long()
+    return x.contiguous(), y.detach().long().contiguous()

@@ -58,6 +58,9 @@ class _EvalHandle:
     def _resubmit(self, _error):
         self.ref = self.backend._submit_eval(*self.args)
 
+    def done(self):
+        return False  # it runs on while the next step computes, and is read then
+
     def result(self):
         b = self.backend
         return retry_on_worker_loss(self._get, b.recover, b.max_recoveries, self._resubmit)

@@ -19,6 +19,7 @@ from .conv import ConvConfig, ConvNet
 from .conv1d import Conv1dConfig, Conv1dNet
 from .factory import FACTORY, FactoryConfig, build_factory_model
 from .mlp import MLP, MLPConfig
+from .outputs import logits_of
 from .resnet import ResNet20, ResNet20Config
 from .transformer import Transformer, TransformerConfig
 

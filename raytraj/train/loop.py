@@ -22,7 +22,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, check_seed, to_dict
 from ..data import Dataset, epoch_batches, fingerprint
 from ..evaluation import accuracy, at_chance_level, chance_accuracy
-from ..models import HEAD, build_model, model_to_dict, reinit_head
+from ..models import HEAD, build_model, logits_of, model_to_dict, reinit_head
 from ..progress import progress_bar
 from ..runfolder import RunFolder
 from ..runtime import resolve_device
@@ -182,7 +182,7 @@ def _train(model_cfg, data: Dataset, recipe: TrainConfig, seed: int, out: str, *
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, iteration, iters_per_epoch)
-            logits = model(x_train[idx])
+            logits = logits_of(model(x_train[idx]))
             if soft_targets is None:
                 loss = F.cross_entropy(logits, y_train[idx])
             else:

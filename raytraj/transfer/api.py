@@ -66,7 +66,8 @@ def transfer_model(source: str, target: nn.Module | None = None, data=None, conf
         device: the local backend's device (default: a GPU when there is one).
         ray_config: the Ray backend's workers and cluster, e.g. ``RayConfig(workers=2)``.
         progress: show a progress bar.
-        force: transfer a source that ends at chance level, which is otherwise refused.
+        force: transfer a source that ends at chance level, or with a spec that permutes less than
+            ``config.min_coverage`` of the model, which are otherwise refused.
 
     Returns:
         A TransferResult with the best model, the metrics and the permutation.

@@ -35,6 +35,10 @@ class GradRequest:
 
 
 class Handle(Protocol):
+    def done(self) -> bool:
+        """Whether ``result()`` would return at once (the engine then reads it in its own step)."""
+        ...
+
     def result(self) -> Any: ...
 
 

@@ -69,6 +69,9 @@ class TransferConfig:
     # subtracts the decayed share of the source's own init, a second random init (see worker.py).
     init_decay: bool = False
     eval_batch_size: int = 512
+    # FGMT, GMT and Oracle refuse (unless forced) a spec that permutes less than this share of the
+    # model's tensors: with nothing permuted they cost their gradients and return Naive.
+    min_coverage: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -88,6 +91,8 @@ class TransferConfig:
         for name in ("eval_every", "bn_batches", "val_subset", "step_sweeps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ConfigError(f"min_coverage is a share of the model's tensors, from 0 to 1; got {self.min_coverage}")
         check_seed("seed", self.seed)
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")

@@ -56,7 +56,7 @@ def run_transfer(
     def collect(before: int):
         # A handle already done (the local backend's) is read at once; another backend's evaluation
         # runs on while the next step computes, and is read then.
-        for s in sorted(k for k in pending if k < before or hasattr(pending[k], "value")):  # holds its value
+        for s in sorted(k for k in pending if k < before or pending[k].done()):
             t0 = time.perf_counter()
             acc = pending.pop(s).result()
             state.timing["eval_s"] += time.perf_counter() - t0
@@ -84,9 +84,9 @@ def run_transfer(
             shown[0] += 1
             done = shown[0]
             note = {"val_acc": f"{state.val_acc[done]:.2f}"} if done in state.val_acc else {}
-            busy = getattr(backend, "utilisation", None)  # the Ray backend: share of time its workers computed
-            if busy is not None and busy() is not None:
-                note["workers_busy"] = f"{100 * busy():.0f}%"
+            busy = backend.utilisation()  # the share of time a backend's workers computed (None: no workers)
+            if busy is not None:
+                note["workers_busy"] = f"{100 * busy:.0f}%"
             bar.set_postfix(**note)
             bar.update(1)
 

@@ -22,6 +22,9 @@ class _Done:
     def __init__(self, value):
         self.value = value
 
+    def done(self):
+        return True
+
     def result(self):
         return self.value
 

@@ -8,6 +8,8 @@ the model and proved on it with ``check_spec`` before use.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from ..evaluation import at_chance_level, chance_accuracy
 from ..imports import resolve
 from ..models import HEAD, architecture, build_model
 from ..perm import Permutation, PermutationSpec, SpecError, check_spec, infer_spec, match
+from ..perm.coverage import Coverage, spec_coverage
 from ..perm.infer import SpecInferenceError
 from ..recorded import check_model_takes_data, data_of, model_of
 from ..train import initial_state
@@ -97,6 +100,48 @@ def infer_checked_spec(model_cfg, data: Dataset, spec=None) -> PermutationSpec:
     return spec
 
 
+class CoverageWarning(UserWarning):
+    """A forced transfer whose spec permutes less of the model than ``min_coverage`` asks."""
+
+    one_line = True  # the CLI prints it as one line
+
+
+def identity_spec(model_cfg) -> PermutationSpec:
+    """A spec that permutes nothing: all Naive needs."""
+    state = build_model(model_cfg, 0).state_dict()
+    return PermutationSpec(axes={k: (None,) * v.dim() for k, v in state.items()},
+                           shapes={k: tuple(v.shape) for k, v in state.items()})
+
+
+def coverage_of(spec: PermutationSpec, model, data: Dataset) -> Coverage:
+    """spec_coverage with the lengths the data fixes: the classes, and the input's features (its first or
+    last axis, or all of it flattened)."""
+    shape = data.input_shape
+    fixed = {data.num_classes} | ({shape[0], shape[-1], math.prod(shape)} if shape and
+                                  data.x["train"].is_floating_point() else set())
+    return spec_coverage(spec, model, fixed=fixed)
+
+
+def check_coverage(spec: PermutationSpec, model_cfg, data: Dataset, cfg: TransferConfig, force: bool) -> Coverage:
+    """Refuse a matching method whose spec permutes less than ``cfg.min_coverage`` of the tensors
+    (nothing at all: the method would equal Naive); with ``force``, warn in one line instead."""
+    cov = coverage_of(spec, build_model(model_cfg, 0), data)
+    if cov.tensors_permuted and cov.share >= cfg.min_coverage:
+        return cov
+    method = {"oracle": "Oracle"}.get(cfg.method, cfg.method.upper())
+    what = f"{cov.tensors_permuted} of {cov.tensors} tensors permutable"
+    if cov.tensors_permuted == 0:
+        msg = f"{what}: {method} would equal Naive"
+    else:
+        msg = (f"{what} ({100 * cov.share:.0f}%, below min_coverage {cfg.min_coverage:g}): {method} would leave "
+               f"{', '.join(cov.names_unpermuted[:3])}{' ...' if len(cov.names_unpermuted) > 3 else ''} as Naive does")
+    if force:
+        warnings.warn(msg, CoverageWarning, stacklevel=2)
+        return cov
+    raise ConfigError(f"{msg}; pass a spec that permutes more (--spec package.module:function), lower "
+                      "--min-coverage, or pass --force to run it anyway")
+
+
 def _same_architecture(source: str, other: str, source_meta: dict, other_meta: dict, role: str) -> None:
     """Same zoo model or factory; sizes are checked tensor by tensor where the states meet."""
     a, b = architecture(source_meta["model"]), architecture(other_meta["model"])
@@ -133,7 +178,8 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
         data: data to use instead of the store's (a data string, DataConfig, Dataset or splits mapping).
         spec: a PermutationSpec (or a function of the model, or an import path) instead of inference.
         head: the classifier's module name, for ``new_head``.
-        force: transfer a source that ends at chance level, which is otherwise refused.
+        force: transfer a source that ends at chance level, or with a spec that permutes less than
+            ``cfg.min_coverage`` of the model, which are otherwise refused.
     """
     if sum(x is not None for x in (target_seed, target_init, target_state)) != 1:
         raise ConfigError("give exactly one of --target-seed (a random init) or --target-init STORE[:STEP]")
@@ -148,7 +194,11 @@ def prepare(source: str, cfg: TransferConfig, *, target_seed: int | None = None,
     if not force:
         refuse_untrained_source(source, meta, data)
     trajectory = open_trajectory(source, cfg.schedule, cfg.steps)  # with "actual", steps must match the record
-    spec = infer_checked_spec(model_cfg, data, spec)
+    if cfg.method == "naive" and spec is None:
+        spec = identity_spec(model_cfg)  # pi = identity: nothing to infer, nothing to prove
+    else:
+        spec = infer_checked_spec(model_cfg, data, spec)
+        check_coverage(spec, model_cfg, data, cfg, force)
 
     if target_seed is not None:
         check_seed("--target-seed", target_seed)

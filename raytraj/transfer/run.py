@@ -102,7 +102,8 @@ def transfer(
         resume: continue the unfinished run in ``out``.
         on_eval: called with (step, val accuracy) as each evaluation finishes.
         progress: show a progress bar.
-        force: transfer a source that ends at chance level, which is otherwise refused.
+        force: transfer a source that ends at chance level, or with a spec that permutes less than
+            ``cfg.min_coverage`` of the model, which are otherwise refused.
         model, data, spec, head: override what the store records (see ``prepare``).
         problem: an already prepared problem (the Python API's), used instead of preparing.
 

@@ -28,7 +28,7 @@ from torch.func import functional_call
 from ..data import Dataset, sample_batches
 from ..evaluation import accuracy, has_batchnorm, recalibrate_bn
 from ..finite import nonfinite_names
-from ..models import build_model
+from ..models import build_model, logits_of
 from ..perm import PermutationSpec
 from ..perm.apply import permute_tensor
 from ..runtime import resolve_device
@@ -162,7 +162,7 @@ class TransferWorker:
         params = {n: state[n].detach().requires_grad_(True) for n in self.param_names}
         buffers = {n: v.clone() for n, v in state.items() if n not in params}
         idx_t = torch.as_tensor(idx, device=self.device)
-        logits = functional_call(self.model, {**params, **buffers}, (self._x[idx_t],))
+        logits = logits_of(functional_call(self.model, {**params, **buffers}, (self._x[idx_t],)))
         loss = F.cross_entropy(logits, self._y[idx_t])
         grads = torch.autograd.grad(loss, list(params.values()))
         return dict(zip(params, grads))
