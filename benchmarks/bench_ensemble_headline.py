@@ -51,22 +51,28 @@ KS = (4, 8)
 POOL = max(KS) + REPLICATES - 1  # full-recipe seeds 1..POOL
 
 
-def trained(work: str, seed: int, epochs: int, init: str | None = None) -> tuple[str, float]:
-    """Train (once) the MLP of ``seed`` for ``epochs`` with the recipe, from a random init or from
-    the last step of the store ``init``; its store and CPU seconds."""
-    folder = f"train-e{epochs}" if init is None else f"from-{os.path.basename(init)}-e{epochs}"
-    path = os.path.join(work, folder, f"seed-{seed}")
+def kept_training(path: str, train, **info) -> tuple[str, float]:
+    """``train(path)`` once, timed in CPU seconds (kept beside the store as PATH.cpu.json with ``info``);
+    later calls return the kept store and seconds."""
     cpu_file = path + ".cpu.json"
     if os.path.exists(cpu_file) and TrajectoryStore(path).complete:
         return path, json.load(open(cpu_file))["cpu_s"]
     shutil.rmtree(path, ignore_errors=True)  # an interrupted training: its CPU seconds were not all counted
     torch.set_num_threads(1)
     t0 = time.process_time()
-    train_from_args("mlp", DATA, path, seed=seed, model_args=MODEL, progress=False, init=init,
-                    **{**RECIPE, "epochs": epochs})
+    train(path)
     cpu = time.process_time() - t0
-    fs.atomic_write_json(cpu_file, {"cpu_s": cpu, "seed": seed, "epochs": epochs})
+    fs.atomic_write_json(cpu_file, {"cpu_s": cpu, **info})
     return path, cpu
+
+
+def trained(work: str, seed: int, epochs: int, init: str | None = None) -> tuple[str, float]:
+    """Train (once) the MLP of ``seed`` for ``epochs`` with the recipe, from a random init or from
+    the last step of the store ``init``; its store and CPU seconds."""
+    folder = f"train-e{epochs}" if init is None else f"from-{os.path.basename(init)}-e{epochs}"
+    return kept_training(os.path.join(work, folder, f"seed-{seed}"), lambda path: train_from_args(
+        "mlp", DATA, path, seed=seed, model_args=MODEL, progress=False, init=init, **{**RECIPE, "epochs": epochs}),
+        seed=seed, epochs=epochs)
 
 
 def test_probs(path: str, x_test: torch.Tensor) -> np.ndarray:
@@ -78,14 +84,19 @@ def ensemble_acc(probs: list[np.ndarray], labels: np.ndarray) -> float:
     return 100.0 * float((np.mean(probs, axis=0).argmax(1) == labels).mean())
 
 
-def transfer_ensemble(work: str, r: int, source: str, recipe: str, members: int) -> dict:
-    out = os.path.join(work, f"transfer-{recipe}", f"rep-{r}")
+def transfer_ensemble(work: str, r: int, source: str, recipe: str, members: int, targets: list[str] | None = None,
+                      out: str | None = None) -> dict:
+    """``raytraj ensemble`` (once) from ``source``: onto random inits, or onto the pre-trained ``targets``
+    with new heads; its ensemble.json."""
+    out = out or os.path.join(work, f"transfer-{recipe}", f"rep-{r}")
     result_file = os.path.join(out, "ensemble.json")
     if os.path.exists(result_file):
         return json.load(open(result_file))
     shutil.rmtree(out, ignore_errors=True)  # CPU seconds of a half-run ensemble are not all counted
     argv = ["ensemble", "--source", source, "--out", out, "--members", str(members), "--recipe", recipe,
             "--max-concurrent", "2"]
+    if targets:
+        argv += ["--targets", ",".join(targets), "--new-head"]
     if cli.main(argv) != 0:
         raise SystemExit(f"raytraj {' '.join(argv)} failed")
     return json.load(open(result_file))

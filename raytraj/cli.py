@@ -73,7 +73,8 @@ def _transfer_config(args):
     fields = {"method": args.method, "schedule": args.schedule, "steps": args.steps, "grad_batches": args.grad_batches,
               "batch_size": args.batch_size, "seed": args.seed, "eval_every": args.eval_every,
               "bn_batches": args.bn_batches, "warm_start": not args.no_warm_start, "normalize": args.normalize,
-              "min_coverage": args.min_coverage, **_solver_fields(args)}
+              "min_coverage": args.min_coverage, "init_decay": getattr(args, "init_decay", None) or None,
+              **_solver_fields(args)}
     # steps None: with schedule "actual" follow the recorded steps; a linear schedule takes TransferConfig's T
     return TransferConfig(**{k: v for k, v in fields.items()
                              if v is not None or (k == "steps" and args.schedule == "actual")})
@@ -429,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and record its trajectory")
     t.add_argument("--model", required=True,
                    help=f"{', '.join(ZOO)}, or your factory package.module:function")
-    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, cifar10:ROOT, or your "
-                   "data function package.module:function")
+    t.add_argument("--data", required=True, help="digits, digits[0-4], mnist1d:20000, npz:PATH, "
+                   "fashion-mnist[:PATH][:N], cifar10:ROOT, or your data function package.module:function")
     t.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of a data function")
     t.add_argument("--head-module", default="head", help="the classifier's module name, for --new-head")
     t.add_argument("--epochs", type=int, required=True)
@@ -458,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batches for BatchNorm recalibration (default {defaults['bn_batches']})")
     x.add_argument("--no-warm-start", action="store_true", help="cold-start every solve (the official code)")
     x.add_argument("--normalize", action="store_true", help="normalise each matching term")
+    x.add_argument("--init-decay", action="store_true",
+                   help="carry the source's init decay: c theta2^0 + pi(theta1^t - c theta1^0), c the share of its init "
+                   "each source tensor keeps (not in the paper; helps weight-decayed CNNs, see the README)")
     _add_solver_args(x)
     x.add_argument("--out", required=True)
     x.add_argument("--resume", action="store_true", help="continue an interrupted transfer in --out")

@@ -9,6 +9,9 @@ Grammar: ``NAME[:ARG][CLASSES]``
   samples (npz; MNIST-1D's size is ``mnist1d:N``), ``val`` and ``test`` set the fractions split
   off for val and, for data without a test split, test (defaults 0.1 and 0.2)
 * ``cifar10:ROOT``            a torchvision dataset already on disk under ROOT (never downloaded)
+* ``fashion-mnist`` / ``fashion-mnist:PATH`` / ``fashion-mnist:20000`` / ``fashion-mnist:PATH:20000``
+                              Fashion-MNIST's idx files (Debian's dataset-fashion-mnist folder by default,
+                              or a folder or URI), optionally a class-balanced subset of training images
 * a class subset in brackets: ``digits[0-4]``, ``mnist1d[5-9]``, ``digits[0,3,5]``
 * ``mypkg.data:load``         your own data function, called with ``args`` (see user.py for the contract)
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from ..config import ConfigError
 from ..imports import is_import_path
 
-BUILTIN = ("digits", "mnist1d", "npz")
+BUILTIN = ("digits", "mnist1d", "npz", "fashion-mnist")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class DataConfig:
 
     source: str = "digits"
     path: str | None = None  # npz file, or torchvision root
-    num_samples: int | None = None  # mnist1d: samples generated (None: 20000); npz: a subset of x_train
+    num_samples: int | None = None  # mnist1d: samples generated (None: 20000); npz, fashion-mnist: a training subset
     classes: tuple[int, ...] | None = None  # a class subset, relabelled 0..k-1 in this order
     val_fraction: float = 0.1  # of the training split
     test_fraction: float = 0.2  # only for data without its own test split
@@ -51,12 +54,13 @@ class DataConfig:
     def describe(self) -> str:
         if self.source == "import":
             return self.path + (f"({', '.join(f'{k}={v!r}' for k, v in self.args.items())})" if self.args else "")
-        arg = f":{self.path}" if self.path else (f":{self.num_samples}" if self.num_samples else "")
+        size = self.num_samples if self.source in ("mnist1d", "fashion-mnist") else None  # npz's is an option
+        arg = "".join(f":{v}" for v in (self.path, size) if v)
         cls = f"[{','.join(map(str, self.classes))}]" if self.classes else ""
         return f"{self.source}{arg}{_describe_options(self)}{cls}"
 
 
-_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?::(?P<arg>[^\[\]]+))?(?:\[(?P<classes>[0-9,\- ]+)\])?$")
+_PATTERN = re.compile(r"^(?P<name>[A-Za-z0-9_][A-Za-z0-9_-]*)(?::(?P<arg>[^\[\]]+))?(?:\[(?P<classes>[0-9,\- ]+)\])?$")
 
 
 def parse_data(text: str) -> DataConfig:
@@ -76,7 +80,9 @@ def parse_data(text: str) -> DataConfig:
         fields["num_samples"] = int(arg)
     elif name == "digits" and arg:
         raise ConfigError("digits takes no argument; use digits or digits[0-4]")
-    elif name not in ("digits", "mnist1d"):
+    elif name == "fashion-mnist" and arg:
+        fields.update(_path_and_size(arg))
+    elif name not in ("digits", "mnist1d", "fashion-mnist"):
         if not arg:
             if name != "npz" and not _torchvision_name(name):
                 raise ConfigError(f"unknown data {text!r}; choose {KNOWN}")
@@ -144,7 +150,7 @@ def _describe_options(cfg: DataConfig) -> str:
     return "".join(parts)
 
 
-KNOWN = ("digits, digits[0-4], mnist1d[:N], npz:PATH, a torchvision dataset already on disk (e.g. cifar10:ROOT, "
+KNOWN = ("digits, digits[0-4], mnist1d[:N], npz:PATH, fashion-mnist[:PATH][:N], a torchvision dataset already on disk (e.g. cifar10:ROOT, "
          "fashionmnist:ROOT), or your data function package.module:function")
 
 
@@ -155,6 +161,16 @@ def _torchvision_name(name: str) -> bool:
     except ImportError:
         return False
     return any(k.lower() == name and isinstance(getattr(tvd, k), type) for k in dir(tvd))
+
+
+def _path_and_size(arg: str) -> dict:
+    """``PATH``, ``N`` or ``PATH:N`` (a trailing all-digit part is a size: URIs hold colons too)."""
+    path, sep, size = arg.rpartition(":")
+    if not (sep and size.isdigit()):
+        path, size = ("", arg) if arg.isdigit() else (arg, "")
+    if size and int(size) < 100:
+        raise ConfigError(f"fashion-mnist size must be an integer >= 100, got {size!r}")
+    return {k: v for k, v in (("path", path), ("num_samples", int(size) if size else None)) if v}
 
 
 def _names_function(text: str) -> bool:

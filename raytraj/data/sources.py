@@ -11,6 +11,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..fs import atomic_write_bytes
+from .fashion_mnist import load_fashion_mnist
 
 Arrays = dict  # x_train, y_train, and optionally x_test, y_test (numpy)
 
@@ -22,6 +23,8 @@ def load_arrays(cfg) -> Arrays:
         return _mnist1d(cfg.num_samples or 20000)
     if cfg.source == "npz":
         return _npz(cfg.path)
+    if cfg.source == "fashion-mnist":
+        return load_fashion_mnist(cfg.path, cfg.num_samples, cfg.split_seed)
     return _torchvision(cfg.source, cfg.path)
 
 
@@ -118,8 +121,8 @@ def _torchvision(name: str, root: str | None) -> Arrays:
     try:
         import torchvision.datasets as tvd
     except ImportError as e:
-        raise ConfigError(f"unknown data {name!r}: not one of digits, mnist1d, npz, and torchvision (which "
-                          "provides the others) is not installed") from e
+        raise ConfigError(f"unknown data {name!r}: not one of digits, mnist1d, npz, fashion-mnist, and "
+                          "torchvision (which provides the others) is not installed") from e
     classes = {k.lower(): getattr(tvd, k) for k in dir(tvd) if isinstance(getattr(tvd, k), type)}
     if name not in classes:
         from .config import KNOWN

@@ -89,7 +89,8 @@ class RayBackend:
         # Each rank loads the data from its config, unless it exists only in this process.
         data = problem.data if problem.data_cfg.source == "memory" else problem.data_cfg
         settings = {"seed": cfg.seed, "batch_size": cfg.batch_size, "bn_batches": cfg.bn_batches,
-                    "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset, "bank_dtype": cfg.bank_dtype}
+                    "eval_batch_size": cfg.eval_batch_size, "val_subset": cfg.val_subset, "bank_dtype": cfg.bank_dtype,
+                    "init_decay": cfg.init_decay}
         self._shared = shared = tuple(ray.put(x) for x in (data, problem.spec, problem.trajectory, problem.target_init))
         gpus = config.gpus_per_worker
         bundle = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}

@@ -75,6 +75,10 @@ class TransferConfig:
     # How FGMT/GMT's pair bank stores the gradient pairs: bfloat16 halves the bank (and the pairs
     # in state/); its contractions still run in float32 and accumulate in float64.
     bank_dtype: str = "bfloat16"
+    # Carry the source's init decay (not in the paper): theta2^t = c_t theta2^0 + pi(theta1^t - c_t theta1^0),
+    # c_t = <theta1^t, theta1^0> / |theta1^0|^2 per tensor. The paper's rule keeps all of theta2^0 and
+    # subtracts the decayed share of the source's own init, a second random init (see worker.py).
+    init_decay: bool = False
     eval_batch_size: int = 512
     # FGMT, GMT and Oracle refuse (unless forced) a spec that permutes less than this share of the
     # model's tensors: with nothing permuted they cost their gradients and return Naive.

@@ -31,7 +31,8 @@ from .worker import TransferWorker
 def local_worker(problem: Problem, cfg: TransferConfig, device=None) -> TransferWorker:
     return TransferWorker(problem.model_cfg, problem.data, problem.spec, problem.trajectory, problem.target_init,
                           seed=cfg.seed, batch_size=cfg.batch_size, bn_batches=cfg.bn_batches,
-                          eval_batch_size=cfg.eval_batch_size, val_subset=cfg.val_subset, device=device)
+                          eval_batch_size=cfg.eval_batch_size, val_subset=cfg.val_subset, init_decay=cfg.init_decay,
+                          device=device)
 
 
 def make_backend(problem: Problem, cfg: TransferConfig, backend: str = "local", *, device=None,

@@ -7,6 +7,11 @@ current permutation and a trajectory index; it builds the transferred point
     theta2^t = theta2^0 + pi(theta1^t - theta1^0)
 
 itself, so only the permutation (a few integers per unit) crosses the wire per step.
+
+With ``init_decay`` it builds c_t theta2^0 + pi(theta1^t - c_t theta1^0) instead, c_t the share of
+its init a source tensor keeps (the projection <theta1^t, theta1^0> / |theta1^0|^2, in [0, 1]).
+Under weight decay a trained tensor keeps only part of its init; the paper's rule keeps all of
+theta2^0 and adds -(1 - c_t) pi(theta1^0): a second random init that no permutation aligns.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def bn_batches_for(seed: int, step: int, n_train: int, batch_size: int, count: i
 class TransferWorker:
     def __init__(self, model_cfg, data: Dataset, spec: PermutationSpec, trajectory: Trajectory,
                  target_init: Mapping[str, torch.Tensor], *, seed: int, batch_size: int, bn_batches: int,
-                 eval_batch_size: int = 512, val_subset: int = 0, device: torch.device | str | None = None):
+                 eval_batch_size: int = 512, val_subset: int = 0, init_decay: bool = False,
+                 device: torch.device | str | None = None):
         self.device = resolve_device(device)
         self.model = build_model(model_cfg, 0).to(self.device)
         self.data = data
@@ -82,6 +88,7 @@ class TransferWorker:
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.target_init = {k: v.to(self.device) for k, v in target_init.items()}
         self.seed = seed
+        self.init_decay = init_decay
         self.batch_size = batch_size
         self.bn_batches = bn_batches if has_batchnorm(self.model) else 0
         self._dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in self.model.modules())
@@ -100,13 +107,15 @@ class TransferWorker:
         return {k: v.to(self.device) for k, v in self.trajectory.point(t).items()}
 
     def target_point(self, perm: Mapping[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
-        """theta2^0 + pi(theta1^t - theta1^0) for parameters; pi(theta1^t) for buffers."""
+        """theta2^0 + pi(theta1^t - theta1^0) for parameters (scaled by init_share with init_decay);
+        pi(theta1^t) for buffers."""
         start, point = self.source_point(0), self.source_point(t)
         out = {}
         for name, value in point.items():
             axes = self.spec.axes[name]
             if name in self.param_names:
-                out[name] = self.target_init[name] + permute_tensor(value - start[name], axes, perm)
+                c = init_share(value, start[name]) if self.init_decay else 1.0
+                out[name] = c * self.target_init[name] + permute_tensor(value - c * start[name], axes, perm)
             else:
                 out[name] = permute_tensor(value, axes, perm)
         return out
@@ -161,6 +170,14 @@ class TransferWorker:
     def evaluate(self, perm, t: int, split: str = "val", step: int | None = None) -> float:
         state = self.materialize(perm, t, step)
         return accuracy(self.model, state, self._eval_data, split, self.eval_batch_size, self.device)
+
+
+def init_share(value: torch.Tensor, init: torch.Tensor) -> float:
+    """c in [0, 1]: the projection of ``value`` on ``init`` (1 for an all-zero init, e.g. biases)."""
+    norm = float((init.double() ** 2).sum())
+    if norm == 0.0:
+        return 1.0
+    return min(1.0, max(0.0, float((value.double() * init.double()).sum()) / norm))
 
 
 def check_gradient(grad: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], side: str, t: int,
