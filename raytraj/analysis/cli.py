@@ -9,13 +9,15 @@ from ..config import ConfigError
 
 
 def _backend_options(args) -> dict:
-    from ..cli import checked_device
-
     if args.backend != "ray":
         given = [f for f in ("address", "workers", "cpus_per_worker") if getattr(args, f) is not None]
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {"device": checked_device(args.device)} if args.device else {}
+        if args.device:
+            from ..runtime import resolve_device  # torch, only once a command runs
+
+            resolve_device(args.device)  # refused at once if this machine cannot use it
+        return {"device": args.device} if args.device else {}
     if args.device:
         raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
     return {k: v for k, v in {"address": args.address, "workers": args.workers,

@@ -129,5 +129,5 @@ def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, 
         from ..distributed.grid import evaluate_points_ray  # Ray is imported only when asked for
 
         return evaluate_points_ray(functools.partial(GridEvaluator, **evaluator_args), points, progress=progress,
-                                   desc=desc, **options)
+                                   desc=desc, note=point_note, **options)
     raise ConfigError(f"unknown backend {backend!r}; choose local or ray")

@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 import ray
 import torch
 
-from ..analysis.grid import point_note
 from ..config import ConfigError
 from ..progress import progress_bar
 from ..runtime import set_torch_threads
@@ -34,7 +33,8 @@ class GridWorker:
 
 def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[float]], *, address: str | None = None,
                         workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
-                        progress: bool = True, desc: str = "points") -> list[dict]:
+                        progress: bool = True, desc: str = "points",
+                        note: Callable[[dict], dict] = lambda result: {}) -> list[dict]:
     """``make_evaluator(device=...).evaluate(coeffs)`` for every point, on ``workers`` actors, in order.
 
     Args:
@@ -45,6 +45,7 @@ def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[floa
         workers, cpus_per_worker, gpus_per_worker: the actors and what each holds.
         progress: show a progress bar.
         desc: the progress bar's label.
+        note: a result's values for its progress line (the caller's format: analysis/grid.py's).
 
     Returns:
         each point's result, in the order of ``points``.
@@ -72,7 +73,7 @@ def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[floa
             actor = in_flight.pop(done[0])
             i, r = ray.get(done[0])
             results[i] = r
-            bar.set_postfix(**point_note(r))  # the point just scored (points finish out of order)
+            bar.set_postfix(**note(r))  # the point just scored (points finish out of order)
             bar.update(1)
             if todo:
                 j, c = todo.pop()
