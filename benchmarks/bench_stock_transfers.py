@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_permutability import this_command, write_report  # noqa: E402
 
-from raytraj import fs  # noqa: E402
+from raytraj import compare, fs  # noqa: E402
 from raytraj.runfolder import RunFolder  # noqa: E402
 from raytraj.train import train_from_args  # noqa: E402
 from raytraj.trajectory import TrajectoryStore  # noqa: E402
@@ -102,12 +101,7 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool =
 
 
 def mean_std(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f}±{statistics.stdev(values):.1f}"
+    return compare.mean_std(values, sep="±")  # this table's cells, as written in results/stock-transfers.md
 
 
 def render(results: dict, command: str, load: str, steps: int, seconds: float) -> str:

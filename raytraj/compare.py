@@ -36,6 +36,16 @@ TRANSFERS = ("naive", "fgmt", "gmt", "oracle")
 COMPARE = "compare.json"
 
 
+def mean_std(values, sep: str = " ± ") -> str:
+    """A table cell: the mean of the values given (None: missing), with their std where there are several."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f}{sep}{statistics.stdev(values):.1f}"
+
+
 def trained(path: str, data: str, seed: int, *, progress: bool = False, model: str = "mlp",
             model_args: dict | None = None, **kw) -> TrajectoryStore:
     """The complete store at ``path``, trained first if it is not there yet (resuming an unfinished one)."""
@@ -191,34 +201,26 @@ def format_table(result: dict) -> str:
     rows = result["rows"]
     epochs = result["finetune_epochs"]
 
-    def cell(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "-"
-        if len(values) == 1:
-            return f"{values[0]:.1f}"
-        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
     after_name = f"after {epochs} epoch{'s' if epochs != 1 else ''}"
     lines = [f"| {result['scenario']} | best val % | final val % | test % at best | {after_name}: val % | test % |",
              "|---|---|---|---|---|---|"]
     for m in result["methods"]:
         after = [r["after"].get(m) for r in rows]
         lines.append(f"| {m.upper() if m in ('gmt', 'fgmt') else m.capitalize()} | "
-                     f"{cell(r['runs'][m]['best_val_acc'] for r in rows)} | "
-                     f"{cell(r['runs'][m]['final_val_acc'] for r in rows)} | "
-                     f"{cell(r['runs'][m]['test_acc'] for r in rows)} | "
-                     f"{cell(a['val_acc'] for a in after if a)} | {cell(a['test_acc'] for a in after if a)} |")
+                     f"{mean_std(r['runs'][m]['best_val_acc'] for r in rows)} | "
+                     f"{mean_std(r['runs'][m]['final_val_acc'] for r in rows)} | "
+                     f"{mean_std(r['runs'][m]['test_acc'] for r in rows)} | "
+                     f"{mean_std(a['val_acc'] for a in after if a)} | {mean_std(a['test_acc'] for a in after if a)} |")
     pre = result["pretrain_data"] is not None
     if epochs:
         lines.append(f"| plain {'fine-tune' if pre else 'training'} from the target init | | | | "
-                     f"{cell(r['after']['plain']['val_acc'] for r in rows)} | "
-                     f"{cell(r['after']['plain']['test_acc'] for r in rows)} |")
+                     f"{mean_std(r['after']['plain']['val_acc'] for r in rows)} | "
+                     f"{mean_std(r['after']['plain']['test_acc'] for r in rows)} |")
     full = result["recipe"].get("epochs")
     for key, name in (("target", f"target {'fine-tuned' if pre else 'trained'} (the recipe)"),
                       ("source", "source (the recipe)")):
-        lines.append(f"| {name} | | {cell(r[key]['val_acc'] for r in rows)} | | | "
-                     f"{cell(r[key]['test_acc'] for r in rows)} |")
+        lines.append(f"| {name} | | {mean_std(r[key]['val_acc'] for r in rows)} | | | "
+                     f"{mean_std(r[key]['test_acc'] for r in rows)} |")
     lines.append(f"\n{len(rows)} seed pair(s) {', '.join('-'.join(map(str, r['pair'])) for r in rows)}; "
                  f"transfer seed {result['seed']}; training recipe: {full or 'default'} epochs")
     return "\n".join(lines)
