@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -129,24 +128,28 @@ def test_killing_the_worker_node_during_a_step_changes_nothing(two_nodes, digits
     cfg = TransferConfig(method="fgmt", steps=6, grad_batches=128, batch_size=256, seed=7)
     calm = transfer(src, str(tmp_path / "calm"), cfg, target_seed=2, progress=False)
     events = {}
-    command = WorkerGroup.command
+    command, wait = WorkerGroup.command, ray.wait
 
     def command_then_kill(self, kind, args):
-        # Step 4's command: the node dies 0.1 s into it, while the ranks compute.
+        # Step 4's command: the node dies once the command is out, while the ranks compute.
         if kind == "step" and args["s"] == 4 and "killed" not in events:
-            def kill():
-                time.sleep(0.1)
-                events["killed"] = time.monotonic()
-                end(two_nodes["worker"], signal.SIGKILL)
-
-            threading.Thread(target=kill, daemon=True).start()
+            events["armed"] = True
             try:
                 return command(self, kind, args)
             finally:
                 events["step_ended"] = time.monotonic()
         return command(self, kind, args)
 
+    def wait_after_kill(*a, **k):
+        # The group's first wait for step 4's answer: the command has gone out and no rank can have
+        # answered yet (a step computes for far longer than SIGKILL takes), so the kill is mid-step.
+        if events.pop("armed", False):
+            end(two_nodes["worker"], signal.SIGKILL)
+            events["killed"] = time.monotonic()
+        return wait(*a, **k)
+
     monkeypatch.setattr(WorkerGroup, "command", command_then_kill)
+    monkeypatch.setattr(ray, "wait", wait_after_kill)
     cut = transfer(src, str(tmp_path / "cut"), cfg, target_seed=2, backend="ray",
                    ray_config=RayConfig(workers=2, placement_timeout_s=120), progress=False)
     assert events["killed"] < events["step_ended"]  # the node died while step 4 was in flight
