@@ -1,0 +1,88 @@
+"""What the driver of the SPMD Ray backend receives per step: a small record, not the permutation.
+
+Rank 0 writes each step's permutation to the run folder (state/perms); the driver keeps a
+``HeldPermutation`` that names the file, its checkpoint names it too, and only the final result reads
+it. The fast tests check the held permutation and its checkpoint round trip without Ray; one Ray test
+checks that the driver's bytes per step do not grow with the model's width.
+"""
+
+import json
+
+import pytest
+import torch
+
+from raytraj.config import ConfigError
+from raytraj.perm import identity_permutation
+from raytraj.transfer.checkpointing import RunCheckpointer
+from raytraj.transfer.held import HeldPermutation, perm_path, write_perm
+from raytraj.transfer.state import TransferState
+
+SIZES = {"P_0": 5, "P_1": 3}
+
+
+def _perm(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randperm(n, generator=g) for k, n in SIZES.items()}
+
+
+def test_a_held_permutation_reads_its_file_once_and_in_the_spec_order(tmp_path):
+    perm = _perm(0)
+    write_perm(str(tmp_path), 3, perm)
+    held = HeldPermutation(str(tmp_path), 3, SIZES)
+    assert not held.loaded and list(held) == list(SIZES) and len(held) == 2  # the groups need no read
+    assert all(torch.equal(held[g], perm[g]) and held[g].dtype == torch.long for g in SIZES)
+    assert held.loaded and held.record == {"held": 3}
+
+
+def test_a_damaged_held_permutation_is_refused_naming_its_file(tmp_path):
+    write_perm(str(tmp_path), 1, {"P_0": torch.tensor([0, 0, 1, 2, 3]), "P_1": torch.arange(3)})
+    with pytest.raises(ConfigError, match=r"perm-000001.*step 1.*not a permutation"):
+        HeldPermutation(str(tmp_path), 1, SIZES)["P_0"]
+
+
+def test_the_checkpoint_names_held_permutations_and_reads_them_back(tmp_path):
+    loc = str(tmp_path / "state")
+    perms = [identity_permutation(type("S", (), {"sizes": SIZES})()), _perm(1), _perm(2)]
+    for s in (1, 2):
+        write_perm(loc, s, perms[s])
+    state = TransferState(step=2, perms=[perms[0], HeldPermutation(loc, 1, SIZES), HeldPermutation(loc, 2, SIZES)])
+    ckpt = RunCheckpointer(loc, sizes=SIZES)
+    ckpt.save(state, [], {})
+    tail = ckpt._tail(state)["perms"]
+    assert tail[1:] == [{"held": 1}, {"held": 2}]  # named, not copied: O(1) per step in the progress file
+    loaded, _, _ = RunCheckpointer(loc, sizes=SIZES).load()
+    assert isinstance(loaded.perms[2], HeldPermutation) and not loaded.perms[2].loaded
+    assert all(torch.equal(loaded.perms[s][g], perms[s][g]) for s in range(3) for g in SIZES)
+    assert perm_path(loc, 2).endswith("perm-000002.safetensors")
+
+
+@pytest.mark.slow
+def test_the_driver_bytes_per_step_do_not_grow_with_the_width(tmp_path_factory):
+    """Metered bytes per step (command + answer + evaluation) at width 16 and 128: the permutation
+    (8x the units) stays in the run folder, so the two are alike and small. One rank: the answer's
+    size does not depend on the world size, and one actor starts fastest."""
+    import ray
+
+    from raytraj.ray_config import RayConfig
+    from raytraj.train import train_from_args
+    from raytraj.transfer import TransferConfig, transfer
+
+    root = tmp_path_factory.mktemp("widths")
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        per_step = {}
+        for width in (16, 128):
+            src = str(root / f"src{width}")
+            train_from_args("mlp", "digits", src, seed=1, epochs=1, model_args={"hidden": [width, width]},
+                            progress=False)
+            out = root / f"run{width}"
+            m = transfer(src, str(out), TransferConfig(method="fgmt", steps=3, seed=0), target_seed=2,
+                         backend="ray", ray_config=RayConfig(workers=1), progress=False,
+                         force=True)
+            per_step[width] = m["traffic"]["driver_bytes"][1:]  # after the first step's start-up
+            perm = json.loads((out / "perm.json").read_text())["final"]
+            assert sorted(len(p) for p in perm.values()) == [width, width]  # the final result has it all
+    finally:
+        ray.shutdown()
+    assert max(per_step[128]) < 2_000, per_step
+    assert max(per_step[128]) < 1.25 * max(per_step[16]), per_step
