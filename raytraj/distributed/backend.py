@@ -2,9 +2,11 @@
 
 The driver computes the shard plan once (tensors and cost terms by owner, LAP solvers by colour
 class, gradient units by rank: ``transfer/sharding.py``) and starts the group. After that, per
-step, it makes one call (rank 0's ``lead``: the step number, the settings and the changes to the
-previous permutation, a few hundred bytes) and receives the step's progress (the permutation's
-changes and the solver's statistics). Gradients, cost terms and assignments move among the ranks
+step, it makes one call (rank 0's ``lead``: the step number and the settings, a few hundred bytes)
+and receives the step's progress record (the solver's statistics and the ranks' busy share). Rank 0
+writes the step's permutation to the run folder's ``state/perms`` (``transfer/held.py``); the
+engine keeps a ``HeldPermutation`` naming it, so the driver's bytes per step do not grow with the
+model's width (without a run folder the answer carries the permutation's changes instead). Gradients, cost terms and assignments move among the ranks
 through torch.distributed collectives (``transfer/collective.py``); evaluation and the saved
 models are computed beside the next step on one rank, which holds the permutations of recent
 steps, so an evaluation names its step only.
