@@ -86,3 +86,16 @@ def test_the_driver_bytes_per_step_do_not_grow_with_the_width(tmp_path_factory):
         ray.shutdown()
     assert max(per_step[128]) < 2_000, per_step
     assert max(per_step[128]) < 1.25 * max(per_step[16]), per_step
+
+
+@pytest.mark.parametrize("requests,count,world", [(1, 1, 2), (1, 3, 2), (2, 3, 3), (3, 1, 4), (1, 1, 3)])
+def test_a_pair_is_two_units_so_one_batch_keeps_two_ranks_busy(requests, count, world):
+    from raytraj.transfer.sharding import SOURCE, TARGET, split_side_units
+
+    runs = split_side_units(requests, count, world)
+    units = [(r, side, b) for k in range(world) for (r, side), bs in runs[k].items() for b in bs]
+    assert sorted(units) == sorted((r, s, b) for r in range(requests) for s in (TARGET, SOURCE) for b in range(count))
+    sizes = [sum(len(bs) for bs in run.values()) for run in runs]
+    assert max(sizes) - min(sizes) <= 1  # even, whatever the world size
+    busy = sum(1 for size in sizes if size)
+    assert busy == min(world, 2 * requests * count)
