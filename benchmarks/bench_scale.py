@@ -265,6 +265,9 @@ def main():
     ap.add_argument("--part", choices=["traffic"], help=argparse.SUPPRESS)  # the before rows' subprocess
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the local run's threads, as each rank's (1 CPU each): a like-for-like ratio
     if args.part:
         with open(args.json, "w") as f:
             more = [int(n) for n in args.traffic_more.split(",") if n]
@@ -308,7 +311,8 @@ def write(args, before, after, scaling, loads, took):
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}, {took / 60:.0f} min; a shared machine with "
         f"{os.cpu_count()} cores, load average (1, 5, 15 min) at the start and after each part: "
         f"{' / '.join(loads)}; torch {torch.__version__}, ray {ray.__version__}). A two-node `ray.cluster_utils` "
-        "cluster with 2 logical CPUs per node on those cores; every rank holds 1 CPU.", "",
+        "cluster with 2 logical CPUs per node on those cores; every rank holds 1 CPU and 1 torch thread, as "
+        "does the local run. 4 ranks on 2 physical cores are 2x oversubscribed before the other jobs' load.", "",
         "Meters: driver TCP = the kernel's byte counters of the driver's TCP sockets (`ss -tinp`); put/get = "
         "pickled sizes of every `ray.put` and `ray.get` the driver makes; calls = every actor call or task the "
         "driver submits (counted at Ray's API); rank CPU = each rank process's user+sys seconds over wall "
