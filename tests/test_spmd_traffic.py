@@ -57,35 +57,31 @@ def test_the_checkpoint_names_held_permutations_and_reads_them_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_driver_bytes_per_step_do_not_grow_with_the_width(tmp_path_factory):
-    """Metered bytes per step (command + answer + evaluation) at width 16 and 128: the permutation
-    (8x the units) stays in the run folder, so the two are alike and small. One rank: the answer's
-    size does not depend on the world size, and one actor starts fastest."""
+def test_the_driver_bytes_per_step_stay_below_the_permutation(tmp_path_factory):
+    """Metered bytes per step (command + answer + evaluation) at width 256: the permutation's changes
+    alone (8 bytes per moved unit, hundreds of units move early on) would exceed the bound; it stays
+    in the run folder, and the final result still has it all. One rank: the answer's size does not
+    depend on the world size, and one actor starts fastest."""
     import ray
 
     from raytraj.ray_config import RayConfig
     from raytraj.train import train_from_args
     from raytraj.transfer import TransferConfig, transfer
 
-    root = tmp_path_factory.mktemp("widths")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    root = tmp_path_factory.mktemp("width")
+    src, out = str(root / "src"), root / "run"
+    train_from_args("mlp", "digits", src, seed=1, epochs=1, model_args={"hidden": [256, 256]}, progress=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
-        per_step = {}
-        for width in (16, 128):
-            src = str(root / f"src{width}")
-            train_from_args("mlp", "digits", src, seed=1, epochs=1, model_args={"hidden": [width, width]},
-                            progress=False)
-            out = root / f"run{width}"
-            m = transfer(src, str(out), TransferConfig(method="fgmt", steps=3, seed=0), target_seed=2,
-                         backend="ray", ray_config=RayConfig(workers=1), progress=False,
-                         force=True)
-            per_step[width] = m["traffic"]["driver_bytes"][1:]  # after the first step's start-up
-            perm = json.loads((out / "perm.json").read_text())["final"]
-            assert sorted(len(p) for p in perm.values()) == [width, width]  # the final result has it all
+        m = transfer(src, str(out), TransferConfig(method="fgmt", steps=3, seed=0), target_seed=2, backend="ray",
+                     ray_config=RayConfig(workers=1), progress=False, force=True)
     finally:
         ray.shutdown()
-    assert max(per_step[128]) < 2_000, per_step
-    assert max(per_step[128]) < 1.25 * max(per_step[16]), per_step
+    per_step = m["traffic"]["driver_bytes"][1:]  # after the first step's start-up
+    assert max(per_step) < 1_000, per_step
+    final = json.loads((out / "perm.json").read_text())["final"]
+    assert sorted(len(p) for p in final.values()) == [256, 256]
+    assert any(p != sorted(p) for p in final.values())  # units moved, yet no change crossed the driver
 
 
 @pytest.mark.parametrize("requests,count,world", [(1, 1, 2), (1, 3, 2), (2, 3, 3), (3, 1, 4), (1, 1, 3)])
