@@ -22,6 +22,7 @@ The "before" rows run the same script on a checkout of the previous, driver-orch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import os
@@ -356,6 +357,8 @@ def write(args, before, after, scaling, loads, took):
                      f"{t['grad_s']:.1f} | {t['solve_s']:.1f} | {cpu} | {grad} | {tcp} | {calls} | "
                      f"{m['perm'] == base['perm']} |")
     write_report(args.out, lines)
+    for row in [r for _, _, r in after + (before or [])] + list(scaling.values()):
+        row["perm_sha256"] = hashlib.sha256(json.dumps(row.pop("perm"), sort_keys=True).encode()).hexdigest()[:16]
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({"before": before, "after": after, "scaling": scaling, "loads": loads}, f, indent=1)
 
