@@ -239,8 +239,9 @@ _IDENTITY = {"_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_f
              "zeros_like", "ones_like", "empty_like", "full_like", "fill_", "zero_", "_conj", "resolve_conj",
              "resolve_neg", "type_as", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"}
 # Elementwise ops that ATen does not tag as pointwise (PReLU is not one: its weight sits on axis 1, not last).
+# PReLU reaches ATen as _prelu_kernel(x, weight viewed as (1, C, 1, ...)), an elementwise op with broadcasting.
 _POINTWISE_UNTAGGED = {"copy_", "copy", "masked_fill", "where", "lerp", "hardswish", "hardswish_", "gelu_", "silu_",
-                       "log_sigmoid_forward", "masked_fill_"}
+                       "log_sigmoid_forward", "masked_fill_", "_prelu_kernel"}
 _VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "squeeze", "unsqueeze",
           "view_as", "squeeze_", "unsqueeze_", "view_copy", "_reshape_copy"}
 _TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "swapdims", "movedim", "numpy_T", "mT", "transpose_", "t_"}
@@ -440,6 +441,10 @@ class _Tracer:
             self.split_op(name, a, x, outs)
         elif name in ("cat", "concat", "stack"):
             self.cat(name, a, out)
+        elif name == "glu" and x is not None:
+            self.glu(a, x, out)
+        elif name == "repeat" and x is not None:
+            self.repeat(a, x, out)
         elif name in ("select", "select_copy"):
             self.select(a, x, out)
         elif name in ("slice", "slice_copy", "narrow"):
@@ -570,20 +575,20 @@ class _Tracer:
         if groups == 1:
             self.union(X[1], w_in)
             self.union(O[1], w_out)
-        elif not transposed:
+        else:
             # Grouped (depthwise when each group has one channel): channels come in `groups` blocks, and
             # block g of the output reads only block g of the input: blocks move together on both sides.
+            # The weight holds one side whole (outputs, or inputs when transposed) and the other per group.
             cin, cout = self.shapes[x][1], self.shapes[out][1]
             gin = self.segment(X[1], groups, cin // groups, "grouped convolution")
             gout = self.segment(O[1], groups, cout // groups, "grouped convolution")
             self.union(gin[0], gout[0])
-            self.union(O[1], w_out)
-            if cin // groups > 1:
-                self.union(gin[1], w_in)
+            whole, per_group, inner = (w_in, w_out, gout[1]) if transposed else (w_out, w_in, gin[1])
+            self.union(X[1] if transposed else O[1], whole)
+            if self.size[per_group] > 1:
+                self.union(inner, per_group)
             else:
-                self.freeze_vars([], [w_in], None)
-        else:
-            return self.unknown("convolution (transposed, grouped)", [x, w, *bias], [out])
+                self.freeze_vars([], [per_group], None)
         self.freeze_vars(X[2:], O[2:] + W[2:], f"convolution mixes neighbouring positions; the positions there "
                                                  "are left unpermuted")
 
@@ -764,6 +769,10 @@ class _Tracer:
             self.union(inner, own[1])
 
     def cat(self, name, a, out):
+        """Pieces side by side along one axis, the mirror of ``split``: the joined axis is blocks of the pieces'
+        common length, each block fixed in place (which piece is which is fixed by the code), and the units
+        inside the blocks move alike in every piece. A U-Net's skip ``cat([up, skip], 1)`` so keeps both halves
+        permuted, by one shared permutation; DenseNet's and Inception's joins likewise by their common width."""
         ins = _refs(a["tensors"])
         so = self.shapes[out]
         O = self.axes(out)
@@ -772,16 +781,51 @@ class _Tracer:
             for vid in ins:
                 self.union_all(self.axes(vid), O[:dim] + O[dim + 1:])
             return self.freeze_vars([], [O[dim]], None)
-        for vid in ins:
-            if len(self.shapes[vid]) != len(so):
-                continue  # torch.cat skips empty 1-D tensors
+        pieces = [vid for vid in ins if len(self.shapes[vid]) == len(so)]  # torch.cat skips empty 1-D tensors
+        for vid in pieces:
             for i, v in enumerate(self.axes(vid)):
                 if i != dim:
                     self.union(v, O[i])
-        # The joined axis holds several groups side by side, which one group cannot describe.
-        reason = (f"concatenation along axis {dim}, the joined groups are left unpermuted"
-                  + (f" ({_ROPE_HINT})" if dim == len(so) - 1 and len(so) > 2 else ""))
-        self.freeze_vars([self.ax(vid, dim) for vid in ins if len(self.shapes[vid]) == len(so)], [O[dim]], reason)
+        lengths = [self.shapes[vid][dim] for vid in pieces if self.shapes[vid][dim] > 0]
+        unit = math.gcd(*lengths) if lengths else 0
+        if unit <= 1 or sum(lengths) != so[dim]:
+            # The joined axis holds several groups side by side with no common block length to share.
+            reason = (f"concatenation along axis {dim}, the joined groups are left unpermuted"
+                      + (f" ({_ROPE_HINT})" if dim == len(so) - 1 and len(so) > 2 else ""))
+            return self.freeze_vars([self.ax(vid, dim) for vid in pieces], [O[dim]], reason)
+        blocks, inner = self.segment(O[dim], so[dim] // unit, unit, name)
+        self.freeze_vars([], [blocks], None)
+        for vid in pieces:
+            n = self.shapes[vid][dim]
+            if n == 0:
+                continue
+            own = self.segment(self.ax(vid, dim), n // unit, unit, name)
+            self.freeze_vars([], [own[0]], None)
+            self.union(inner, own[1])
+
+    def glu(self, a, x, out):
+        """glu(x, dim) = a * sigmoid(b) for the halves (a, b) of ``dim``: unit j of a meets unit j of b only, so
+        the axis is (2 fixed halves, n) and the units move alike in both halves and in the output."""
+        X, O = self.axes(x), self.axes(out)
+        dim = int(a.get("dim", -1)) % len(X)
+        self.union_all(X[:dim] + X[dim + 1:], O[:dim] + O[dim + 1:])
+        halves, inner = self.segment(X[dim], 2, self.shapes[out][dim], "glu")
+        self.freeze_vars([], [halves], None)
+        self.union(inner, O[dim])
+
+    def repeat(self, a, x, out):
+        """x.repeat(r0, r1, ...) tiles x: each output axis is (r copies, the input's axis), copies fixed in place.
+        InstanceNorm repeats its weight over the batch this way before a batch norm of (1, B*C, ...)."""
+        X, O = self.axes(x), self.axes(out)
+        reps = list(a.get("repeats") or ())
+        lead = len(O) - len(X)
+        if lead < 0 or len(reps) != len(O):
+            return self.unknown("repeat", [x], [out])
+        self.freeze_vars([], O[:lead], None)  # new leading axes are copies
+        for i, v in enumerate(X):
+            copies, inner = self.segment(O[lead + i], int(reps[lead + i]), self.shapes[x][i], "repeat")
+            self.freeze_vars([], [copies], None)
+            self.union(inner, v)
 
     def select(self, a, x, out):
         X, O = self.axes(x), self.axes(out)
