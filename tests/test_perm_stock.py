@@ -565,3 +565,47 @@ def test_glu_prelu_grouped_transposed_conv_and_instance_norm():
     assert a["norm.weight"][0] == (blocks, a["up.weight"][1]) and a["fc.weight"][1] == a["norm.weight"][0]
     assert a["head.weight"][1] is not None and a["fc.weight"][0] == (None, a["head.weight"][1])
     planted(model, x, spec)
+
+
+class WindowBlock(nn.Module):
+    """Swin's habits: channels-last F.pad on H and W only, a fused qkv bias whose k third is zeroed in place
+    through a slice, relu_ on a view, and a 1x1 adaptive pool of a channels-last map (ATen restrides it)."""
+
+    def __init__(self, c=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Conv2d(3, c, 1)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.pos = nn.Linear(2, c)
+        self.proj = nn.Linear(c, c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        h = F.pad(h, (0, 0, 0, 1, 0, 1))  # pads W and H, not C
+        B, H, W, C = h.shape
+        bias = self.qkv.bias.clone()
+        bias[C:2 * C].zero_()
+        qkv = F.linear(h.reshape(B, H * W, C), self.qkv.weight, bias)
+        q, k, v = qkv.reshape(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H, W, C)
+        grid = x.new_zeros(H, W, 2)  # a constant built from the input
+        p = self.pos(grid).view(H, W, C)
+        p.view(-1).relu_()
+        o = self.proj(o + p).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        return self.head(F.adaptive_avg_pool2d(o, 1).flatten(1))
+
+
+def test_padding_block_slices_in_place_views_and_restrides_keep_channels():
+    torch.manual_seed(0)
+    model = WindowBlock()
+    x = torch.randn(2, 3, 3, 3)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    stream, out = a["stem.weight"][0], a["proj.weight"][0]
+    assert stream is not None and out is not None and a["head.weight"] == (None, out)
+    qkv = a["qkv.weight"][0]
+    assert a["qkv.weight"][1] == stream and a["qkv.bias"] == (qkv,)
+    assert qkv[0] is None and len(qkv) == 3  # (q|k|v fixed, heads, dims): the zeroed k third kept them
+    assert a["proj.weight"][1] == a["pos.weight"][0] == qkv[1:]  # the position term joins the heads' output
+    planted(model, x, spec)
