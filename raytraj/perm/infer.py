@@ -436,8 +436,9 @@ class _Tracer:
         if "__base__" in a:
             return self.freeze_values(ins, tensor_outs, f"{self.where(ins)}{name}: an in-place write into a view; "
                                                          "the channels around it are left unpermuted")
-        if not ins or name in _FACTORIES:
-            return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
+        if not ins or name in _FACTORIES or all(v in self.consts for v in ins):
+            self.consts.update(tensor_outs)  # made from constants alone: a constant (RoPE's cos from a table)
+            return self.freeze_values([], tensor_outs, None)
         first = _refs(a.get("self", a.get("input")))
         x = first[0] if first else None
         if name in _IDENTITY and x is not None and all(self.shapes[o] == self.shapes[x] for o in tensor_outs):
@@ -505,7 +506,8 @@ class _Tracer:
         """Elementwise with broadcasting: an axis is shared with every input that is not size 1 there."""
         so = self.shapes[out]
         O = self.axes(out)
-        for vid in ins:
+        # constants last, so that an axis they meet is known to be fixed already (positions) or not
+        for vid in sorted(ins, key=lambda v: v in self.consts):
             s = self.shapes[vid]
             if len(s) > len(so):
                 continue
