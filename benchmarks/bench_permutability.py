@@ -304,11 +304,12 @@ def bench(name: str, build: Callable, example: Callable, limit_s: int) -> dict:
 
 def full(row: dict) -> bool:
     return ("error" not in row and row["axes"] > 0 and row["axes_permuted"] == row["axes"]
-            and row.get("proof") == "passes" and row.get("planted") == "yes")
+            and row.get("proof") == "passes" and str(row.get("planted")).startswith("yes"))
 
 
 def render(rows: list[dict], runs: list[dict]) -> str:
     covered = sum(full(r) for r in rows)
+    normalized = sum(full(r) and r["planted"] != "yes" for r in rows)
     lines = [
         "## Permutability of stock models",
         "",
@@ -324,7 +325,9 @@ def render(rows: list[dict], runs: list[dict]) -> str:
         "*Inference*: CPU seconds of `infer_spec`.",
         "",
         f"**Fully covered (all hidden axes, proof passes, planted permutation recovered): {covered} of {len(rows)} "
-        f"({100 * covered / len(rows):.0f}%).**",
+        f"({100 * covered / len(rows):.0f}%)**; of those, {normalized} recovered the planted permutation only with "
+        "normalized matching (`match(normalize=True)`): plain matching stopped in a local optimum below the "
+        "planted permutation's objective.",
         "",
         "| model | library | params | hidden axes | tensors | groups | proof | planted | inference CPU s |",
         "|---|---|---|---|---|---|---|---|---|",
