@@ -307,6 +307,16 @@ def full(row: dict) -> bool:
             and row.get("proof") == "passes" and str(row.get("planted")).startswith("yes"))
 
 
+def library_versions() -> str:
+    out = [f"torch {torch.__version__}"]
+    for name in ("torchvision", "timm", "transformers"):
+        try:
+            out.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            out.append(f"{name} not installed")
+    return ", ".join(out)
+
+
 def render(rows: list[dict], runs: list[dict]) -> str:
     covered = sum(full(r) for r in rows)
     normalized = sum(full(r) and r["planted"] != "yes" for r in rows)
@@ -315,6 +325,7 @@ def render(rows: list[dict], runs: list[dict]) -> str:
         "",
         *[f"Command: `{r['command']}`; {r['seconds']:.0f} s wall on {platform.machine()} with torch "
           f"{torch.__version__}, load at the end: `{r['load']}`." for r in runs],
+        f"Libraries: {library_versions()}.",
         "Random weights, small configs and inputs (images 4x3x32x32 unless the name gives another size, token ids "
         "4x8 over a vocabulary of 100), "
         f"{CLASSES} classes. *Hidden axes*: permuted / permutable (a Linear's or Conv's two channel axes, an "
