@@ -468,3 +468,144 @@ def test_cnn_blocks_of_torchvision_and_timm(cls):
         blocks, within = spec.axes["grouped.weight"][0][0], spec.axes["grouped.weight"][1]
         assert spec.sizes[blocks] == 2 and spec.axes["stem.weight"][0] == (blocks, within)
     planted(model, x, spec)
+
+
+# -- joins, gates and tiles: cat, GLU, PReLU, transposed grouped convs, InstanceNorm ------------------
+class SkipUNet(nn.Module):
+    """A U-Net's decoder: upsample by a transposed conv, join the encoder's skip by cat on channels."""
+
+    def __init__(self, w=4):
+        super().__init__()
+        self.enc = nn.Conv2d(3, w, 3, padding=1)
+        self.down = nn.Conv2d(w, 2 * w, 3, padding=1)
+        self.up = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec = nn.Conv2d(2 * w, w, 3, padding=1)
+        self.head = nn.Linear(w, 3)
+
+    def forward(self, x):
+        s = torch.relu(self.enc(x))
+        h = torch.relu(self.down(F.max_pool2d(s, 2)))
+        h = torch.relu(self.dec(torch.cat([self.up(h), s], 1)))
+        return self.head(h.mean((2, 3)))
+
+
+def test_unet_skip_cat_keeps_the_decoder_input_permuted():
+    torch.manual_seed(0)
+    model = SkipUNet()
+    x = torch.randn(4, 3, 8, 8)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    skip = a["enc.weight"][0]
+    assert skip is not None and a["up.weight"][1] == skip  # both halves of the join share one permutation
+    assert a["dec.weight"][1] == (None, skip)  # (2 fixed halves, 4 channels)
+    assert a["down.weight"][0] is not None and a["up.weight"][0] == a["down.weight"][0]
+    planted(model, x, spec)
+
+
+class DenseJoin(nn.Module):
+    """DenseNet's growing concatenation: pieces of 8 and 4 channels meet in blocks of their common 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grow = nn.Conv2d(8, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.cat([h, torch.relu(self.grow(h))], 1)
+        return self.head(torch.relu(self.bn(h)).mean((2, 3)))
+
+
+def test_concatenation_of_unequal_pieces_moves_units_inside_common_blocks():
+    torch.manual_seed(0)
+    model = DenseJoin()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+    x = torch.randn(4, 3, 6, 6)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    unit = a["grow.weight"][0]
+    assert spec.sizes[unit] == 4 and a["stem.weight"][0] == (None, unit) and a["bn.weight"] == ((None, unit),)
+    planted(model, x, spec)
+
+
+class GatedNet(nn.Module):
+    """GLU on channels, per-channel PReLU, a grouped transposed conv and an affine InstanceNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.PReLU(8)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)
+        self.norm = nn.InstanceNorm2d(6, affine=True)
+        self.fc = nn.Linear(6, 8)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.act(F.glu(self.inp(x), 1))  # 16 -> 8 channels
+        h = torch.relu(self.norm(self.up(h))).mean((2, 3))
+        return self.head(F.glu(self.fc(h), -1))
+
+
+def test_glu_prelu_grouped_transposed_conv_and_instance_norm():
+    torch.manual_seed(0)
+    model = GatedNet()
+    with torch.no_grad():
+        model.act.weight.uniform_(-1, 1)
+        model.norm.weight.normal_()
+        model.norm.bias.normal_()
+    x = torch.randn(4, 3, 4, 4)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    blocks, within = a["up.weight"][0]  # transposed: (in channels, out channels per group, ...)
+    assert spec.sizes[blocks] == 2 and a["act.weight"] == ((blocks, within),)
+    assert a["inp.weight"][0] == (None, blocks, within)  # GLU's two halves, the units alike in both
+    assert a["norm.weight"][0] == (blocks, a["up.weight"][1]) and a["fc.weight"][1] == a["norm.weight"][0]
+    assert a["head.weight"][1] is not None and a["fc.weight"][0] == (None, a["head.weight"][1])
+    planted(model, x, spec)
+
+
+class WindowBlock(nn.Module):
+    """Swin's habits: channels-last F.pad on H and W only, a fused qkv bias whose k third is zeroed in place
+    through a slice, relu_ on a view, and a 1x1 adaptive pool of a channels-last map (ATen restrides it)."""
+
+    def __init__(self, c=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Conv2d(3, c, 1)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.pos = nn.Linear(2, c)
+        self.proj = nn.Linear(c, c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        h = F.pad(h, (0, 0, 0, 1, 0, 1))  # pads W and H, not C
+        B, H, W, C = h.shape
+        bias = self.qkv.bias.clone()
+        bias[C:2 * C].zero_()
+        qkv = F.linear(h.reshape(B, H * W, C), self.qkv.weight, bias)
+        q, k, v = qkv.reshape(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H, W, C)
+        grid = x.new_zeros(H, W, 2)  # a constant built from the input
+        p = self.pos(grid).view(H, W, C)
+        p.view(-1).relu_()
+        o = self.proj(o + p).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        return self.head(F.adaptive_avg_pool2d(o, 1).flatten(1))
+
+
+def test_padding_block_slices_in_place_views_and_restrides_keep_channels():
+    torch.manual_seed(0)
+    model = WindowBlock()
+    x = torch.randn(2, 3, 3, 3)
+    spec = infer_quietly(model, x)
+    a = spec.axes
+    stream, out = a["stem.weight"][0], a["proj.weight"][0]
+    assert stream is not None and out is not None and a["head.weight"] == (None, out)
+    qkv = a["qkv.weight"][0]
+    assert a["qkv.weight"][1] == stream and a["qkv.bias"] == (qkv,)
+    assert qkv[0] is None and len(qkv) == 3  # (q|k|v fixed, heads, dims): the zeroed k third kept them
+    assert a["proj.weight"][1] == a["pos.weight"][0] == qkv[1:]  # the position term joins the heads' output
+    planted(model, x, spec)

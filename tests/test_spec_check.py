@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raytraj.perm import PermutationSpec, SpecCheckError, check_spec
+from raytraj.perm import PermutationSpec, SpecCheckError, check_spec, infer_spec
 
 
 class DropoutEverywhere(nn.Module):
@@ -172,3 +172,29 @@ def test_a_model_that_cannot_run_in_float64_is_proved_in_its_own_dtype():
     x = torch.randn(4, 3)
     with pytest.raises(SpecCheckError, match="model.s own dtype"):  # the fixed matrix does not move with h
         check_spec(model, spec, x)
+
+
+class Versioned(nn.Module):
+    """Reads its saved version on loading, as torchvision's MNASNet does."""
+
+    _version = 2
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        if local_metadata.get("version") != 2:
+            raise ValueError(f"version should be 2 instead of {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_check_spec_keeps_the_state_dict_versions_that_modules_read():
+    model = Versioned()
+    x = torch.randn(5, 3)
+    spec = infer_spec(model, x)
+    assert spec.axes["a.weight"][0] is not None
+    check_spec(model, spec, x)

@@ -22,6 +22,7 @@ deterministic), not the spec.
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import torch
@@ -65,8 +66,11 @@ def check_spec(
     gen = torch.Generator().manual_seed(seed)
     perm = random_permutation(spec, gen)
     # Random running stats, so that a wrong buffer entry changes eval-mode outputs.
+    metadata = getattr(state, "_metadata", None)
     state = {k: _randomize_stat(k, v, gen) for k, v in state.items()}
     permuted_state = apply_permutation(spec, perm, state)
+    if metadata is not None:  # modules that read their saved version on loading (torchvision's MNASNet)
+        state, permuted_state = _with_metadata(state, metadata), _with_metadata(permuted_state, metadata)
     args, kwargs = call_args(example_input)
     if any(t.is_floating_point() for t in state.values()):
         try:
@@ -133,6 +137,13 @@ class _NoDropout(TorchDispatchMode):
             else:
                 kwargs["dropout_p"] = 0.0
         return func(*args, **kwargs)
+
+
+def _with_metadata(state: dict, metadata) -> dict:
+    """``state`` as ``load_state_dict`` gets it from ``state_dict()``: with the modules' versions."""
+    out = collections.OrderedDict(state)
+    out._metadata = metadata  # type: ignore[attr-defined]
+    return out
 
 
 def _run_traced(model: nn.Module, inputs, seed: int):

@@ -98,11 +98,15 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        restride = _is_restride(func, args, kwargs)
         out = func(*args, **kwargs)
+        if restride:  # a change of memory layout only: the values, and their axes, stay as they are
+            func, args, kwargs = torch.ops.aten.alias.default, args[:1], {}
         bound = _bind(func, map_tensors(args, lambda t: _Ref(self.value(t))),
                       map_tensors(kwargs, lambda t: _Ref(self.value(t))))
         base = None
-        if args and out is args[0] and isinstance(out, torch.Tensor) and out._base is not None:
+        if (not restride and args and out is args[0] and isinstance(out, torch.Tensor)
+                and out._base is not None):
             # An in-place write into a view changes its base too, which no later op would show.
             base = self.value(out._base)
         outs = []
@@ -116,6 +120,24 @@ class _Recorder(TorchDispatchMode):
             bound["__base__"] = _Ref(base)
         self.ops.append((func, bound, outs))
         return out
+
+
+def _is_restride(func, args, kwargs) -> bool:
+    """``as_strided(x, x.shape, strides)`` that differs from x's strides only on axes of length 1.
+
+    ATen's own kernels restride this way (adaptive_avg_pool2d to 1x1 on a channels-last input): the
+    same values at the same places, so it is an identity, not an arbitrary view.
+    """
+    if func.overloadpacket.__name__ not in ("as_strided", "as_strided_") or not args:
+        return False
+    t = args[0]
+    size = args[1] if len(args) > 1 else kwargs.get("size")
+    stride = args[2] if len(args) > 2 else kwargs.get("stride")
+    offset = args[3] if len(args) > 3 else kwargs.get("storage_offset")
+    if not isinstance(t, torch.Tensor) or size is None or stride is None:
+        return False
+    return (tuple(size) == tuple(t.shape) and (offset is None or offset == t.storage_offset())
+            and all(int(a) == b for a, b, n in zip(stride, t.stride(), size) if n > 1))
 
 
 _SCHEMAS: dict[Any, list[tuple[str, bool, Any]]] = {}
@@ -239,8 +261,11 @@ _IDENTITY = {"_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_f
              "zeros_like", "ones_like", "empty_like", "full_like", "fill_", "zero_", "_conj", "resolve_conj",
              "resolve_neg", "type_as", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"}
 # Elementwise ops that ATen does not tag as pointwise (PReLU is not one: its weight sits on axis 1, not last).
+# PReLU reaches ATen as _prelu_kernel(x, weight viewed as (1, C, 1, ...)), an elementwise op with broadcasting.
 _POINTWISE_UNTAGGED = {"copy_", "copy", "masked_fill", "where", "lerp", "hardswish", "hardswish_", "gelu_", "silu_",
-                       "log_sigmoid_forward", "masked_fill_"}
+                       "log_sigmoid_forward", "masked_fill_", "_prelu_kernel"}
+# Ops that make a new tensor of constants, reading their input only for its dtype and device.
+_FACTORIES = {"new_zeros", "new_ones", "new_empty", "new_full", "new_empty_strided", "new_tensor"}
 _VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "squeeze", "unsqueeze",
           "view_as", "squeeze_", "unsqueeze_", "view_copy", "_reshape_copy"}
 _TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "swapdims", "movedim", "numpy_T", "mT", "transpose_", "t_"}
@@ -274,6 +299,7 @@ class _Tracer:
         self.size: dict[Any, int] = {}
         self._fresh = 0
         self.noted: list = []  # variables fixed for a reason worth a note (an op not understood, RoPE)
+        self.consts: set[int] = set()
 
     # -- variables ---------------------------------------------------------------------------
     def ax(self, vid: int | None, axis: int):
@@ -378,6 +404,7 @@ class _Tracer:
         # Values nobody produced and that are neither state nor input are constants: they cannot move.
         known = set(state_vids.values()) | set(input_vids) | rec.produced
         consts = {vid for _, bound, _ in rec.ops for a in bound.values() for vid in _refs(a)} - known
+        self.consts = consts
         self.freeze_values(consts, [], None)
         self.state_names: dict[int, list[str]] = {}
         for name, vid in state_vids.items():
@@ -400,17 +427,24 @@ class _Tracer:
         if not tensor_outs:
             return  # an op that only reads (an assert, a scalar): no tensor flows on
         out = outs[0]
+        pointwise = torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED
+        if "__base__" in a and (pointwise or name in ("zero_", "fill_")) and len(set(ins)) == 2:
+            # relu_ or zero_ on a view (Swin v2's position MLP, its qkv bias): an elementwise function of the
+            # view's own entries changes the base entry by entry and brings in no other tensor.
+            del a["__base__"]
+            ins = [v for v in ins if v in _refs(a.get("self", a.get("input")))]
         if "__base__" in a:
             return self.freeze_values(ins, tensor_outs, f"{self.where(ins)}{name}: an in-place write into a view; "
                                                          "the channels around it are left unpermuted")
-        if not ins:
-            return self.freeze_values([], tensor_outs, None)  # created by the op: a constant
+        if not ins or name in _FACTORIES or all(v in self.consts for v in ins):
+            self.consts.update(tensor_outs)  # made from constants alone: a constant (RoPE's cos from a table)
+            return self.freeze_values([], tensor_outs, None)
         first = _refs(a.get("self", a.get("input")))
         x = first[0] if first else None
         if name in _IDENTITY and x is not None and all(self.shapes[o] == self.shapes[x] for o in tensor_outs):
             for o in tensor_outs:
                 self.union_all(self.axes(x), self.axes(o))
-        elif torch.Tag.pointwise in func.tags or name in _POINTWISE_UNTAGGED:
+        elif pointwise:
             self.broadcast(out, ins)
         elif name in _VIEWS:
             self.reshape(x, out, name)
@@ -440,6 +474,10 @@ class _Tracer:
             self.split_op(name, a, x, outs)
         elif name in ("cat", "concat", "stack"):
             self.cat(name, a, out)
+        elif name == "glu" and x is not None:
+            self.glu(a, x, out)
+        elif name == "repeat" and x is not None:
+            self.repeat(a, x, out)
         elif name in ("select", "select_copy"):
             self.select(a, x, out)
         elif name in ("slice", "slice_copy", "narrow"):
@@ -468,13 +506,20 @@ class _Tracer:
         """Elementwise with broadcasting: an axis is shared with every input that is not size 1 there."""
         so = self.shapes[out]
         O = self.axes(out)
-        for vid in ins:
+        # constants last, so that an axis they meet is known to be fixed already (positions) or not
+        for vid in sorted(ins, key=lambda v: v in self.consts):
             s = self.shapes[vid]
             if len(s) > len(so):
                 continue
             for i, (size, v) in enumerate(zip(s, self.axes(vid))):
                 j = len(so) - len(s) + i
                 if size == so[j]:
+                    if size > 1 and vid in self.consts and not self.uf.is_frozen(O[j]):
+                        # A table kept outside the state (a non-persistent buffer, RoPE's cos and sin)
+                        # cannot move with the axis it varies along, so that axis stays.
+                        self.notes.append(f"{self.where(ins)}an elementwise op with a constant that varies along "
+                                          f"axis {j - len(so)} leaves it unpermuted ({_ROPE_HINT})")
+                        self.noted.append(O[j])
                     self.union(v, O[j])
                 # a size-1 input axis is constant along the output's: any permutation leaves it alone
 
@@ -570,20 +615,20 @@ class _Tracer:
         if groups == 1:
             self.union(X[1], w_in)
             self.union(O[1], w_out)
-        elif not transposed:
+        else:
             # Grouped (depthwise when each group has one channel): channels come in `groups` blocks, and
             # block g of the output reads only block g of the input: blocks move together on both sides.
+            # The weight holds one side whole (outputs, or inputs when transposed) and the other per group.
             cin, cout = self.shapes[x][1], self.shapes[out][1]
             gin = self.segment(X[1], groups, cin // groups, "grouped convolution")
             gout = self.segment(O[1], groups, cout // groups, "grouped convolution")
             self.union(gin[0], gout[0])
-            self.union(O[1], w_out)
-            if cin // groups > 1:
-                self.union(gin[1], w_in)
+            whole, per_group, inner = (w_in, w_out, gout[1]) if transposed else (w_out, w_in, gin[1])
+            self.union(X[1] if transposed else O[1], whole)
+            if self.size[per_group] > 1:
+                self.union(inner, per_group)
             else:
-                self.freeze_vars([], [w_in], None)
-        else:
-            return self.unknown("convolution (transposed, grouped)", [x, w, *bias], [out])
+                self.freeze_vars([], [per_group], None)
         self.freeze_vars(X[2:], O[2:] + W[2:], f"convolution mixes neighbouring positions; the positions there "
                                                  "are left unpermuted")
 
@@ -764,6 +809,10 @@ class _Tracer:
             self.union(inner, own[1])
 
     def cat(self, name, a, out):
+        """Pieces side by side along one axis, the mirror of ``split``: the joined axis is blocks of the pieces'
+        common length, each block fixed in place (which piece is which is fixed by the code), and the units
+        inside the blocks move alike in every piece. A U-Net's skip ``cat([up, skip], 1)`` so keeps both halves
+        permuted, by one shared permutation; DenseNet's and Inception's joins likewise by their common width."""
         ins = _refs(a["tensors"])
         so = self.shapes[out]
         O = self.axes(out)
@@ -772,16 +821,51 @@ class _Tracer:
             for vid in ins:
                 self.union_all(self.axes(vid), O[:dim] + O[dim + 1:])
             return self.freeze_vars([], [O[dim]], None)
-        for vid in ins:
-            if len(self.shapes[vid]) != len(so):
-                continue  # torch.cat skips empty 1-D tensors
+        pieces = [vid for vid in ins if len(self.shapes[vid]) == len(so)]  # torch.cat skips empty 1-D tensors
+        for vid in pieces:
             for i, v in enumerate(self.axes(vid)):
                 if i != dim:
                     self.union(v, O[i])
-        # The joined axis holds several groups side by side, which one group cannot describe.
-        reason = (f"concatenation along axis {dim}, the joined groups are left unpermuted"
-                  + (f" ({_ROPE_HINT})" if dim == len(so) - 1 and len(so) > 2 else ""))
-        self.freeze_vars([self.ax(vid, dim) for vid in ins if len(self.shapes[vid]) == len(so)], [O[dim]], reason)
+        lengths = [self.shapes[vid][dim] for vid in pieces if self.shapes[vid][dim] > 0]
+        unit = math.gcd(*lengths) if lengths else 0
+        if unit <= 1 or sum(lengths) != so[dim]:
+            # The joined axis holds several groups side by side with no common block length to share.
+            reason = (f"concatenation along axis {dim}, the joined groups are left unpermuted"
+                      + (f" ({_ROPE_HINT})" if dim == len(so) - 1 and len(so) > 2 else ""))
+            return self.freeze_vars([self.ax(vid, dim) for vid in pieces], [O[dim]], reason)
+        blocks, inner = self.segment(O[dim], so[dim] // unit, unit, name)
+        self.freeze_vars([], [blocks], None)
+        for vid in pieces:
+            n = self.shapes[vid][dim]
+            if n == 0:
+                continue
+            own = self.segment(self.ax(vid, dim), n // unit, unit, name)
+            self.freeze_vars([], [own[0]], None)
+            self.union(inner, own[1])
+
+    def glu(self, a, x, out):
+        """glu(x, dim) = a * sigmoid(b) for the halves (a, b) of ``dim``: unit j of a meets unit j of b only, so
+        the axis is (2 fixed halves, n) and the units move alike in both halves and in the output."""
+        X, O = self.axes(x), self.axes(out)
+        dim = int(a.get("dim", -1)) % len(X)
+        self.union_all(X[:dim] + X[dim + 1:], O[:dim] + O[dim + 1:])
+        halves, inner = self.segment(X[dim], 2, self.shapes[out][dim], "glu")
+        self.freeze_vars([], [halves], None)
+        self.union(inner, O[dim])
+
+    def repeat(self, a, x, out):
+        """x.repeat(r0, r1, ...) tiles x: each output axis is (r copies, the input's axis), copies fixed in place.
+        InstanceNorm repeats its weight over the batch this way before a batch norm of (1, B*C, ...)."""
+        X, O = self.axes(x), self.axes(out)
+        reps = list(a.get("repeats") or ())
+        lead = len(O) - len(X)
+        if lead < 0 or len(reps) != len(O):
+            return self.unknown("repeat", [x], [out])
+        self.freeze_vars([], O[:lead], None)  # new leading axes are copies
+        for i, v in enumerate(X):
+            copies, inner = self.segment(O[lead + i], int(reps[lead + i]), self.shapes[x][i], "repeat")
+            self.freeze_vars([], [copies], None)
+            self.union(inner, v)
 
     def select(self, a, x, out):
         X, O = self.axes(x), self.axes(out)
@@ -793,8 +877,20 @@ class _Tracer:
         X, O = self.axes(x), self.axes(out)
         dim = int(a.get("dim", 0)) % len(X)
         self.union_all(X[:dim] + X[dim + 1:], O[:dim] + O[dim + 1:])
-        if self.shapes[x][dim] == self.shapes[out][dim]:
+        n, m = self.shapes[x][dim], self.shapes[out][dim]
+        start, step = a.get("start"), a.get("step", 1)
+        start = 0 if start is None else int(start)
+        if name == "narrow":
+            start, step = int(a.get("start", 0)), 1
+        start = start + n if start < 0 else start
+        if n == m:
             self.union(X[dim], O[dim])  # a full slice keeps the axis
+        elif step == 1 and 1 < m < n and n % m == 0 and start % m == 0:
+            # A whole block, as one piece of a split (Swin v2 zeroes the k third of its fused qkv bias):
+            # the axis is (n/m fixed blocks, m units) and the units move with the slice's.
+            blocks, inner = self.segment(X[dim], n // m, m, name)
+            self.freeze_vars([], [blocks], None)
+            self.union(inner, O[dim])
         else:
             self.freeze_vars([X[dim]], [O[dim]], f"{name} takes part of axis {dim}, which is left unpermuted"
                                                  + (f" ({_ROPE_HINT})" if dim == len(X) - 1 else ""))
@@ -803,10 +899,14 @@ class _Tracer:
         X, O = self.axes(x), self.axes(out)
         if len(X) != len(O):
             return self.unknown("pad", [x], [out])
-        padded = len(a.get("pad", a.get("padding", ()))) // 2
-        keep = len(X) - padded
-        self.union_all(X[:keep], O[:keep])
-        self.freeze_vars(X[keep:], O[keep:], None if keep >= 2 else "padding of the channel axis")
+        pad = list(a.get("pad", a.get("padding", ())))
+        # (left, right) pairs from the last axis backwards; an axis padded by (0, 0) is left as it is
+        # (Swin pads (B, H, W, C) on H and W with F.pad(x, (0, 0, 0, r, 0, b))).
+        padded = {len(X) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]}
+        kept = [i for i in range(len(X)) if i not in padded]
+        self.union_all([X[i] for i in kept], [O[i] for i in kept])
+        self.freeze_vars([X[i] for i in padded], [O[i] for i in padded],
+                         None if not padded or min(padded) >= 2 else "padding of the channel axis")
 
     # -- result ------------------------------------------------------------------------------
     def settle_splits(self) -> dict[Any, list]:
