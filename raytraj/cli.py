@@ -12,6 +12,7 @@ import json
 import sys
 import warnings
 
+from .backend_flags import backend_options
 from .config import ConfigError, check_number
 from .ray_errors import root_cause
 
@@ -156,45 +157,13 @@ def _solver_fields(args) -> dict:
             if getattr(args, k, None) is not None}
 
 
-def checked_device(device: str) -> str:
-    """--device, refused at once if this machine cannot use it (before data and models are loaded)."""
-    from .runtime import resolve_device
-
-    resolve_device(device)
-    return device
-
-
-def _backend_options(args) -> dict:
-    """``device`` for --backend local, or ``ray_config`` (a RayConfig) from the Ray flags."""
-    from .ray_config import RayConfig
-
-    for option, value, rule in (("--workers", args.workers, {"minimum": 1, "integer": True}),
-                                ("--cpus-per-worker", args.cpus_per_worker, {"above": 0}),
-                                ("--gpus-per-worker", args.gpus_per_worker, {"minimum": 0}),
-                                ("--placement-timeout", args.placement_timeout, {"above": 0})):
-        check_number(option, value, **rule)
-    runtime_env = _runtime_env(args)
-    if args.backend != "ray":
-        given = [f for f in ("address", "workers", "cpus_per_worker", "gpus_per_worker", "placement_timeout")
-                 if getattr(args, f) is not None]
-        if given:
-            raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        return {"device": checked_device(args.device)} if args.device else {}
-    if args.device:
-        raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
-    flags = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
-             "gpus_per_worker": args.gpus_per_worker, "runtime_env": runtime_env,
-             "placement_timeout_s": args.placement_timeout}
-    return {"ray_config": RayConfig(**{k: v for k, v in flags.items() if v is not None})}
-
-
 def cmd_transfer(args):
     from .quickstart import format_table
     from .transfer import transfer
 
     m = transfer(args.source, args.out, _transfer_config(args), target_seed=args.target_seed,
                  target_init=args.target_init, new_head=args.new_head, oracle_target=args.oracle_target,
-                 backend=args.backend, **_backend_options(args), resume=args.resume,
+                 backend=args.backend, **backend_options(args, _runtime_env(args)), resume=args.resume,
                  progress=not args.quiet, force=args.force, **_user_code(args), spec=args.spec,
                  head=args.head_module, keep_state=args.keep_state)
     print(format_table([m]))

@@ -37,7 +37,8 @@ def check_number(option: str, value, *, minimum: float | None = None, above: flo
         rules = [r for r in (f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None
                              else "", f"<= {maximum}" if maximum is not None else "") if r]
         kind = "a whole number" if integer else "a finite number"
-        raise ConfigError(f"{option} must be {kind}{' ' + ' and '.join(rules) if rules else ''}, got {value}")
+        shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        raise ConfigError(f"{option} must be {kind}{' ' + ' and '.join(rules) if rules else ''}, got {shown}")
 
 
 def check_seed(option: str, value) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, check_number
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,22 @@ class RayConfig:
     runtime_env: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self):
-        def number(name: str) -> float:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"RayConfig.{name} must be a number, got {value!r}")
-            return value
-
-        if number("workers") < 1 or int(self.workers) != self.workers:
-            raise ConfigError(f"workers must be an integer >= 1 (--workers), got {self.workers!r}")
-        if not number("cpus_per_worker") > 0:
-            raise ConfigError(f"cpus_per_worker must be > 0 (--cpus-per-worker), got {self.cpus_per_worker!r}")
-        if not number("gpus_per_worker") >= 0:
-            raise ConfigError(f"gpus_per_worker must be >= 0 (--gpus-per-worker), got {self.gpus_per_worker!r}")
-        if not number("placement_timeout_s") > 0:
-            raise ConfigError(f"placement_timeout_s must be > 0 seconds (--placement-timeout), got "
-                              f"{self.placement_timeout_s!r}")
-        if number("max_recoveries") < 0 or int(self.max_recoveries) != self.max_recoveries:
-            raise ConfigError(f"max_recoveries must be an integer >= 0, got {self.max_recoveries!r}")
+        for name, (flag, rule) in RULES.items():
+            label = f"RayConfig.{name}" + (f" ({flag})" if flag else "")
+            if getattr(self, name) is None:
+                raise ConfigError(f"{label} must be set, got None")
+            check_number(label, getattr(self, name), **rule)
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"address must be a string such as 'auto' or 'ray://host:10001', got {self.address!r}")
         if self.runtime_env is not None and not isinstance(self.runtime_env, dict):
             raise ConfigError(f"runtime_env must be a dict, got {type(self.runtime_env).__name__}")
+
+
+# The one home of the numeric rules: the CLIs and the analysis grid build a RayConfig and check nothing themselves.
+RULES: dict[str, tuple[str | None, dict]] = {  # field: (its CLI flag, check_number's rule)
+    "workers": ("--workers", {"minimum": 1, "integer": True}),
+    "cpus_per_worker": ("--cpus-per-worker", {"above": 0}),
+    "gpus_per_worker": ("--gpus-per-worker", {"minimum": 0}),
+    "placement_timeout_s": ("--placement-timeout", {"above": 0}),
+    "max_recoveries": (None, {"minimum": 0, "integer": True}),
+}

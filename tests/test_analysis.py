@@ -19,6 +19,7 @@ from raytraj.analysis import (
 from raytraj.analysis.align import checked_spec
 from raytraj.analysis.interpolate import interpolation_title
 from raytraj.checkpoint import save_checkpoint
+from raytraj.ray_config import RayConfig
 from raytraj.cli import main
 from raytraj.data import load_data
 from raytraj.perm import apply_permutation, random_permutation
@@ -182,7 +183,7 @@ def test_ray_backend_gives_the_local_numbers(setup, ray_cluster, tmp_path):
     kw = dict(points=4, align="none", progress=False)
     local = interpolate_models(f"{src.location}:1", src.location, str(tmp_path / "local"), **kw)
     remote = interpolate_models(f"{src.location}:1", src.location, str(tmp_path / "ray"), backend="ray",
-                         backend_options={"workers": 2}, **kw)
+                         ray_config=RayConfig(workers=2), **kw)
     for key in ("train_loss", "val_loss", "val_acc"):
         assert np.allclose(local[key], remote[key], rtol=1e-6), key
     assert remote["barrier"] == pytest.approx(local["barrier"], abs=1e-6)

@@ -85,13 +85,13 @@ def test_a_busy_rank_is_not_taken_for_lost(cluster, digits_source):
     cfg = TransferConfig(method="fgmt", steps=2, batch_size=256)
     backend = RayBackend(prepare(str(digits_source / "source"), cfg, target_seed=2), cfg, RayConfig(workers=2))
     backend.group.ping_timeout_s = 1.0
-    args = {"s": 1, "ts": [0], "count": 800, "diff": {}, "fresh": False, "warm": True,
+    args = {"s": 1, "ts": [0], "count": 2400, "diff": {}, "fresh": False, "warm": True,
             "options": {"max_sweeps": 1, "tol": 0.0, "rtol": 0.0, "seed": 0}, "persist": None}
     try:
         pids = [p["pid"] for p in backend.describe()]
         with ThreadPoolExecutor(1) as pool:
             step = pool.submit(backend.group.command, "step", args)
-            time.sleep(1.0)
+            time.sleep(0.3)
             t0 = time.monotonic()
             lost = backend.group.lost()
             answered_s = time.monotonic() - t0

@@ -17,13 +17,15 @@ def test_defaults_and_fields():
 
 
 @pytest.mark.parametrize("kw,says", [
-    ({"workers": 0}, "workers must be an integer >= 1 (--workers), got 0"),
-    ({"workers": 1.5}, "workers must be an integer >= 1"),
-    ({"cpus_per_worker": 0}, "cpus_per_worker must be > 0 (--cpus-per-worker)"),
-    ({"gpus_per_worker": -1}, "gpus_per_worker must be >= 0"),
-    ({"placement_timeout_s": 0}, "placement_timeout_s must be > 0 seconds (--placement-timeout)"),
-    ({"max_recoveries": -1}, "max_recoveries must be an integer >= 0"),
-    ({"workers": "2"}, "RayConfig.workers must be a number, got '2'"),
+    ({"workers": 0}, "RayConfig.workers (--workers) must be a whole number >= 1, got 0"),
+    ({"workers": 1.5}, "RayConfig.workers (--workers) must be a whole number >= 1, got 1.5"),
+    ({"workers": None}, "RayConfig.workers (--workers) must be set, got None"),
+    ({"cpus_per_worker": 0}, "RayConfig.cpus_per_worker (--cpus-per-worker) must be a finite number > 0"),
+    ({"cpus_per_worker": float("inf")}, "RayConfig.cpus_per_worker (--cpus-per-worker) must be a finite number > 0"),
+    ({"gpus_per_worker": -1}, "RayConfig.gpus_per_worker (--gpus-per-worker) must be a finite number >= 0"),
+    ({"placement_timeout_s": 0}, "RayConfig.placement_timeout_s (--placement-timeout) must be a finite number > 0"),
+    ({"max_recoveries": -1}, "RayConfig.max_recoveries must be a whole number >= 0, got -1"),
+    ({"workers": "2"}, "RayConfig.workers (--workers) must be a whole number >= 1, got '2'"),
     ({"address": 5}, "address must be a string"),
 ])
 def test_bad_values_fail_when_built_in_one_line(kw, says):
@@ -39,4 +41,5 @@ def test_the_cli_builds_it_without_importing_ray(tmp_path):
             "assert 'ray' not in sys.modules, 'imported ray'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines()[-1] == "raytraj transfer: error: --workers must be a whole number >= 1, got 0"
+    assert r.stderr.strip().splitlines()[-1] == ("raytraj transfer: error: RayConfig.workers (--workers) must be a "
+                                                  "whole number >= 1, got 0")

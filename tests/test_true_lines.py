@@ -45,7 +45,7 @@ def test_tune_resources_are_checked_before_ray_starts(src, tmp_path, capsys, arg
 def test_placement_timeout_must_be_a_positive_number(src, tmp_path, capsys, value):
     assert main(["transfer", "--source", src, "--target-seed", "5", "--method", "naive", "--backend", "ray",
                  "--placement-timeout", value, "--out", str(tmp_path / "r")]) == 2
-    assert "--placement-timeout must be a finite number > 0" in one_line(capsys, "transfer")
+    assert "(--placement-timeout) must be a finite number > 0" in one_line(capsys, "transfer")
 
 
 @pytest.mark.parametrize("seed", ["100000000000000000000", "-1"])

@@ -5,23 +5,8 @@ Argument parsing only: the work is imported when a command runs.
 
 from __future__ import annotations
 
+from ..backend_flags import backend_options
 from ..config import ConfigError
-
-
-def _backend_options(args) -> dict:
-    if args.backend != "ray":
-        given = [f for f in ("address", "workers", "cpus_per_worker") if getattr(args, f) is not None]
-        if given:
-            raise ConfigError(f"--{given[0].replace('_', '-')} needs --backend ray")
-        if args.device:
-            from ..runtime import resolve_device  # torch, only once a command runs
-
-            resolve_device(args.device)  # refused at once if this machine cannot use it
-        return {"device": args.device} if args.device else {}
-    if args.device:
-        raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
-    return {k: v for k, v in {"address": args.address, "workers": args.workers,
-                              "cpus_per_worker": args.cpus_per_worker}.items() if v is not None}
 
 
 def _common(q, grid: bool = True) -> None:
@@ -42,7 +27,7 @@ def cmd_interpolate(args):
 
     r = interpolate_models(args.a, args.b, args.out, points=args.points, align=args.align, data=args.data,
                            bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
-                           backend_options=_backend_options(args), progress=not args.quiet)
+                           **backend_options(args), progress=not args.quiet)
     print(f"barrier {r['barrier']:.4f} (train loss), {r['val_barrier']:.4f} (val loss); val acc "
           f"{r['val_acc'][0]:.1f}% -> min {min(r['val_acc']):.1f}% -> {r['val_acc'][-1]:.1f}%; "
           f"wrote {args.out}/interpolate.json, interpolate.png")
@@ -54,7 +39,7 @@ def cmd_plane(args):
     r = plane_landscape(args.a, args.b, args.c, args.out, grid=args.grid, margin=args.margin, align=args.align,
                         data=args.data, labels=args.labels.split(",") if args.labels else None,
                         bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
-                        backend_options=_backend_options(args), progress=not args.quiet)
+                        **backend_options(args), progress=not args.quiet)
     coords = ", ".join(f"{k} ({x:.2f}, {y:.2f})" for k, (x, y) in r["coords"].items())
     print(f"plane: {coords}; val loss {min(map(min, r['val_loss'])):.3f}..{max(map(max, r['val_loss'])):.3f}; "
           f"wrote {args.out}/plane.json, plane.png")
@@ -75,7 +60,7 @@ def cmd_report(args):
 
     r = transfer_report(args.runs, args.out, target=args.target, points=args.points, align=args.align,
                         bn_batches=args.bn_batches, seed=args.seed, backend=args.backend,
-                        backend_options=_backend_options(args), progress=not args.quiet)
+                        **backend_options(args), progress=not args.quiet)
     for row in r["runs"]:
         b = f", barrier to target {row['barrier']:.3f}" if "barrier" in row else ""
         print(f"{row['label']}: best val {row['best_val_acc']:.1f}%, test {row['test_acc']:.1f}%{b}")

@@ -24,6 +24,7 @@ from ..data import Dataset, sample_batches
 from ..evaluation import has_batchnorm, recalibrate_bn
 from ..models import build_model, logits_of, model_from_dict
 from ..progress import progress_bar
+from ..ray_config import RayConfig
 from ..runtime import resolve_device
 
 
@@ -99,23 +100,22 @@ def point_note(result: dict) -> dict:
 
 
 def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, backend: str = "local",
-                    backend_options: dict | None = None, progress: bool = True, desc: str = "points") -> list[dict]:
+                    device: str | None = None, ray_config: RayConfig | None = None, progress: bool = True,
+                    desc: str = "points") -> list[dict]:
     """Score every coefficient vector in ``points``, in order.
 
     Args:
         evaluator_args: keyword arguments of :class:`GridEvaluator`.
         points: one coefficient vector per point.
         backend: ``local`` (this process) or ``ray`` (actors; see ``raytraj.distributed.grid``).
-        backend_options: for ray: ``address``, ``workers``, ``cpus_per_worker``, ``gpus_per_worker``;
-            for local: ``device``.
+        device: the local backend's device (default: cuda when available).
+        ray_config: the Ray backend's actors and cluster (default: ``RayConfig()``).
         progress: show a progress bar.
         desc: the progress bar's label.
     """
-    options = dict(backend_options or {})
     if backend == "local":
-        device = options.pop("device", None)
-        if options:
-            raise ConfigError(f"options {sorted(options)} only apply to --backend ray")
+        if ray_config is not None:
+            raise ConfigError("ray_config only applies to backend='ray'")
         evaluator = GridEvaluator(**evaluator_args, device=device)
         bar = progress_bar(len(points), desc=desc, enabled=progress, unit="point")
         results = []
@@ -126,8 +126,10 @@ def evaluate_points(evaluator_args: dict, points: Sequence[Sequence[float]], *, 
         bar.close()
         return results
     if backend == "ray":
+        if device is not None:
+            raise ConfigError("device is for backend='local'; Ray actors use the GPUs they hold")
         from ..distributed.grid import evaluate_points_ray  # Ray is imported only when asked for
 
-        return evaluate_points_ray(functools.partial(GridEvaluator, **evaluator_args), points, progress=progress,
-                                   desc=desc, note=point_note, **options)
+        return evaluate_points_ray(functools.partial(GridEvaluator, **evaluator_args), points,
+                                   ray_config or RayConfig(), progress=progress, desc=desc, note=point_note)
     raise ConfigError(f"unknown backend {backend!r}; choose local or ray")

@@ -16,6 +16,7 @@ from .. import fs
 from ..data import load_data
 from ..evaluation import has_batchnorm
 from ..models import build_model
+from ..ray_config import RayConfig
 from ..writelock import locks_output
 from .align import align_weights
 from .figures import pyplot, save_figure
@@ -45,7 +46,8 @@ def check_points(points: int, flag: str = "--points") -> None:
 @locks_output("out", what="analysis")
 def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str = "none",
                        data: str | None = None, bn_batches: int = 10, seed: int = 0, backend: str = "local",
-                       backend_options: dict | None = None, progress: bool = True) -> dict:
+                       device: str | None = None,
+                    ray_config: RayConfig | None = None, progress: bool = True) -> dict:
     """Evaluate the segment between models ``a`` and ``b``; writes OUT/interpolate.json and .png.
 
     Args:
@@ -56,7 +58,8 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
         data: score on this data (default: A's).
         bn_batches: training batches for BatchNorm recalibration at each point.
         seed: fixes those batches and the matching solver's order.
-        backend: ``local`` or ``ray``; backend_options as in :func:`raytraj.analysis.grid.evaluate_points`.
+        backend, device, ray_config: where the points are scored, as in
+            :func:`raytraj.analysis.grid.evaluate_points`.
         progress: show a progress bar.
 
     Returns:
@@ -78,7 +81,7 @@ def interpolate_models(a: str, b: str, out: str, *, points: int = 25, align: str
     rows = evaluate_points(
         {"model": ma.model, "data": dataset, "bases": [ma.state, other], "splits": ("train", "val"),
          "bn_batches": bn_batches, "seed": seed},
-        [[1 - x, x] for x in alphas], backend=backend, backend_options=backend_options, progress=progress,
+        [[1 - x, x] for x in alphas], backend=backend, device=device, ray_config=ray_config, progress=progress,
         desc="interpolate")
     # Said in the plot's title only where it happened: a model with BatchNorm, and bn_batches > 0.
     recalibrated = bool(bn_batches) and has_batchnorm(build_model(ma.model, 0))

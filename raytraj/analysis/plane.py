@@ -22,6 +22,7 @@ from .. import fs
 from ..data import load_data
 from ..evaluation import has_batchnorm
 from ..models import build_model, model_from_dict
+from ..ray_config import RayConfig
 from ..writelock import locks_output
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
@@ -91,7 +92,8 @@ def grid_axes(basis: PlaneBasis, grid: int, margin: float) -> tuple[list[float],
 @locks_output("out", what="analysis")
 def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin: float = 0.2, align: str = "",
                     data: str | None = None, labels: Sequence[str] | None = None, bn_batches: int = 10,
-                    seed: int = 0, backend: str = "local", backend_options: dict | None = None,
+                    seed: int = 0, backend: str = "local", device: str | None = None,
+                    ray_config: RayConfig | None = None,
                     progress: bool = True) -> dict:
     """Evaluate val loss and accuracy on a grid over the plane through A, B, C; writes OUT/plane.json, .png.
 
@@ -104,7 +106,7 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
             The paper's Fig. 7 has A = Target, B = FGMT+FT, C = Source, and matches C ("Source (Permuted)").
         data: score on this data (default: A's).
         labels: names of the three models in the plot (default: from their paths).
-        bn_batches, seed, backend, backend_options, progress: as in
+        bn_batches, seed, backend, device, ray_config, progress: as in
             :func:`raytraj.analysis.interpolate.interpolate_models`.
 
     Returns:
@@ -135,7 +137,7 @@ def plane_landscape(a: str, b: str, c: str, out: str, *, grid: int = 21, margin:
     rows = evaluate_points(
         {"model": models[0].model, "data": dataset, "bases": [m.state for m in models], "splits": ("val",),
          "bn_batches": bn_batches, "seed": seed},
-        [basis.coefficients(x, y) for x, y in cells], backend=backend, backend_options=backend_options,
+        [basis.coefficients(x, y) for x, y in cells], backend=backend, device=device, ray_config=ray_config,
         progress=progress, desc="plane")
     # Said in the plot's title only where it happened: a model with BatchNorm, and bn_batches > 0.
     recalibrated = bool(bn_batches) and has_batchnorm(build_model(models[0].model, 0))

@@ -17,6 +17,7 @@ from .. import fs
 from ..data import load_data
 from ..plot import _series
 from ..runfolder import METRICS, RunFolder, model_file
+from ..ray_config import RayConfig
 from ..writelock import locks_output
 from .align import align_weights, checked_spec
 from .figures import pyplot, save_figure
@@ -46,7 +47,8 @@ def _default_target(runs: Sequence[str]) -> str | None:
 @locks_output("out", what="analysis")
 def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None, points: int = 11,
                     align: str = "none", bn_batches: int = 10, seed: int = 0, backend: str = "local",
-                    backend_options: dict | None = None, progress: bool = True) -> dict:
+                    device: str | None = None,
+                    ray_config: RayConfig | None = None, progress: bool = True) -> dict:
     """Summarise transfer ``runs``; writes OUT/report.json and OUT/report.png.
 
     Args:
@@ -56,7 +58,7 @@ def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None,
             run's ``--oracle-target`` if one of the runs is an Oracle run; without one, no barriers.
         points: points per interpolation.
         align: ``weights`` weight-matches each run's model to the target first.
-        bn_batches, seed, backend, backend_options, progress: as in
+        bn_batches, seed, backend, device, ray_config, progress: as in
             :func:`raytraj.analysis.interpolate.interpolate_models`.
 
     Returns:
@@ -95,7 +97,7 @@ def transfer_report(runs: Sequence[str], out: str, *, target: str | None = None,
                 coeffs.append(c)
         res = evaluate_points({"model": tgt.model, "data": dataset, "bases": [tgt.state, *states],
                                "splits": ("train", "val"), "bn_batches": bn_batches, "seed": seed},
-                              coeffs, backend=backend, backend_options=backend_options, progress=progress,
+                              coeffs, backend=backend, device=device, ray_config=ray_config, progress=progress,
                               desc="report barriers")
         interpolations = {"target": target, "alphas": alphas, "align": align}
         for j, row in enumerate(rows):

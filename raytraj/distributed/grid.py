@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import ray
 import torch
 
-from ..config import ConfigError
 from ..progress import progress_bar
+from ..ray_config import RayConfig
 from ..runtime import set_torch_threads
 from .cluster import connect
 
@@ -31,18 +31,16 @@ class GridWorker:
         return index, self.evaluator.evaluate(coeffs)
 
 
-def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[float]], *, address: str | None = None,
-                        workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[float]], ray_config: RayConfig, *,
                         progress: bool = True, desc: str = "points",
                         note: Callable[[dict], dict] = lambda result: {}) -> list[dict]:
-    """``make_evaluator(device=...).evaluate(coeffs)`` for every point, on ``workers`` actors, in order.
+    """``make_evaluator(device=...).evaluate(coeffs)`` for every point, on ``ray_config.workers`` actors, in order.
 
     Args:
         make_evaluator: builds one evaluator per actor (e.g. ``functools.partial(GridEvaluator, **args)``);
             it travels through the object store once.
         points: one coefficient vector per point.
-        address: the Ray cluster to join (None: a local instance).
-        workers, cpus_per_worker, gpus_per_worker: the actors and what each holds.
+        ray_config: the actors (workers, CPUs and GPUs each holds) and the cluster to join.
         progress: show a progress bar.
         desc: the progress bar's label.
         note: a result's values for its progress line (the caller's format: analysis/grid.py's).
@@ -50,16 +48,13 @@ def evaluate_points_ray(make_evaluator: Callable, points: Sequence[Sequence[floa
     Returns:
         each point's result, in the order of ``points``.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if cpus_per_worker <= 0 or gpus_per_worker < 0:
-        raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-    owns = connect(address)
+    owns = connect(ray_config.address, runtime_env=ray_config.runtime_env)
     actors = []
     try:
         shared = ray.put(make_evaluator)
-        actors = [GridWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote(shared)
-                  for _ in range(workers)]
+        actors = [GridWorker.options(num_cpus=ray_config.cpus_per_worker,
+                                     num_gpus=ray_config.gpus_per_worker).remote(shared)
+                  for _ in range(ray_config.workers)]
         todo = list(enumerate(points))[::-1]
         results: list[dict | None] = [None] * len(points)
         in_flight = {}
