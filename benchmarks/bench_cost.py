@@ -36,34 +36,16 @@ import time
 MNIST1D = dict(epochs=30, lr=0.1, weight_decay=1e-4)
 DIGITS = dict(epochs=20, lr=0.05, weight_decay=5e-4)
 FMNIST = dict(epochs=6, lr=0.05, weight_decay=5e-4)
-FMNIST_IDX = "/usr/share/datasets/fashion-mnist"
+FMNIST_DATA = "fashion-mnist:/usr/share/datasets/fashion-mnist:20000"
 MODELS = {  # name -> (zoo model, data, model args, training recipe)
     **{f"mlp{w}": ("mlp", "mnist1d:20000", {"hidden": [w, w]}, MNIST1D) for w in (256, 512, 1024, 2048, 4096)},
     "conv8bn-0.25": ("conv", "digits", {"width": 0.25, "batch_norm": True}, DIGITS),
-    # Fashion-MNIST's first 20,000 training images (18,000 train + 2,000 val) and its 10,000 test images,
-    # converted once by fashion_npz() from the idx files of the dataset-fashion-mnist package
-    "fmnist-conv8bn-0.25": ("conv", "npz:FMNIST", {"width": 0.25, "batch_norm": True}, FMNIST),
     "resnet20-0.5": ("resnet20", "digits", {"width": 0.5}, DIGITS),
+    # Fashion-MNIST: a class-balanced, seeded 20,000 of its training images (18,000 train + 2,000 val) and its
+    # 10,000 test images, read from the idx files of the dataset-fashion-mnist package
+    "fmnist-conv8bn-0.25": ("conv", FMNIST_DATA, {"width": 0.25, "batch_norm": True}, FMNIST),
+    "fmnist-resnet20-0.5": ("resnet20", FMNIST_DATA, {"width": 0.5}, FMNIST),
 }
-
-
-def fashion_npz(work: str) -> str:
-    """Fashion-MNIST as an ``npz:`` file (20,000 training images, the 10,000 test images), made once."""
-    import gzip
-
-    import numpy as np
-
-    path = os.path.join(os.path.abspath(work), "fashion-20k.npz")
-    if not os.path.exists(path):
-        def idx(name, offset):
-            with gzip.open(os.path.join(FMNIST_IDX, name)) as f:
-                return np.frombuffer(f.read(), np.uint8, offset=offset)
-
-        x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:20000].astype(np.float32) / 255
-        xt = idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
-        np.savez(path, x_train=x, y_train=idx("train-labels-idx1-ubyte.gz", 8)[:20000].astype(np.int64),
-                 x_test=xt, y_test=idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
-    return path
 
 
 def meters() -> dict:
@@ -84,7 +66,6 @@ def one(job: dict) -> dict:
 
     warnings.simplefilter("ignore")
     model, data, model_args, recipe = MODELS[job["model"]]
-    data = data.replace("FMNIST", job.get("fmnist", ""))
     from raytraj.transfer import TransferConfig, transfer
 
     if job["kind"] == "train":
@@ -155,11 +136,18 @@ def lap_table(mats) -> dict:
 
 def run_one(job: dict, pythonpath: str) -> dict:
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], env=env, capture_output=True,
+    # /usr/bin/time -v: the kernel's peak RSS of the whole process (imports, data and warm-up included),
+    # a meter outside the process beside its own ru_maxrss
+    timer = ["/usr/bin/time", "-v"] if os.path.exists("/usr/bin/time") else []
+    proc = subprocess.run([*timer, sys.executable, __file__, "--one", json.dumps(job)], env=env, capture_output=True,
                           text=True)
     if proc.returncode:
         raise RuntimeError(f"{job}: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for line in proc.stderr.splitlines():
+        if "Maximum resident set size (kbytes)" in line:
+            out["time_v_rss"] = int(line.rsplit(":", 1)[1]) * 1024
+    return out
 
 
 def main():
@@ -199,9 +187,9 @@ def main():
     for name in [m for m in args.models.split(",") if m]:
         root = os.path.join(os.path.abspath(args.work), name)
         src = os.path.join(root, "source")
-        extra = {"fmnist": fashion_npz(args.work)} if "FMNIST" in MODELS[name][1] else {}
-        record(f"{name}/train", {"kind": "train", "model": name, "out": src, **extra}, here)
-        runs = {"new": {}}
+        record(f"{name}/train", {"kind": "train", "model": name, "out": src}, here)
+        # new-f32: the defaults with a float32 bank, the same seeds: bfloat16's effect on accuracy alone
+        runs = {"new": {}, "new-f32": {"bank_dtype": "float32"}}
         if args.baseline:
             runs["today"] = {}
         if name.startswith("mlp") and int(name[3:]) >= 1024:
@@ -212,7 +200,7 @@ def main():
                 continue
             out = os.path.join(root, run)
             record(f"{name}/{run}", {"kind": "transfer", "model": name, "source": src, "out": out, "cfg": cfg,
-                                     "warm": True, **extra}, args.baseline if run == "today" else here)
+                                     "warm": True}, args.baseline if run == "today" else here)
     for w in [w for w in args.laps.split(",") if w]:
         name = f"mlp{w}"
         root = os.path.join(os.path.abspath(args.work), name)
@@ -280,9 +268,15 @@ def schedule_rows(work: str) -> list[str]:
     return rows
 
 
+def rss(r: dict) -> str:
+    """Peak RSS in MiB: the process's own ru_maxrss, and /usr/bin/time -v's where it ran under it."""
+    own = f"{r['peak_rss'] / 2**20:.0f}"
+    return f"{own} ({r['time_v_rss'] / 2**20:.0f})" if "time_v_rss" in r else own
+
+
 def report(results: dict, out: str, work: str) -> None:
     lines = ["| model | run | transfer CPU s | ÷ training | best val (step) | evaluated steps | LAPs | LAP s "
-             "| eval s | peak RSS MB | written MB | bank MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| eval CPU s | peak RSS MB (time -v) | written MB | bank MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         if key == "load" or key.endswith("/train") or key.endswith("/laps"):
             continue
@@ -292,11 +286,11 @@ def report(results: dict, out: str, work: str) -> None:
         lines.append(
             f"| {name} | {run} | {r['cpu_s']:.1f} | {r['cpu_s'] / train['cpu_s']:.2f} | {r['best_val_acc']:.1f} "
             f"({r['best_step']}) | {r['evaluated']} | {r['solver']['laps']} | {r['solver']['lap_s']:.1f} | "
-            f"{r['timing']['eval_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | {r['written'] / 2**20:.1f} | "
+            f"{r['timing'].get('eval_cpu_s', r['timing']['eval_s']):.1f} | {rss(r)} | {r['written'] / 2**20:.1f} | "
             f"{(bank.get('pairs', 0) + bank.get('cache', 0)) / 2**20:.1f} |" if bank else
             f"| {name} | {run} | {r['cpu_s']:.1f} | {r['cpu_s'] / train['cpu_s']:.2f} | {r['best_val_acc']:.1f} "
             f"({r['best_step']}) | {r['evaluated']} | {r['solver']['laps']} | {r['solver']['lap_s']:.1f} | "
-            f"{r['timing']['eval_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | {r['written'] / 2**20:.1f} | – |")
+            f"{r['timing'].get('eval_cpu_s', r['timing']['eval_s']):.1f} | {rss(r)} | {r['written'] / 2**20:.1f} | – |")
     lines += ["", "| model | source training CPU s | source val |", "|---|---|---|"]
     lines += [f"| {k.split('/')[0]} | {r['cpu_s']:.1f} | {r['val_acc']:.1f} |" for k, r in results.items()
               if k.endswith("/train")]

@@ -159,3 +159,24 @@ def test_the_default_schedule_evaluates_spread_steps_and_every_late_one(digits_s
     assert e.value.code == 2 and "expected auto or an integer" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="eval_every must be >= 0"):
         TransferConfig(eval_every=-2)
+
+
+def test_building_zoo_models_does_not_import_dynamo_and_sizes_them_alike():
+    # Sizing a model on the meta device ran torch's random-init decompositions, whose first call imports
+    # torch._dynamo: about a CPU second of every command's start-up. A fresh interpreter shows whether it is.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from raytraj.models import build_model, config_for_data, check_fits_in_memory, MODELS, model_name\n"
+            "for name, shape in (('conv', (1, 28, 28)), ('resnet20', (1, 28, 28)), ('mlp', (64,))):\n"
+            "    cfg = config_for_data(name, shape, 10)\n"
+            "    real = build_model(cfg, 0)\n"
+            "    with torch.device('meta'):\n"
+            "        from raytraj.models import _SkipRandomInit\n"
+            "        with _SkipRandomInit():\n"
+            "            shell = MODELS[model_name(cfg)][1](cfg)\n"
+            "    assert [p.shape for p in shell.parameters()] == [p.shape for p in real.parameters()], name\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

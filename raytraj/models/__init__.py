@@ -168,13 +168,27 @@ def build_model(cfg, seed: int) -> nn.Module:
         return cls(cfg)
 
 
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Random in-place inits (``normal_``, ``uniform_``, ...) as no-ops: on the meta device torch runs them
+    through its Python decompositions, whose first call imports torch._dynamo (about 1.3 CPU s of every
+    transfer's and training's start-up, measured) only to fill tensors that hold no values."""
+
+    _RANDOM = frozenset({"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_",
+                         "log_normal_", "cauchy_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self._RANDOM and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def check_fits_in_memory(cls: type[nn.Module], cfg) -> None:
     """Refuse a zoo model whose parameters and buffers alone exceed the memory this machine has
     free, before allocating them: built on the ``meta`` device, it costs no memory, and the
     message names the size (torch would fail with its allocator's error, or the kernel kill it)."""
     from ..runtime import available_memory, gib
 
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipRandomInit():
         shell = cls(cfg)
     tensors = [*shell.parameters(), *shell.buffers()]
     need = sum(t.numel() * t.element_size() for t in tensors)
