@@ -216,11 +216,15 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
             finetune(os.path.join(root, start), ft_dir, epochs=FM_FT_EPOCHS, lr=ft_lr, progress=False)
         curves[start] = TrajectoryStore(ft_dir).meta["val_acc"]
     std_data = standard.pop("data")
-    if not existing or _complete(os.path.join(root, "standard")):
+    if ft_starts and (not existing or _complete(os.path.join(root, "standard"))):
         std = trained(os.path.join(root, "standard"), std_data, **standard,
                       **{**kw, "epochs": FM_FT_EPOCHS, "lr": ft_lr})
         curves["scratch"] = std.meta["val_acc"]
+    # The accuracy halfway between the trained target and the weight-matched trained source: where this is at
+    # chance, the two trained nets sit in different basins even after the best permutation (Git Re-Basin's
+    # barrier), and no permuted displacement can land the target init in the source's basin.
     row = {"pair": f"{a}-{b}", "runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
+           "wm_interp": midpoint_accuracy(tgt, src, os.path.join(root, "wm-interp")),
            "source_norms": layer_norms(src), "target_norms": layer_norms(tgt),
            "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in out else {}}
     print(f"{key} {'pre' if pretrained else 'rand'} {a}-{b}: " + ", ".join(
@@ -241,16 +245,19 @@ def _complete(path: str) -> bool:
 
 
 def fm_tables(results: dict, runs: list[str]) -> list[str]:
-    lines = ["| model | scenario | pairs | " + " | ".join(runs) + " | FGMT / Oracle | source | trained target |",
-             "|---|---|---|" + "---|" * len(runs) + "---|---|---|"]
+    lines = ["| model | scenario | pairs | " + " | ".join(runs) + " | FGMT / Oracle | source | trained target "
+             "| wm midpoint |", "|---|---|---|" + "---|" * len(runs) + "---|---|---|---|"]
     for (key, pretrained), rows in results.items():
         best = {m: [r["runs"][m]["best_val_acc"] for r in rows if m in r["runs"]] for m in runs}
         ratio = statistics.mean(best["fgmt"]) / max(1e-9, statistics.mean(best["oracle"]))
         lines.append(f"| {key} | {'pre-trained 0-4 → 5-9' if pretrained else 'random init'} | "
                      f"{', '.join(r['pair'] for r in rows)} | "
                      + " | ".join(mean_std(best[m]) for m in runs) + f" | {ratio:.2f} | "
-                     f"{mean_std([r['source_val'] for r in rows])} | {mean_std([r['target_val'] for r in rows])} |")
-    lines += ["", "Final val % (step T) of the same runs:", "",
+                     f"{mean_std([r['source_val'] for r in rows])} | {mean_std([r['target_val'] for r in rows])} | "
+                     f"{mean_std([r['wm_interp'] for r in rows])} |")
+    lines += ["", "`wm midpoint`: val % of the midpoint between the trained target and the trained source weight-matched "
+              "to it (BatchNorm recalibrated on 10 training batches); at chance, the two sit in different basins "
+              "even after the best permutation.", "", "Final val % (step T) of the same runs:", "",
               "| model | scenario | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for (key, pretrained), rows in results.items():
         lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | " + " | ".join(
@@ -298,7 +305,7 @@ def fashion_main(args) -> None:
                 if args.existing and not fm_done(root):
                     continue
                 results[(key, pretrained)].append(fm_pair(args.work, args.data, key, pretrained, a, b, runs,
-                                                          args.ft.split(","), args.existing))
+                                                          [s for s in args.ft.split(",") if s], args.existing))
     results = {k: rows for k, rows in results.items() if rows}
     models = "; ".join(f"{k}: {m} {o}, lr {({**FM_RECIPE, **c})['lr']}" for k, (m, o, c) in FM_MODELS.items()
                        if k in keys)
@@ -335,7 +342,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="fashion-mnist: torch threads")
     ap.add_argument("--first-pair", type=int, default=0, help="fashion-mnist: start at this seed pair (0-based)")
     ap.add_argument("--scenarios", default="rand,pre", help="fashion-mnist: rand, pre or both")
-    ap.add_argument("--ft", default="fgmt,naive", help="fashion-mnist: the runs trained on after the transfer")
+    ap.add_argument("--ft", default="fgmt,naive", help="fashion-mnist: the runs trained on after the transfer ('' for none, "
+                    "which also skips the standard training)")
     ap.add_argument("--existing", action="store_true", help="fashion-mnist: report only the pairs already finished")
     args = ap.parse_args()
     if args.data != "digits":
