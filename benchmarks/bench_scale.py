@@ -22,6 +22,7 @@ The "before" rows run the same script on a checkout of the previous, driver-orch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import os
@@ -149,6 +150,8 @@ def measured_run(src, out, cfg, workers, meter):
         steps = b["step"] - a["step"]
         dt = b["t"] - a["t"]
         row.update({"steps_measured": steps, "tcp_per_step": (b["tcp"] - a["tcp"]) / steps,
+                    "idle_tcp_per_s": IDLE.get("tcp_per_s"), "s_per_step": dt / steps,
+                    "tcp_net_per_step": (b["tcp"] - a["tcp"] - IDLE.get("tcp_per_s", 0.0) * dt) / steps,
                     "calls_per_step": (b["calls"] - a["calls"]) / steps,
                     "put_get_per_step": (b["put"] + b["got"] - a["put"] - a["got"]) / steps,
                     "rank_busy": [(cb - ca) / dt for ca, cb in zip(a["cpu"], b["cpu"])],
@@ -165,8 +168,8 @@ def traffic_cases(work):
     mlp = source(work, "mlp512", "mlp", "mnist1d", 2, hidden=[512, 512])
     resnet = source(work, "resnet20", "resnet20", "digits", 1, width=0.5)
     return [
-        ("MLP-512 FGMT T=8, grad_batches=4", mlp,
-         TransferConfig(method="fgmt", steps=8, grad_batches=4, seed=0)),
+        ("MLP-512 FGMT T=16, grad_batches=4", mlp,
+         TransferConfig(method="fgmt", steps=16, grad_batches=4, seed=0)),
         ("ResNet-20 w0.5 GMT T=5", resnet,
          TransferConfig(method="gmt", steps=5, grad_batches=1, seed=0, bn_batches=2)),
     ]
@@ -183,6 +186,20 @@ def source(work, name, model, data, epochs, **model_args):
     return path
 
 
+IDLE = {}  # the driver's TCP bytes per second while it waits, with the cluster up (Ray's own background)
+
+
+def idle_rate(seconds: float = 20.0) -> float:
+    """Bytes per second on the driver's TCP sockets while it makes no call: Ray's background (GCS
+    polls, task-event and metrics reports), which any step pays in proportion to its wall time."""
+    pid = os.getpid()
+    time.sleep(2)
+    a, t0 = tcp_bytes(pid), time.perf_counter()
+    time.sleep(seconds)
+    IDLE["tcp_per_s"] = (tcp_bytes(pid) - a) / (time.perf_counter() - t0)
+    return IDLE["tcp_per_s"]
+
+
 def with_cluster(fn):
     import ray
     from ray.cluster_utils import Cluster
@@ -194,16 +211,26 @@ def with_cluster(fn):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
+        idle_rate()
         return fn()
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
-def part_traffic(work, ranks):
+def part_traffic(work, ranks, more=()):
+    """Each case at ``ranks``; the first case also at each count of ``more`` (the world size's effect)."""
     meter = RayMeter()
-    return with_cluster(lambda: [(label, measured_run(src, os.path.join(work, f"traffic-{i}"), cfg, ranks, meter))
-                                 for i, (label, src, cfg) in enumerate(traffic_cases(work))])
+    cases = traffic_cases(work)
+
+    def runs():
+        out = [(label, ranks, measured_run(src, os.path.join(work, f"traffic-{i}"), cfg, ranks, meter))
+               for i, (label, src, cfg) in enumerate(cases)]
+        label, src, cfg = cases[0]
+        out += [(label, n, measured_run(src, os.path.join(work, f"traffic-0-{n}"), cfg, n, meter)) for n in more]
+        return out
+
+    return with_cluster(runs)
 
 
 def part_scaling(work, steps, counts):
@@ -234,18 +261,24 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="T of the wall-time runs")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--traffic-ranks", type=int, default=2)
+    ap.add_argument("--traffic-more", default="3", help="world sizes the first traffic case runs at too")
+    ap.add_argument("--skip-scaling", action="store_true", help="the traffic part only")
     ap.add_argument("--part", choices=["traffic"], help=argparse.SUPPRESS)  # the before rows' subprocess
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the local run's threads, as each rank's (1 CPU each): a like-for-like ratio
     if args.part:
         with open(args.json, "w") as f:
-            json.dump(part_traffic(args.work, args.traffic_ranks), f)
+            more = [int(n) for n in args.traffic_more.split(",") if n]
+            json.dump(part_traffic(args.work, args.traffic_ranks, more), f)
         return
     loads = [load()]
     t0 = time.time()
     work = os.path.abspath(args.work)
     partial = os.path.join(work, "partial.json")
-    after = part_traffic(work, args.traffic_ranks)
+    after = part_traffic(work, args.traffic_ranks, [int(n) for n in args.traffic_more.split(",") if n])
     loads.append(load())
     json.dump({"after": after}, open(partial, "w"))
     before = None
@@ -254,12 +287,13 @@ def main():
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(args.before), HERE])}
         # Run from the checkout: Ray's workers put the driver's working directory first on their path.
         subprocess.run([sys.executable, os.path.abspath(__file__), "--part", "traffic", "--json", path, "--work",
-                        os.path.join(work, "before"), "--traffic-ranks", str(args.traffic_ranks)], env=env,
+                        os.path.join(work, "before"), "--traffic-ranks", str(args.traffic_ranks),
+                        "--traffic-more", args.traffic_more], env=env,
                        cwd=os.path.abspath(args.before), check=True)
         before = json.load(open(path))
         loads.append(load())
     json.dump({"after": after, "before": before}, open(partial, "w"))
-    scaling = part_scaling(work, args.steps, [int(c) for c in args.workers.split(",")])
+    scaling = {} if args.skip_scaling else part_scaling(work, args.steps, [int(c) for c in args.workers.split(",")])
     loads.append(load())
     took = time.time() - t0
     write(args, before, after, scaling, loads, took)
@@ -278,24 +312,30 @@ def write(args, before, after, scaling, loads, took):
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}, {took / 60:.0f} min; a shared machine with "
         f"{os.cpu_count()} cores, load average (1, 5, 15 min) at the start and after each part: "
         f"{' / '.join(loads)}; torch {torch.__version__}, ray {ray.__version__}). A two-node `ray.cluster_utils` "
-        "cluster with 2 logical CPUs per node on those cores; every rank holds 1 CPU.", "",
+        "cluster with 2 logical CPUs per node on those cores; every rank holds 1 CPU and 1 torch thread, as "
+        "does the local run. 4 ranks on 2 physical cores are 2x oversubscribed before the other jobs' load.", "",
         "Meters: driver TCP = the kernel's byte counters of the driver's TCP sockets (`ss -tinp`); put/get = "
         "pickled sizes of every `ray.put` and `ray.get` the driver makes; calls = every actor call or task the "
         "driver submits (counted at Ray's API); rank CPU = each rank process's user+sys seconds over wall "
         "time (`/proc/PID/stat`). Per step = the mean over the steps after the first two. `metered` = what the "
         "backend's own `traffic.driver_bytes` says for the same steps.", "",
-        f"## Driver traffic per step, {args.traffic_ranks} ranks", "",
-        "| transfer | design | driver TCP bytes/step | put+get bytes/step | calls/step | metered bytes/step | "
-        "rank CPU share | same perm as the other design |",
-        "|---|---|---|---|---|---|---|---|",
+        "## Driver traffic per step", "",
+        f"The driver's TCP bytes while idle (cluster up, no call): {IDLE.get('tcp_per_s', float('nan')):,.0f} B/s "
+        "(Ray's own background: GCS polls, task-event and metrics reports); `net of idle` subtracts that rate "
+        "times the step's wall time.", "",
+        "| transfer | ranks | design | driver TCP bytes/step | net of idle | s/step | put+get bytes/step | calls/step "
+        "| metered bytes/step | rank CPU share | same perm as the other design |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, (label, new) in enumerate(after):
-        rows = [("before", before[i][1])] if before else []
-        rows.append(("SPMD (this)", new))
+    for i, (label, ranks, new) in enumerate(after):
+        rows = [("before", before[i][2])] if before else []
+        rows.append(("this", new))
         for name, r in rows:
             metered = r["metered"][2:] if r["metered"] else []
-            same = "-" if not before else str(before[i][1]["perm"] == new["perm"])
-            lines.append(f"| {label} | {name} | {r['tcp_per_step']:,.0f} | {r['put_get_per_step']:,.0f} | "
+            same = "-" if not before else str(before[i][2]["perm"] == new["perm"])
+            lines.append(f"| {label} | {ranks} | {name} | {r['tcp_per_step']:,.0f} | "
+                         f"{r.get('tcp_net_per_step', 0):,.0f} | "
+                         f"{r.get('s_per_step', 0):.2f} | {r['put_get_per_step']:,.0f} | "
                          f"{r['calls_per_step']:.1f} | {sum(metered) / max(1, len(metered)):,.0f} | "
                          f"{' / '.join(f'{100 * b:.0f}%' for b in r['rank_busy'])} | {same} |")
     lines += ["", "## Wall time against ranks", "",
@@ -306,7 +346,7 @@ def write(args, before, after, scaling, loads, took):
               "| run | wall s | ratio to local | setup s | grad s | solve s | rank CPU share | gradient busy (reported) "
               "| driver TCP bytes/step | calls/step | same perm as local |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = scaling["local"]
+    base = scaling.get("local")
     for name, m in scaling.items():
         t = m["timing"]
         cpu = " / ".join(f"{100 * b:.0f}%" for b in m.get("rank_busy", [])) or "-"
@@ -317,6 +357,8 @@ def write(args, before, after, scaling, loads, took):
                      f"{t['grad_s']:.1f} | {t['solve_s']:.1f} | {cpu} | {grad} | {tcp} | {calls} | "
                      f"{m['perm'] == base['perm']} |")
     write_report(args.out, lines)
+    for row in [r for _, _, r in after + (before or [])] + list(scaling.values()):
+        row["perm_sha256"] = hashlib.sha256(json.dumps(row.pop("perm"), sort_keys=True).encode()).hexdigest()[:16]
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({"before": before, "after": after, "scaling": scaling, "loads": loads}, f, indent=1)
 

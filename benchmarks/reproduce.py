@@ -18,6 +18,7 @@ against them. Every run is kept under --work, so an interrupted benchmark resume
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -32,6 +33,8 @@ from raytraj.runfolder import RunFolder
 from raytraj.trajectory import TrajectoryStore
 from raytraj.transfer import TransferConfig
 from raytraj.transfer.finetune import finetune
+
+mean_std = functools.partial(compare.mean_std, sep="±")
 
 SEED_PAIRS = [(101, 102), (201, 202), (301, 302)]
 METHODS = ["naive", "fgmt", "gmt", "oracle"]
@@ -93,13 +96,6 @@ def run_scenario(work, name, dataset, pretrained, steps, ft_epochs):
     return rows
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if len(values) < 2:
-        return f"{values[0]:.1f}" if values else "-"
-    return f"{statistics.mean(values):.1f}±{statistics.stdev(values):.1f}"
-
-
 def scenario_table(name, rows, steps):
     lines = [f"### {name} (T={steps}, 3 seed pairs, val %, mean±std)", "",
              "| method | peak val | best step | final val | test at best step | transfer s | grad batches |",
@@ -113,8 +109,11 @@ def scenario_table(name, rows, steps):
     lines.append(f"| trained target (standard training, full recipe) | | | {mean_std([r['trained_target_val'] for r in rows])} | | | |")
     lines += ["", "Per-step val accuracy, mean over the seed pairs (steps 1..T):", ""]
     for method in METHODS:
-        per_step = [statistics.mean(r["runs"][method]["val_acc"][t] for r in rows) for t in range(steps)]
-        lines.append(f"- {method}: " + " ".join(f"{v:.0f}" for v in per_step))
+        # steps the evaluation schedule skipped (--eval-every auto) are "-"
+        per_step = [[r["runs"][method]["val_acc"][t] for r in rows] for t in range(steps)]
+        lines.append(f"- {method}: " + " ".join(
+            f"{statistics.mean(v for v in vs if v is not None):.0f}" if any(v is not None for v in vs) else "-"
+            for vs in per_step))
     ft_epochs = len(rows[0]["ft"]["standard"])
     lines += ["", f"Subsequent training ({ft_epochs} epochs, lr = source lr / 5), val % per epoch, mean over pairs:", "",
               "| start | " + " | ".join(f"ep{e + 1}" for e in range(ft_epochs)) + " |",

@@ -61,10 +61,14 @@ def _same_run(a, b, ma, mb):
     assert all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
 
 
-CASES = [  # (source, method, worker counts): every model and method; 2 workers on GMT are in test_ray_backend
+# (source, method, worker counts). Every rank start costs a torch process (~4 CPU s), so each model
+# and method meets the counts that shard it differently: 1 (one rank holds all), 2 (even), 3 (uneven
+# shards, more ranks than some groups). 2 workers on MLP GMT are in test_ray_backend, and plain
+# processes at 2 and 3 ranks in test_collective.
+CASES = [
     ("mlp", "gmt", (1, 3)),
-    ("mlp", "fgmt", (1, 2, 3)),
-    ("conv_bn", "fgmt", (1, 2, 3)),
+    ("mlp", "fgmt", (2, 3)),
+    ("conv_bn", "fgmt", (1, 3)),
     ("resnet20", "gmt", (3,)),
 ]
 
@@ -95,9 +99,8 @@ def test_tied_units_get_the_same_permutation_locally_and_on_any_worker_count(clu
                  ray_config=ray_config, progress=False)
         return json.loads((tmp_path / name / "perm.json").read_text())["final"]
 
-    local = final_perm("local")
-    for n in (1, 2, 3):
-        assert final_perm(f"ray{n}", n) == local, n
+    # 3 ranks: the unevenly sharded group, where the reported cycle was permuted differently
+    assert final_perm("ray3", 3) == final_perm("local")
 
 
 def test_the_driver_sends_one_small_command_per_step_and_metrics_say_so(cluster, digits_source, tmp_path):

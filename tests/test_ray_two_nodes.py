@@ -46,16 +46,42 @@ def start_node(tmp, name, cpus, *args):
                             start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``: Ray's raylet and workers leave `ray start`'s process group, so a
+    node's processes are found through their parents."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def end(proc, sig=signal.SIGTERM):
+    """Signal the node: `ray start` and every process under it, at once (SIGKILL: the node dies)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
     try:
-        os.killpg(proc.pid, sig)
         proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
         pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def token_auth(on: bool) -> None:

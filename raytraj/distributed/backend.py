@@ -2,9 +2,11 @@
 
 The driver computes the shard plan once (tensors and cost terms by owner, LAP solvers by colour
 class, gradient units by rank: ``transfer/sharding.py``) and starts the group. After that, per
-step, it makes one call (rank 0's ``lead``: the step number, the settings and the changes to the
-previous permutation, a few hundred bytes) and receives the step's progress (the permutation's
-changes and the solver's statistics). Gradients, cost terms and assignments move among the ranks
+step, it makes one call (rank 0's ``lead``: the step number and the settings, a few hundred bytes)
+and receives the step's progress record (the solver's statistics and the ranks' busy share). Rank 0
+writes the step's permutation to the run folder's ``state/perms`` (``transfer/held.py``); the
+engine keeps a ``HeldPermutation`` naming it, so the driver's bytes per step do not grow with the
+model's width (without a run folder the answer carries the permutation's changes instead). Gradients, cost terms and assignments move among the ranks
 through torch.distributed collectives (``transfer/collective.py``); evaluation and the saved
 models are computed beside the next step on one rank, which holds the permutations of recent
 steps, so an evaluation names its step only.
@@ -27,7 +29,9 @@ import time
 import ray
 import torch
 
+from .. import fs
 from ..ray_config import RayConfig
+from ..transfer.held import HeldPermutation
 from ..transfer.sharding import plan_shards
 from .cluster import connect
 from .group import WorkerGroup
@@ -81,7 +85,8 @@ class RayBackend:
                  collective_timeout_s: float = 1800):
         self.config = config = config or RayConfig()
         self._owns_ray = connect(config.address, runtime_env=config.runtime_env)
-        self.n, self.state_dir, self.max_recoveries = config.workers, state_dir, config.max_recoveries
+        self.n, self.max_recoveries = config.workers, config.max_recoveries
+        self.state_dir = fs.absolute(state_dir) if state_dir else None  # rank 0 writes permutations there
         workers = config.workers
         self.spec = problem.spec
         self.plan = plan_shards(problem.spec, {k: tuple(v.shape) for k, v in problem.target_init.items()
@@ -144,9 +149,15 @@ class RayBackend:
         return self._matcher
 
     def _perm_arg(self, perm, step):
-        """The step number when the ranks hold that step's permutation, else the permutation itself."""
+        """The step number when the ranks hold that step's permutation; the name of the file rank 0 wrote
+        for a permutation the ranks no longer hold; else the permutation itself."""
         held = self._held.get(step)
-        if held is not None and all(torch.equal(held[g], perm[g].cpu()) for g in perm):
+        if isinstance(perm, HeldPermutation):
+            if isinstance(held, HeldPermutation) and held.step == perm.step == step and held.location == perm.location:
+                return step
+            return {"held": perm.step, "at": perm.location}
+        if held is not None and not isinstance(held, HeldPermutation) and all(
+                torch.equal(held[g], perm[g].cpu()) for g in perm):
             return step
         return {g: p.cpu() for g, p in perm.items()}
 

@@ -2,7 +2,9 @@
 
 The command carries the step number, the settings and the changes from the permutation the ranks
 hold to the step's starting one (nothing on an undisturbed run: the ranks hold the permutation they
-returned). The answer carries the changes the step made and the solver's statistics. FGMT's pair
+returned). With a run folder, rank 0 writes the step's permutation into it (``transfer/held.py``)
+and the answer carries the solver's statistics only, so the driver's bytes per step do not grow
+with the model; without one, the answer carries the changes the step made as well. FGMT's pair
 bank lives on the ranks, sharded by tensor, and each rank checkpoints its shard after each step.
 """
 
@@ -15,6 +17,7 @@ import torch
 
 from ..perm import identity_permutation
 from ..transfer.bank_shard import apply_diff, perm_diff, shard_record
+from ..transfer.held import HeldPermutation
 from .group import GroupLost
 
 
@@ -24,7 +27,8 @@ class SpmdMatcher:
         self.record: dict = {}  # the shard checkpoint the last finished step wrote
         self.pair_steps: list[list[int]] = []  # [step, ranks that wrote its pair files]
         self.added = 0  # FGMT steps whose pairs the shards hold
-        self.synced = self._identity()  # the permutation the ranks hold
+        self.synced = self._identity()  # the permutation the ranks hold, when this process knows its values
+        self.synced_step = None  # else the step whose permutation rank 0 wrote to the run folder
 
     def _identity(self) -> dict[str, np.ndarray]:
         return {g: p.numpy() for g, p in identity_permutation(self.b.spec).items()}
@@ -56,7 +60,7 @@ class SpmdMatcher:
 
     def after_restart(self) -> None:
         """A new group holds nothing: identity permutations and, for FGMT, the last checkpoint."""
-        self.synced = self._identity()
+        self.synced, self.synced_step = self._identity(), None
         if self.added:
             if not self.record:
                 raise RuntimeError("a rank holding FGMT pairs was lost and this run keeps no checkpoint; run it "
@@ -81,16 +85,26 @@ class SpmdMatcher:
         return {}  # the bank lives on the ranks, sharded
 
     # -- a step ----------------------------------------------------------------------------------------
+    def _start(self, prev) -> dict:
+        """How the command names the step's starting permutation: no change from what the ranks hold, the
+        changes from it, or (values the ranks hold but this process never read) the permutation itself."""
+        if isinstance(prev, HeldPermutation) and prev.step == self.synced_step and prev.location == self.b.state_dir:
+            return {"diff": {}}
+        start = {g: p.cpu().numpy() for g, p in prev.items()}
+        if self.synced is None:
+            return {"diff": {}, "perm": start}
+        return {"diff": perm_diff(self.synced, start)}
+
     def step(self, s, prev, requests, count, *, fresh, init, options):
         b = self.b
         persist = b.state_dir if (not fresh and b.state_dir is not None) else None
+        if init is not None and init is not prev and any(not torch.equal(init[g].cpu(), prev[g].cpu()) for g in prev):
+            raise ValueError("the Ray backend warm-starts from the previous step's permutation only")
         for attempt in range(b.max_recoveries + 1):
-            start = {g: p.cpu().numpy() for g, p in prev.items()}
-            args = {"s": s, "ts": [r.t for r in requests], "count": count, "diff": perm_diff(self.synced, start),
-                    "fresh": fresh, "warm": init is not None, "options": dataclasses.asdict(options),
-                    "persist": persist}
-            if init is not None and any(not torch.equal(init[g].cpu(), prev[g].cpu()) for g in prev):
-                raise ValueError("the Ray backend warm-starts from the previous step's permutation only")
+            # With a run folder, rank 0 writes the step's permutation there and the answer is its record only.
+            args = {"s": s, "ts": [r.t for r in requests], "count": count, **self._start(prev), "fresh": fresh,
+                    "warm": init is not None, "options": dataclasses.asdict(options), "persist": persist,
+                    "perms_at": b.state_dir}
             b._count(args)
             try:
                 out = b.group.command("step", args)
@@ -100,10 +114,14 @@ class SpmdMatcher:
                 b.recover()  # FGMT: the shards go back to the last finished step's checkpoint
                 continue
             b._count(out)
-            perm = {g: p.copy() for g, p in start.items()}
-            apply_diff(perm, out["diff"])
-            self.synced = perm
-            perm = {g: torch.as_tensor(p, dtype=torch.long) for g, p in perm.items()}
+            if "diff" in out:
+                start = {g: p.cpu().numpy().copy() for g, p in prev.items()}
+                apply_diff(start, out["diff"])
+                self.synced, self.synced_step = start, None
+                perm = {g: torch.as_tensor(p, dtype=torch.long) for g, p in start.items()}
+            else:
+                perm = HeldPermutation(b.state_dir, s, b.spec.sizes)
+                self.synced, self.synced_step = None, s
             b._held[s] = perm
             for old in [k for k in b._held if k <= s - 8]:
                 del b._held[old]

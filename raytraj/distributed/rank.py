@@ -25,6 +25,7 @@ import socket
 import time
 from collections import OrderedDict
 
+import numpy as np
 import ray
 import torch
 import torch.distributed as dist
@@ -34,6 +35,7 @@ from ..perm import SolveOptions
 from ..runtime import set_torch_threads
 from ..transfer.bank_shard import apply_diff, perm_diff
 from ..transfer.collective import RankMatcher
+from ..transfer.held import HeldPermutation, is_held_record, write_perm
 from ..transfer.worker import TransferWorker
 
 HISTORY = 8  # permutations of recent steps each rank keeps, so an evaluation names its step only
@@ -108,12 +110,17 @@ class Rank:
             return None
         raise ValueError(f"unknown command {kind!r}")
 
-    def _step(self, s, ts, count, diff, fresh, warm, options, persist):
-        apply_diff(self.matcher.perm, diff)
-        before = {g: p.clone() for g, p in self.matcher.perm.items()}
+    def _step(self, s, ts, count, diff, fresh, warm, options, persist, perm=None, perms_at=None):
+        if perm is not None:  # a starting permutation the ranks do not hold (after a restart or a resume)
+            self.matcher.perm = {g: torch.as_tensor(np.array(p), dtype=torch.long) for g, p in perm.items()}
+        else:
+            apply_diff(self.matcher.perm, diff)
+        before = None if perms_at else {g: p.clone() for g, p in self.matcher.perm.items()}
         perm, info = self.matcher.step(s, ts, count, fresh=fresh, warm=warm, options=SolveOptions(**options))
         if persist:
             self.matcher.persist(persist, s)
+        if perms_at and self.rank == 0:
+            write_perm(perms_at, s, perm)  # the run folder keeps it; the driver gets the step's record only
         self.history[s] = {g: p.clone() for g, p in perm.items()}
         while len(self.history) > HISTORY:
             self.history.popitem(last=False)
@@ -123,13 +130,23 @@ class Rank:
         dist.all_gather(shares, share)
         if self.rank:
             return None
-        changed = perm_diff({g: p.numpy() for g, p in before.items()}, {g: p.numpy() for g, p in perm.items()})
-        return {"diff": changed, "info": info, "busy": float(sum(shares)) / self.world}
+        out = {"info": info, "busy": float(sum(shares)) / self.world}
+        if before is not None:  # no run folder to write to: the changes travel with the answer
+            out["diff"] = perm_diff({g: p.numpy() for g, p in before.items()}, {g: p.numpy() for g, p in perm.items()})
+        return out
 
     # -- side work: evaluation and saving, overlapping the next step ---------------------------------
     def _perm(self, perm):
-        """``perm`` itself, or the permutation of step ``perm`` from this rank's history."""
-        return self.history[perm] if isinstance(perm, int) else perm
+        """``perm`` itself, the permutation of step ``perm`` from this rank's history, or one rank 0 wrote
+        to the run folder (``{"held": step, "at": location}``)."""
+        if isinstance(perm, int):
+            return self.history[perm]
+        if is_held_record({"held": perm.get("held")}) and "at" in perm:
+            step = perm["held"]
+            if step in self.history:
+                return self.history[step]
+            return HeldPermutation(perm["at"], step, self.args[1].sizes).values_now()
+        return perm
 
     @property
     def evaluator(self) -> TransferWorker:

@@ -25,6 +25,7 @@ from .. import fs
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..perm import perm_from_lists, perm_to_lists
 from ..runfolder import PROGRESS
+from .held import HeldPermutation, is_held_record
 from .state import TransferState
 CHUNK = 256  # steps per chunk file
 CACHE_WEIGHT = 1.0  # the progress file waits until the pairs since the last one weigh this x the caches
@@ -54,7 +55,9 @@ class RunCheckpointer:
         """The records not yet in a chunk file."""
         f = self._flushed
         return {
-            "perms": [perm_to_lists(p) for p in state.perms[f["perms"]:]],
+            # A permutation the Ray ranks wrote to state/perms is named, not copied (see held.py).
+            "perms": [p.record if isinstance(p, HeldPermutation) else perm_to_lists(p)
+                      for p in state.perms[f["perms"]:]],
             "solves": state.solves[f["solves"]:],
             "val_acc": {str(k): v for k, v in state.val_acc.items() if k not in f["val_acc"]},
             "pair_steps": self.pair_steps[f["pair_steps"]:],
@@ -132,7 +135,8 @@ class RunCheckpointer:
                 pairs.append((target, source))
         state = TransferState(
             step=info["step"],
-            perms=[perm_from_lists(p, self.sizes, f"{self.location}: the saved permutation of step {s}")
+            perms=[HeldPermutation(self.location, p["held"], self.sizes) if is_held_record(p) else
+                   perm_from_lists(p, self.sizes, f"{self.location}: the saved permutation of step {s}")
                    for s, p in enumerate(records["perms"])],
             val_acc={int(k): v for k, v in records["val_acc"].items()},
             timing=info["timing"],

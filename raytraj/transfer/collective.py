@@ -4,15 +4,17 @@ Every rank of the group calls :meth:`RankMatcher.step` with the same arguments a
 same permutation; ranks exchange tensors only through ``torch.distributed`` (gloo on CPU, NCCL
 on GPU), never through the caller. The shard plan (``sharding.py``) fixes who does what:
 
-* **Gradients.** A step's (request, batch) units are cut into contiguous runs, one per rank, so
-  every rank computes about the same number of backward passes. A request's float64 sum is
-  continued along the ranks that hold its units, in unit order (rank k adds its units to the sum
-  rank k-1 sends it): the fixed-order reduction gives, bit for bit, what one process summing all
-  batches gives, whatever the world size. The rank holding a request's last unit turns the sum into
-  float32 means (``finish_sums``) and scatters each owner its tensors' contiguous slice.
+* **Gradients.** A step's units, one model's gradient (target or source) on one batch, are cut into
+  contiguous runs, one per rank, so every rank computes about the same number of backward passes;
+  a pair's two models are two units, so FGMT's single batch keeps two ranks busy. Each model's
+  float64 sum of a request is continued along the ranks that hold its units, in batch order (rank k
+  adds its units to the sum rank k-1 sends it): the fixed-order reduction gives, bit for bit, what
+  one process summing all batches gives, whatever the world size. The rank holding a sum's last unit
+  turns it into float32 means (``finish_sums``) and scatters each owner its tensors' contiguous slice.
   A batch is never split across ranks: BatchNorm normalises with its batch's statistics, so half
-  batches would give another gradient, not just other rounding. Steps with fewer units than ranks
-  (FGMT's default one batch) leave ranks idle; grad_batches >= ranks keeps all busy.
+  batches would give another gradient, not just other rounding. Steps with fewer than ranks/2
+  units per model (FGMT's default one batch on 3+ ranks) leave ranks idle; grad_batches >= ranks/2
+  keeps all busy.
 * **Solves.** Each rank holds the pair-bank terms of its tensors (``BankShard``). Per colour class,
   every rank contracts its terms of the class's groups and sends them to each group's solver; the
   solver adds them in term order (the unsharded bank's sum, bit for bit) and solves the LAP, so the
@@ -38,8 +40,8 @@ from ..perm import PermutationSpec, SolveOptions, identity_permutation, solve, s
 from ..perm.descent import assignment_gain, sum_terms
 from ..perm.matching import block_term
 from .bank_shard import BankShard
-from .sharding import ShardPlan, split_units
-from .worker import TransferWorker
+from .sharding import SOURCE, TARGET, ShardPlan, split_side_units
+from .worker import TransferWorker, check_gradient, grad_batches_for
 
 
 class RankMatcher:
@@ -96,29 +98,30 @@ class RankMatcher:
 
     # -- gradients: units spread over the ranks, sums continued in unit order -------------------
     def _gradients(self, s: int, ts: list[int], count: int) -> None:
-        runs = split_units(len(ts), count, self.world)
-        holders = {r: [k for k in range(self.world) if r in runs[k]] for r in range(len(ts))}  # in rank order
+        runs = split_side_units(len(ts), count, self.world)
+        chains = [(r, side) for r in range(len(ts)) for side in (TARGET, SOURCE)]
+        holders = {c: [k for k in range(self.world) if c in runs[k]] for c in chains}  # in rank order
         mine = runs[self.rank]
         t0 = time.perf_counter()
-        sums = {}  # request -> (2 * numel,) float64: target then source
-        for r, batch_ids in mine.items():
-            batches = self.worker.gradient_batches(self.perm, s, ts[r], batch_ids, count)
-            if holders[r][0] != self.rank:
-                # A request begun on a lower rank: keep each batch's gradients until that rank's sum arrives.
-                sums[r] = [self._flat(*pair) for _, pair in batches]
+        sums = {}  # (request, side) -> (numel,) float64 sums; a chain begun on a lower rank: each batch's
+        for c, batch_ids in mine.items():
+            grads = self._side_gradients(c[1], s, ts[c[0]], batch_ids, count)
+            if holders[c][0] != self.rank:
+                sums[c] = list(grads)  # kept until that rank's sum arrives
             else:
-                acc = torch.zeros(2 * self.numel, dtype=torch.float64, device=self.device)
-                for _, pair in batches:  # from zero, in batch order: as mean_gradients adds them
-                    acc += self._flat(*pair)
-                sums[r] = [acc]
+                acc = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
+                for g in grads:  # from zero, in batch order: as mean_gradients adds them
+                    acc += g
+                sums[c] = [acc]
         self.busy["grad_s"] += time.perf_counter() - t0
+        tag = {c: 4 * c[0] + c[1] for c in chains}  # the chain's; + 2: the scatter of its means
         sends, finals = [], {}
-        for r, terms in sums.items():
-            hs = holders[r]
+        for c, terms in sums.items():
+            hs = holders[c]
             i = hs.index(self.rank)
             if i > 0:
-                acc = torch.empty(2 * self.numel, dtype=torch.float64, device=self.comm)
-                dist.recv(acc, src=hs[i - 1], tag=2 * r)
+                acc = torch.empty(self.numel, dtype=torch.float64, device=self.comm)
+                dist.recv(acc, src=hs[i - 1], tag=tag[c])
                 acc = acc.to(self.device)
                 for term in terms:
                     acc += term
@@ -126,28 +129,29 @@ class RankMatcher:
                 acc = terms[0]
             if i + 1 < len(hs):
                 buf = acc.to(self.comm)
-                sends.append((dist.isend(buf, dst=hs[i + 1], tag=2 * r), buf))
+                sends.append((dist.isend(buf, dst=hs[i + 1], tag=tag[c]), buf))
             else:
-                finals[r] = (acc / count).float()  # mean_gradients' means, on the flat vector (elementwise)
-        # Scatter: the rank holding a request's last unit sends each owner its slice of the means.
-        for r, mean in finals.items():
+                finals[c] = (acc / count).float()  # mean_gradients' means, on the flat vector (elementwise)
+        # Scatter: the rank holding a chain's last unit sends each owner its slice of the means.
+        for c, mean in finals.items():
             for k in range(self.world):
                 a, b = self.span[k]
                 if k != self.rank and b > a:
-                    buf = torch.cat([mean[a:b], mean[self.numel + a:self.numel + b]]).to(self.comm)
-                    sends.append((dist.isend(buf, dst=k, tag=2 * r + 1), buf))
+                    buf = mean[a:b].contiguous().to(self.comm)
+                    sends.append((dist.isend(buf, dst=k, tag=tag[c] + 2), buf))
         a, b = self.span[self.rank]
         for r in range(len(ts)):
-            last = holders[r][-1]
             if b > a:
-                if last == self.rank:
-                    mean = finals[r]
-                    part = torch.cat([mean[a:b], mean[self.numel + a:self.numel + b]])
-                else:
-                    part = torch.empty(2 * (b - a), dtype=torch.float32, device=self.comm)
-                    dist.recv(part, src=last, tag=2 * r + 1)
-                    part = part.to(self.device)
-                target, source = self._unflat(part[:b - a], a), self._unflat(part[b - a:], a)
+                parts = []
+                for side in (TARGET, SOURCE):
+                    c = (r, side)
+                    if holders[c][-1] == self.rank:
+                        parts.append(finals[c][a:b])
+                    else:
+                        part = torch.empty(b - a, dtype=torch.float32, device=self.comm)
+                        dist.recv(part, src=holders[c][-1], tag=tag[c] + 2)
+                        parts.append(part.to(self.device))
+                target, source = self._unflat(parts[0], a), self._unflat(parts[1], a)
                 self.shard.add(target, source)
                 self.last_pair = (target, source)
             else:
@@ -156,8 +160,16 @@ class RankMatcher:
         for work, _ in sends:
             work.wait()
 
-    def _flat(self, target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([target[n].reshape(-1) for n in self.names] + [source[n].reshape(-1) for n in self.names])
+    def _side_gradients(self, side: int, s: int, t: int, batch_ids: list[int], count: int):
+        """One model's flat float32 gradient per batch of ``batch_ids``, in order: the same batches,
+        dropout keys and checks as ``TransferWorker.gradient_batches``, for the target or the source only."""
+        w = self.worker
+        batches = grad_batches_for(w.seed, s, t, w.data.size("train"), w.batch_size, count)
+        state = w.target_point(self.perm, t) if side == TARGET else w.source_point(t)
+        for i in batch_ids:
+            grad = w._gradient(state, batches[i], (w.seed, s, t, i))
+            check_gradient(grad, state, "transferred model" if side == TARGET else "source", t, s)
+            yield torch.cat([grad[n].reshape(-1) for n in self.names])
 
     def _unflat(self, vec: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
         out = {}

@@ -6,8 +6,8 @@
 * Group g's LAP is solved on one of the workers holding its terms, the others send it theirs.
   The groups of a colour class (solved at the same time) go to different workers where they can,
   each to the one holding most of its terms (by size) among those still free in its class.
-* A step's gradient work, (request, batch) units in order, is cut into N contiguous runs, one
-  per worker; each worker sums its units per request, in float64.
+* A step's gradient work, (request, model, batch) units in order, is cut into N contiguous runs,
+  one per worker; each worker sums its units per request and model, in float64.
 
 With N = 1 everything lands on worker 0 and the plan is today's single-process algorithm.
 """
@@ -74,5 +74,26 @@ def split_units(num_requests: int, count: int, workers: int) -> list[dict[int, l
         for u in run:
             r, b = units[int(u)]
             mine.setdefault(r, []).append(b)
+        out.append(mine)
+    return out
+
+
+TARGET, SOURCE = 0, 1  # the two models of a gradient pair
+
+
+def split_side_units(num_requests: int, count: int, workers: int) -> list[dict[tuple[int, int], list[int]]]:
+    """Per worker: {(request index, side): batch ids} of its contiguous run of the step's units, a unit
+    being one model's gradient on one batch: (request, side, batch), sides TARGET then SOURCE.
+
+    Splitting a pair by model doubles the units without splitting a batch (so BatchNorm's batch
+    statistics are untouched), and each model's sum stays its own chain in batch order: FGMT's
+    single batch keeps two ranks busy, bit for bit as one process."""
+    units = [(r, side, b) for r in range(num_requests) for side in (TARGET, SOURCE) for b in range(count)]
+    out = []
+    for run in np.array_split(np.arange(len(units)), workers):
+        mine: dict[tuple[int, int], list[int]] = {}
+        for u in run:
+            r, side, b = units[int(u)]
+            mine.setdefault((r, side), []).append(b)
         out.append(mine)
     return out
