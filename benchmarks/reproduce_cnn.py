@@ -216,11 +216,15 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
             finetune(os.path.join(root, start), ft_dir, epochs=FM_FT_EPOCHS, lr=ft_lr, progress=False)
         curves[start] = TrajectoryStore(ft_dir).meta["val_acc"]
     std_data = standard.pop("data")
-    if not existing or _complete(os.path.join(root, "standard")):
+    if ft_starts and (not existing or _complete(os.path.join(root, "standard"))):
         std = trained(os.path.join(root, "standard"), std_data, **standard,
                       **{**kw, "epochs": FM_FT_EPOCHS, "lr": ft_lr})
         curves["scratch"] = std.meta["val_acc"]
+    # The accuracy halfway between the trained target and the weight-matched trained source: where this is at
+    # chance, the two trained nets sit in different basins even after the best permutation (Git Re-Basin's
+    # barrier), and no permuted displacement can land the target init in the source's basin.
     row = {"pair": f"{a}-{b}", "runs": out, "ft": curves, "source_val": src.meta["val_acc"][-1], "target_val": tgt.meta["val_acc"][-1],
+           "wm_interp": midpoint_accuracy(tgt, src, os.path.join(root, "wm-interp")),
            "source_norms": layer_norms(src), "target_norms": layer_norms(tgt),
            "oracle_cos": displacement_cosines(src, tgt, os.path.join(root, "oracle")) if "oracle" in out else {}}
     print(f"{key} {'pre' if pretrained else 'rand'} {a}-{b}: " + ", ".join(
@@ -231,9 +235,10 @@ def fm_pair(work: str, data: str, key: str, pretrained: bool, a: int, b: int, ru
 
 
 def fm_done(root: str) -> bool:
-    """Whether fm_pair got far enough here to report: its trainings and the paper's four transfers finished."""
+    """Whether fm_pair got far enough here to report: its trainings, Naive, FGMT and Oracle finished (GMT, the
+    costliest, may be missing: its column then averages the pairs that have it)."""
     return (all(_complete(os.path.join(root, d)) for d in ("source", "target"))
-            and all(os.path.exists(os.path.join(root, m, "metrics.json")) for m in METHODS))
+            and all(os.path.exists(os.path.join(root, m, "metrics.json")) for m in ("naive", "fgmt", "oracle")))
 
 
 def _complete(path: str) -> bool:
@@ -241,20 +246,27 @@ def _complete(path: str) -> bool:
 
 
 def fm_tables(results: dict, runs: list[str]) -> list[str]:
-    lines = ["| model | scenario | pairs | " + " | ".join(runs) + " | FGMT / Oracle | source | trained target |",
-             "|---|---|---|" + "---|" * len(runs) + "---|---|---|"]
+    lines = ["| model | scenario | pairs | " + " | ".join(runs) + " | FGMT / Oracle | source | trained target "
+             "| wm midpoint |", "|---|---|---|" + "---|" * len(runs) + "---|---|---|---|"]
     for (key, pretrained), rows in results.items():
         best = {m: [r["runs"][m]["best_val_acc"] for r in rows if m in r["runs"]] for m in runs}
         ratio = statistics.mean(best["fgmt"]) / max(1e-9, statistics.mean(best["oracle"]))
         lines.append(f"| {key} | {'pre-trained 0-4 → 5-9' if pretrained else 'random init'} | "
                      f"{', '.join(r['pair'] for r in rows)} | "
                      + " | ".join(mean_std(best[m]) for m in runs) + f" | {ratio:.2f} | "
-                     f"{mean_std([r['source_val'] for r in rows])} | {mean_std([r['target_val'] for r in rows])} |")
-    lines += ["", "Final val % (step T) of the same runs:", "",
+                     f"{mean_std([r['source_val'] for r in rows])} | {mean_std([r['target_val'] for r in rows])} | "
+                     f"{mean_std([r['wm_interp'] for r in rows])} |")
+    lines += ["", "Pairs per column: " + "; ".join(
+        f"{m} {len([r for rows in results.values() for r in rows if m in r['runs']])}" for m in runs) + ".",
+              "", "`wm midpoint`: val % of the midpoint between the trained target and the trained source weight-matched "
+              "to it (BatchNorm recalibrated on 10 training batches); at chance, the two sit in different basins "
+              "even after the best permutation.", "", "Final val % (step T) of the same runs:", "",
               "| model | scenario | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for (key, pretrained), rows in results.items():
         lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | " + " | ".join(
             mean_std([r["runs"][m]["final_val_acc"] for r in rows if m in r["runs"]]) for m in runs) + " |")
+    if not any(r["ft"] for rows in results.values() for r in rows):
+        return lines + _norm_table(results)
     lines += ["", f"Subsequent training ({FM_FT_EPOCHS} epochs at the source lr / 5, from each run's best step; "
               "`scratch` = standard training from the same target init, same epochs and lr), val % after each "
               "epoch:", "", "| model | scenario | start | " + " | ".join(f"ep{e + 1}" for e in range(FM_FT_EPOCHS))
@@ -264,7 +276,11 @@ def fm_tables(results: dict, runs: list[str]) -> list[str]:
             lines.append(f"| {key} | {'pre-trained' if pretrained else 'random init'} | {start} | " + " | ".join(
                 mean_std([r["ft"][start][e] for r in rows if start in r["ft"]]) for e in range(FM_FT_EPOCHS))
                 + " |")
-    lines += ["", "Per weight tensor of the sources (mean over pairs): |θ^0|; displacement |θ^T − θ^0| / |θ^0|; "
+    return lines + _norm_table(results)
+
+
+def _norm_table(results: dict) -> list[str]:
+    lines = ["", "Per weight tensor of the sources (mean over pairs): |θ^0|; displacement |θ^T − θ^0| / |θ^0|; "
               "init share c = <θ^T, θ^0> / |θ^0|^2 (what `--init-decay` carries); |θ^T| / |θ^0|; and the cosine "
               "between the trained target's displacement and the source's under the Oracle's permutation, "
               "cos(θ2^T − θ2^0, π(θ1^T − θ1^0)):", "",
@@ -298,7 +314,7 @@ def fashion_main(args) -> None:
                 if args.existing and not fm_done(root):
                     continue
                 results[(key, pretrained)].append(fm_pair(args.work, args.data, key, pretrained, a, b, runs,
-                                                          args.ft.split(","), args.existing))
+                                                          [s for s in args.ft.split(",") if s], args.existing))
     results = {k: rows for k, rows in results.items() if rows}
     models = "; ".join(f"{k}: {m} {o}, lr {({**FM_RECIPE, **c})['lr']}" for k, (m, o, c) in FM_MODELS.items()
                        if k in keys)
@@ -335,7 +351,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="fashion-mnist: torch threads")
     ap.add_argument("--first-pair", type=int, default=0, help="fashion-mnist: start at this seed pair (0-based)")
     ap.add_argument("--scenarios", default="rand,pre", help="fashion-mnist: rand, pre or both")
-    ap.add_argument("--ft", default="fgmt,naive", help="fashion-mnist: the runs trained on after the transfer")
+    ap.add_argument("--ft", default="fgmt,naive", help="fashion-mnist: the runs trained on after the transfer ('' for none, "
+                    "which also skips the standard training)")
     ap.add_argument("--existing", action="store_true", help="fashion-mnist: report only the pairs already finished")
     args = ap.parse_args()
     if args.data != "digits":
