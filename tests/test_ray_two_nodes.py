@@ -74,7 +74,7 @@ def end(proc, sig=signal.SIGTERM):
         except ProcessLookupError:
             pass
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=5)  # a node that ignores SIGTERM is killed below
     except subprocess.TimeoutExpired:
         pass
     for pid in [proc.pid, *descendants(proc.pid)]:
