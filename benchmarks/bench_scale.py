@@ -12,7 +12,11 @@ Meters (none of them is the backend's own count):
   (shared memory), so ``ray.put`` and ``ray.get`` are counted too:
 * put/get bytes: every ``ray.put`` argument and ``ray.get`` result this process makes, pickled;
 * calls: every actor method and task this process submits (Ray's ``_remote``);
-* rank CPU: each rank's process CPU seconds (user + sys) from ``/proc/PID/stat``, over wall time.
+* rank CPU: each rank's process CPU seconds (user + sys) from ``/proc/PID/stat``, over wall time;
+* rank runnable: the share of 100 Hz samples of ``/proc/PID/task/TID/stat`` in which the rank's step
+  thread (its busiest thread; torch has one thread per rank) is running or runnable (state R), not
+  sleeping in a collective's wait. Unlike the CPU share, it does not fall when the ranks outnumber
+  free cores: a rank waiting for a core is still busy, one waiting for a peer is not.
 
 Steady state is the mean over the steps after the first two (start-up and the first solve).
 The "before" rows run the same script on a checkout of the previous, driver-orchestrated design
@@ -101,6 +105,82 @@ def _size(obj) -> int:
         return 0
 
 
+class StateSampler:
+    """Samples the scheduler state of every thread of each pid at ``hz``, from a thread of this process.
+
+    A rank's steps run on one of its threads (Ray's task thread; torch has one intra-op thread per
+    rank); the others are Ray's gRPC and I/O threads. The step thread is the one with the most CPU
+    time at the end, and its samples are the rank's."""
+
+    def __init__(self, hz: float = 100.0):
+        import threading
+
+        self.pids, self.samples, self.period = [], [], 1.0 / hz
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, pids):
+        self.pids = list(pids)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            self.samples.append((time.perf_counter(), [
+                {tid: (fields[0], int(fields[11]) + int(fields[12])) for tid, fields in _thread_stats(p)}
+                for p in self.pids]))
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def runnable_in(self, windows: list[list[tuple[float, float]]]) -> list[float]:
+        """Per pid, the share of samples inside its own windows (spans of the monotonic clock) in which
+        its step thread (the most CPU ticks over those spans) is in state R."""
+        out = []
+        for i, spans in enumerate(windows):
+            inside = [s[i] for t, s in self.samples if any(a <= t <= b for a, b in spans)]
+            if not inside:
+                out.append(float("nan"))
+                continue
+            ticks = {}
+            for a, b in spans:  # per thread, the ticks gained inside each span
+                span = [s[i] for t, s in self.samples if a <= t <= b]
+                if span:
+                    for tid, (_, tk) in span[-1].items():
+                        ticks[tid] = ticks.get(tid, 0) + tk - span[0].get(tid, ("", tk))[1]
+            tid = max(ticks, key=ticks.get, default=None)
+            out.append(sum(s.get(tid, ("",))[0] == "R" for s in inside) / len(inside))
+        return out
+
+    def runnable(self, t0: float, t1: float) -> list[float]:
+        """Per pid, the share of samples in [t0, t1] in which its step thread is in state R."""
+        window = [states for t, states in self.samples if t0 <= t <= t1]
+        if not window:
+            return [float("nan")] * len(self.pids)
+        out = []
+        for i in range(len(self.pids)):
+            first, last = window[0][i], window[-1][i]
+            # The step thread: the most CPU ticks of the rank's threads inside the window.
+            tid = max(last, key=lambda t: last[t][1] - first.get(t, ("", 0))[1], default=None)
+            out.append(sum(s[i].get(tid, ("",))[0] == "R" for s in window) / len(window))
+        return out
+
+
+def _thread_stats(pid: int):
+    """(tid, fields after the command name) of each thread of pid; none once it is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                yield tid, f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+
+
 def rank_pids(meter) -> list[int]:
     """The pids of this run's rank (or worker) actors, asked of them with the meter paused."""
     import ray
@@ -114,18 +194,40 @@ def rank_pids(meter) -> list[int]:
         meter.paused = False
 
 
-def measured_run(src, out, cfg, workers, meter):
-    """One transfer with samples after each evaluated step; per-step rates over the steady state."""
+def rank_windows(meter) -> list[list]:
+    """Each rank's recent gradient phases (start, end) on the monotonic clock, asked with the meter paused."""
+    import ray
+
+    meter.paused = True
+    try:
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("raytraj-"))
+        return [ray.get(ray.get_actor(n).stats.remote(windows=True)).get("grad_windows", []) for n in names]
+    finally:
+        meter.paused = False
+
+
+def measured_run(src, out, cfg, workers, meter, windows: bool = False):
+    """One transfer with samples after each evaluated step; per-step rates over the steady state.
+    With ``windows``, each rank's gradient phases are asked for after each step (calls the traffic
+    columns then count), and the rank's runnable share is read over them too."""
     from raytraj.runfolder import RunFolder
     from raytraj.transfer import transfer
 
     shutil.rmtree(out, ignore_errors=True)
     samples, pids = [], []
     pid = os.getpid()
+    states = StateSampler()
+
+    spans = {}
 
     def sample(step, acc):
         if workers and not pids:
             pids.extend(rank_pids(meter))
+            states.start(pids)
+        if workers and windows and step >= 2:
+            for k, w in enumerate(rank_windows(meter)):
+                spans.setdefault(k, set()).update(tuple(x) for x in w)
         samples.append({"step": step, "t": time.perf_counter(), "tcp": tcp_bytes(pid) if workers else 0,
                         "calls": meter.calls, "put": meter.put, "got": meter.got,
                         "cpu": [cpu_s(p) for p in pids]})
@@ -138,8 +240,11 @@ def measured_run(src, out, cfg, workers, meter):
         ray = {"ray_config": RayConfig(**options) if options else None}
     else:  # the previous design's checkout takes its options as a dict
         ray = {"backend_options": options}
-    m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", progress=False,
-                 on_eval=sample, **ray)
+    try:
+        m = transfer(src, out, cfg, target_seed=2, backend="ray" if workers else "local", progress=False,
+                     on_eval=sample, **ray)
+    finally:
+        states.stop()
     wall = time.perf_counter() - t0
     steady = [s for s in samples if s["step"] >= 2]  # on_eval(s) runs once step s+1 is done
     row = {"wall_s": wall, "driver_cpu_s": time.process_time() - c0, "timing": m["timing"],
@@ -155,7 +260,12 @@ def measured_run(src, out, cfg, workers, meter):
                     "calls_per_step": (b["calls"] - a["calls"]) / steps,
                     "put_get_per_step": (b["put"] + b["got"] - a["put"] - a["got"]) / steps,
                     "rank_busy": [(cb - ca) / dt for ca, cb in zip(a["cpu"], b["cpu"])],
+                    "rank_runnable": states.runnable(a["t"], b["t"]), "state_samples": len(states.samples),
                     "startup_tcp": samples[0]["tcp"], "startup_put": samples[0]["put"]})
+        if spans:  # the steady steps' gradient phases only
+            steady_spans = [sorted(w for w in spans[k] if a["t"] - 1e-3 <= w[0] <= b["t"]) for k in sorted(spans)]
+            row["rank_runnable_grad"] = states.runnable_in(steady_spans)
+            row["grad_span_s"] = [sum(e - s for s, e in w) for w in steady_spans]
         ranks = m.get("traffic", {}).get("ranks")
         if ranks:
             row["grad_busy_reported"] = [r["grad_s"] / r["grad_wall_s"] for r in ranks if r.get("grad_wall_s")]
@@ -249,6 +359,25 @@ def part_scaling(work, steps, counts):
     return runs
 
 
+def part_busy(work, steps, counts):
+    """A transfer whose steps are nearly all gradients (GMT, narrow layers: LAPs of milliseconds), so
+    each rank's share of a step spent runnable is, within the solve's few percent, its gradient busy share."""
+    from raytraj.transfer import TransferConfig
+
+    src = source(work, "mlp256", "mlp", "mnist1d", 2, hidden=[256, 256])
+    cfg = TransferConfig(method="gmt", steps=steps, grad_batches=8, batch_size=512, seed=0)
+    meter = RayMeter()
+    runs = {"local": measured_run(src, os.path.join(work, "busy-local"), cfg, None, meter)}
+
+    def ray_rows():
+        for n in counts:
+            runs[f"ray, {n} ranks"] = measured_run(src, os.path.join(work, f"busy-ray{n}"), cfg, n, meter,
+                                                   windows=True)
+
+    with_cluster(ray_rows)
+    return runs
+
+
 def load() -> str:
     return open("/proc/loadavg").read().split()[:3].__str__()
 
@@ -263,6 +392,7 @@ def main():
     ap.add_argument("--traffic-ranks", type=int, default=2)
     ap.add_argument("--traffic-more", default="3", help="world sizes the first traffic case runs at too")
     ap.add_argument("--skip-scaling", action="store_true", help="the traffic part only")
+    ap.add_argument("--busy-steps", type=int, default=8, help="T of the busy-share runs")
     ap.add_argument("--part", choices=["traffic"], help=argparse.SUPPRESS)  # the before rows' subprocess
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -295,11 +425,13 @@ def main():
     json.dump({"after": after, "before": before}, open(partial, "w"))
     scaling = {} if args.skip_scaling else part_scaling(work, args.steps, [int(c) for c in args.workers.split(",")])
     loads.append(load())
+    busy = part_busy(work, args.busy_steps, [int(c) for c in args.workers.split(",")])
+    loads.append(load())
     took = time.time() - t0
-    write(args, before, after, scaling, loads, took)
+    write(args, before, after, scaling, busy, loads, took)
 
 
-def write(args, before, after, scaling, loads, took):
+def write(args, before, after, scaling, busy, loads, took):
     import ray
     import torch
 
@@ -356,11 +488,29 @@ def write(args, before, after, scaling, loads, took):
         lines.append(f"| {name} | {m['wall_s']:.1f} | {m['wall_s'] / base['wall_s']:.2f} | {t['setup_s']:.1f} | "
                      f"{t['grad_s']:.1f} | {t['solve_s']:.1f} | {cpu} | {grad} | {tcp} | {calls} | "
                      f"{m['perm'] == base['perm']} |")
+    lines += ["", "## Busy share of the ranks", "",
+              f"GMT T={args.busy_steps}, MNIST-1D, MLP 256-256, grad_batches=8 of 512 samples: step s has 16s "
+              "gradient units (8s batches x 2 models), so units >= ranks, and the solve's 256-wide LAPs take "
+              "milliseconds. Over the steady steps: runnable = share of 100 Hz samples in which the rank's step "
+              "thread is in state R (running or waiting for a core, not sleeping in a collective's wait), over "
+              "whole steps and over the rank's gradient phases only (their spans as the rank timed them, on the "
+              "machine's monotonic clock; the samples and states are the kernel's); CPU = its user+sys seconds "
+              "over wall time; reported = the rank's own compute time over its gradient phase's wall time.", "",
+              "| run | s/step | samples | runnable, gradient phases | runnable, whole steps | rank CPU share "
+              "| gradient busy (reported) | same perm as local |",
+              "|---|---|---|---|---|---|---|---|"]
+    base = busy.get("local")
+    for name, m in busy.items():
+        pct = lambda xs: " / ".join(f"{100 * b:.0f}%" for b in xs) or "-"  # noqa: E731
+        lines.append(f"| {name} | {m.get('s_per_step', 0):.2f} | {m.get('state_samples', '-')} | "
+                     f"{pct(m.get('rank_runnable_grad', []))} | "
+                     f"{pct(m.get('rank_runnable', []))} | {pct(m.get('rank_busy', []))} | "
+                     f"{pct(m.get('grad_busy_reported', []))} | {m['perm'] == base['perm']} |")
     write_report(args.out, lines)
-    for row in [r for _, _, r in after + (before or [])] + list(scaling.values()):
+    for row in [r for _, _, r in after + (before or [])] + list(scaling.values()) + list(busy.values()):
         row["perm_sha256"] = hashlib.sha256(json.dumps(row.pop("perm"), sort_keys=True).encode()).hexdigest()[:16]
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"before": before, "after": after, "scaling": scaling, "loads": loads}, f, indent=1)
+        json.dump({"before": before, "after": after, "scaling": scaling, "busy": busy, "loads": loads}, f, indent=1)
 
 
 if __name__ == "__main__":

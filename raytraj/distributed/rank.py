@@ -172,6 +172,10 @@ class Rank:
                 "backend": dist.get_backend() if dist.is_initialized() else None}
 
     @ray.method(concurrency_group="ping")
-    def stats(self) -> dict:
+    def stats(self, windows: bool = False) -> dict:
+        """Busy seconds and CPU seconds; with ``windows``, the last steps' gradient phases as (start,
+        end) on ``time.perf_counter``'s clock (the machine's monotonic clock, shared by its processes)."""
         busy = dict(self.matcher.busy) if self.matcher else {}
+        if windows:
+            busy["grad_windows"] = list(self.matcher.grad_windows) if self.matcher else []
         return {**busy, "cpu_s": time.process_time()}

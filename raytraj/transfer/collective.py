@@ -29,6 +29,7 @@ on GPU), never through the caller. The shard plan (``sharding.py``) fixes who do
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Mapping
 
 import numpy as np
@@ -74,6 +75,9 @@ class RankMatcher:
         names_of = self.shard.bank.term_names
         self.holders = {g: [plan.owner.get(n) for n in names_of(g)] for g in spec.sizes}
         self.busy = {"grad_s": 0.0, "grad_wall_s": 0.0, "solve_s": 0.0}
+        # (start, end) of the last steps' gradient phases on the machine's monotonic clock: an outside
+        # meter of the rank (its thread's scheduler state) can then be read over exactly these spans.
+        self.grad_windows: deque = deque(maxlen=1024)
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, s: int, ts: list[int], count: int, *, fresh: bool, warm: bool,
@@ -87,6 +91,7 @@ class RankMatcher:
         self._gradients(s, ts, count)
         grad_s = time.perf_counter() - t0
         self.busy["grad_wall_s"] += grad_s
+        self.grad_windows.append((t0, t0 + grad_s))
         t1 = time.perf_counter()
         init = self.perm if warm else identity_permutation(self.spec)
         perm, info = solve(self.spec, self, options, init={g: p.clone() for g, p in init.items()})
