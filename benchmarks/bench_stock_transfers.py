@@ -4,17 +4,20 @@
 
 Models (benchmarks/stock_models.py, each its library's own code with random weights): the stock
 nn.TransformerEncoder over the rows of the digit, Hugging Face BertForSequenceClassification
-(small config) over the pixel values (4x4) as token ids, torchvision's resnet18 on 3x8x8 digits, and
-a GroupNorm CNN with a residual block. No spec is written by hand: each transfer infers its own.
+(small config) over the pixel values (4x4) as token ids, torchvision's resnet18 on 3x8x8 digits,
+timm's VisionTransformer and Hugging Face's ViTForImageClassification (small configs, 2x2 patches of
+the 3x8x8 digits), and a hand-written GroupNorm CNN with a residual block. No spec is written by
+hand: each transfer infers its own.
 
 Scenario (as in the README): pre-train two models (seeds a, b) on digits 0-4; fine-tune a on
 digits 5-9 with a new head (the source trajectory); move that fine-tuning onto pre-trained b with
 its own new head. Naive, FGMT and Oracle (b fine-tuned for real, weight-matched), 3 seed pairs,
 cosine schedule of T steps, one batch of 128 per gradient. A transfer that is refused (a spec
 that covers too little, a failed proof) is one line in the table. Runs are kept under --work, so
-an interrupted benchmark resumes.
+an interrupted benchmark resumes. The report keeps the rows the results file already holds for the
+pairs a run does not measure (--fresh: only this run's), and says which command measured each row.
 
-torchvision and transformers come from the benchmark environment (see bench_permutability.py).
+torchvision, timm and transformers come from the benchmark environment (see bench_permutability.py).
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def run_pair(work: str, key: str, a: int, b: int, steps: int, train_only: bool =
             if m["steps"] != steps:
                 raise RuntimeError(f"{out} holds a run of T={m['steps']}, not {steps}; remove it or use another --work")
             row["runs"][method] = {"best_val_acc": m["best_val_acc"], "test_acc": m["test_acc"],
-                                   "seconds": m["timing"]["total_s"], "val_acc": m["val_acc"]}
+                                   "seconds": m["timing"]["total_s"], "cpu_s": m["timing"].get("cpu_s"),
+                                   "val_acc": m["val_acc"]}
         except Exception as e:  # noqa: BLE001 - a refused or failed transfer is one line of the table
             row["runs"][method] = {"error": one_line(e)}
     return row
@@ -192,9 +196,11 @@ def render(results: dict, command: str, load: str, steps: int, seconds: float) -
     lines += ["", "Per pair (best val %): " + "; ".join(
         f"{key} {r['pair']}: " + ", ".join(f"{m} {r['runs'][m].get('best_val_acc', float('nan')):.1f}" for m in METHODS)
         for key, rows in results.items() for r in rows)]
-    lines += ["", "Per pair (wall s of each transfer, Python start excluded): " + "; ".join(
-        f"{key} {r['pair']}: " + ", ".join(f"{m} {r['runs'][m]['seconds']:.0f}" for m in METHODS
-                                           if "seconds" in r["runs"][m])
+    lines += ["", "Per pair (each transfer's wall s, and its CPU s where recorded; Python start excluded): " + "; ".join(
+        f"{key} {r['pair']}: " + ", ".join(
+            f"{m} {r['runs'][m]['seconds']:.0f}" + (f" ({r['runs'][m]['cpu_s']:.0f} CPU)" if r["runs"][m].get("cpu_s")
+                                                    else "")
+            for m in METHODS if "seconds" in r["runs"][m])
         for key, rows in results.items() for r in rows if any("seconds" in r["runs"][m] for m in METHODS))]
     if notes:
         lines += ["", "Notes:", ""] + notes
