@@ -116,6 +116,10 @@ def mean_std(values) -> str:
     return compare.mean_std(values, sep="±")  # this table's cells, as written in results/stock-transfers.md
 
 
+def secs(s: float) -> str:
+    return f"{s:.1f}" if s < 10 else f"{s:.0f}"
+
+
 def complete(row: dict) -> bool:
     return all("error" not in row["runs"][m] for m in METHODS)
 
@@ -198,8 +202,8 @@ def render(results: dict, command: str, load: str, steps: int, seconds: float) -
         for key, rows in results.items() for r in rows)]
     lines += ["", "Per pair (each transfer's wall s, and its CPU s where recorded; Python start excluded): " + "; ".join(
         f"{key} {r['pair']}: " + ", ".join(
-            f"{m} {r['runs'][m]['seconds']:.0f}" + (f" ({r['runs'][m]['cpu_s']:.0f} CPU)" if r["runs"][m].get("cpu_s")
-                                                    else "")
+            f"{m} {secs(r['runs'][m]['seconds'])}" + (f" ({secs(r['runs'][m]['cpu_s'])} CPU)"
+                                                      if r["runs"][m].get("cpu_s") is not None else "")
             for m in METHODS if "seconds" in r["runs"][m])
         for key, rows in results.items() for r in rows if any("seconds" in r["runs"][m] for m in METHODS))]
     if notes:
