@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -459,7 +460,7 @@ def torchvision_all(args) -> None:
 
 
 def this_command() -> str:
-    return f"python benchmarks/{os.path.basename(sys.argv[0])} " + " ".join(sys.argv[1:])
+    return f"python benchmarks/{os.path.basename(sys.argv[0])} " + shlex.join(sys.argv[1:])  # runnable as written
 
 
 def write_report(out: str, text: str, record: dict, echo: bool = True) -> None:

@@ -1,7 +1,7 @@
 """Stock models and digits data for benchmarks/bench_stock_transfers.py, named by import path
 (``stock_models:resnet18``): each factory builds its library's own model, unchanged, with random
 weights; the data functions give scikit-learn's digits as the model expects them (3x8x8
-images for torchvision, pixel values as token ids for BERT), for a class subset."""
+images for torchvision and the ViTs, pixel values as token ids for BERT), for a class subset."""
 
 from __future__ import annotations
 
@@ -85,6 +85,25 @@ def resnet18(num_classes=5):
     import torchvision
 
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+def vit(img_size=8, patch=2, dim=64, depth=2, heads=4, num_classes=5):
+    """timm's VisionTransformer from a small config (3x8x8 images, 2x2 patches: 16 tokens and its class token);
+    random weights, nothing downloaded; head ``head``."""
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size, patch_size=patch,
+                             embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=2.0, num_classes=num_classes)
+
+
+def hf_vit(img_size=8, patch=2, hidden=64, layers=2, heads=4, num_classes=5):
+    """Hugging Face ViTForImageClassification from a small config (its dropout 0 kept); head ``classifier``."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=img_size, patch_size=patch, num_channels=3, hidden_size=hidden,
+                    num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=2 * hidden,
+                    num_labels=num_classes)
+    return ViTForImageClassification(cfg)
 
 
 class GroupNormCNN(nn.Module):

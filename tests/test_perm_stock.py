@@ -407,6 +407,31 @@ def test_hugging_face_models_when_installed(arch):
     planted(model, x, spec)
 
 
+@pytest.mark.parametrize("library", ["timm", "transformers"])
+def test_vision_transformers_when_installed(library):
+    """timm's VisionTransformer and Hugging Face's ViTForImageClassification as their libraries build them."""
+    lib = pytest.importorskip(library)
+    torch.manual_seed(0)
+    if library == "timm":  # stock code, small config, random weights: nothing downloaded
+        model = lib.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, embed_dim=16,
+                                 depth=1, num_heads=2, mlp_ratio=2.0, num_classes=3)
+    else:
+        model = lib.ViTForImageClassification(lib.ViTConfig(
+            image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, num_labels=3))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    spec = infer_quietly(model, x)
+    hidden = {(k, i) for k, a in spec.axes.items() for i, e in enumerate(a)
+              if e is None and spec.shapes[k][i] > 1 and not (len(spec.shapes[k]) == 4 and i >= 2)}
+    # only the image channels, the token positions (class token included) and the classes stay
+    assert hidden == {
+        "timm": {("patch_embed.proj.weight", 1), ("pos_embed", 1), ("head.weight", 0), ("head.bias", 0)},
+        "transformers": {("vit.embeddings.patch_embeddings.projection.weight", 1),
+                         ("vit.embeddings.position_embeddings", 1), ("classifier.weight", 0), ("classifier.bias", 0)},
+    }[library]
+    planted(model, x, spec)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c):
         super().__init__()
