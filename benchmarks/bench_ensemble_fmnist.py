@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -86,6 +88,7 @@ def run_part(args, spec: dict, pretrained: bool, train_all) -> dict:
     if pretrained:
         pre = dict(zip(pool_seeds, train_all([(spec["pretrain"], s, epochs, None, False) for s in pool_seeds])))
     rows = {name: [] for name in ("full", "transfer", "restart", "equal")}
+    costs = []
     for r in range(reps):
         src_seed = 1 + r
         if pretrained:
@@ -100,13 +103,18 @@ def run_part(args, spec: dict, pretrained: bool, train_all) -> dict:
         test = load_data(TrajectoryStore(source).data_config())
         x_test, labels = test.x["test"], test.y["test"].numpy()
         epoch_cpu = statistics.mean(c for _, c in full) / epochs
-        ens_dir = os.path.join(args.work, f"transfer-{'pre' if pretrained else 'rand'}-{args.recipe}-rep{r}")
-        ens = transfer_ensemble(args.work, r, source, args.recipe, k, targets, out=ens_dir)
+        # the options are part of the folder's name: a kept ensemble made with other options is not reused
+        opts = "".join(c if c.isalnum() else "_" for c in " ".join(args.options)).strip("_")
+        ens_dir = os.path.join(args.work, f"transfer-{'pre' if pretrained else 'rand'}-{args.recipe}"
+                               + (f"-{opts}" if opts else "") + f"-rep{r}")
+        ens = transfer_ensemble(args.work, r, source, args.recipe, k, targets, out=ens_dir, extra=args.options)
         member_dirs = [os.path.join(ens_dir, "members", f"member-{i:03d}") for i in range(k)]
         probs = [load_probs(d, "test") for d in member_dirs]
+        costs.append(member_costs(ens, member_dirs, full, source_cpu))
         budget = source_cpu + sum(m["cpu_s"] for m in ens["members"])
         budget_epochs = max(1, round(budget / k / epoch_cpu))
         restart = train_all([(data, 4000 + i, short, source, False) for i in range(k)])
+        costs[-1]["restart"] = statistics.mean(c for _, c in restart)
         if pretrained:
             equal = train_all([(data, 2000 + 100 * r, budget_epochs, pre[s][0], True) for s in others])
         else:
@@ -118,25 +126,46 @@ def run_part(args, spec: dict, pretrained: bool, train_all) -> dict:
                 ("equal", [p for p, _ in equal], sum(c for _, c in equal), budget_epochs)):
             p = probs if members is None else [test_probs(m, x_test) for m in members]
             rows[name].append({**scores(p, labels), "cpu": cpu, "epochs": ep})
-    return rows
+    return {"rows": rows, "costs": costs}
+
+
+def member_costs(ens: dict, member_dirs: list[str], full: list, source_cpu: float) -> dict:
+    """One replicate's CPU seconds per member: a full fine-tune, a transfer member (its trial) and the
+    transfer's own share of it, split as the transfer's metrics split it."""
+    timings = [json.load(open(os.path.join(d, "metrics.json")))["timing"] for d in member_dirs]
+    return {"full": statistics.mean(c for _, c in full), "source": source_cpu,
+            "member": statistics.mean(m["cpu_s"] for m in ens["members"]),
+            **{part: statistics.mean(t[f"{part}_cpu_s"] if part != "transfer" else t["cpu_s"] for t in timings)
+               for part in ("transfer", "grad", "eval", "solve", "setup", "finish")}}
 
 
 def report(args, spec, results, t_start, load0) -> list[str]:
     lines = ["# Ensembles on Fashion-MNIST (CNN)", "",
-             f"Command: `PYTHONPATH=. python benchmarks/bench_ensemble_fmnist.py --data {args.data} --members "
-             f"{args.members} --replicates {args.replicates} --recipe {args.recipe} --jobs {args.jobs} --work "
-             f"{args.work} --out {args.out}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch "
+             f"Command: `PYTHONPATH=. {shlex.join(['python', *sys.argv])}` "
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch "
              f"{torch.__version__}, {os.cpu_count()} CPUs shared with other jobs, load average {load0:.1f} at the "
              f"start; {(time.time() - t_start) / 60:.0f} min for what was not already kept under --work).", "",
              f"Model `{spec['model']}` {spec['model_args']}, recipe {spec['recipe']}. Test %, NLL, ECE % and "
              "disagreement % of the mean softmax; mean ± std over the replicates; CPU s as in the docstring.", "",
              "| scenario | ensemble | test acc | mean member | NLL | ECE | disagreement | CPU s | epochs |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for scenario, rows in results.items():
-        for name, xs in rows.items():
+    for scenario, part in results.items():
+        for name, xs in part["rows"].items():
             lines.append(f"| {scenario} | {name} | " + " | ".join(
                 _ms([x[m] for x in xs], 3 if m == "nll" else 2) for m in ("acc", "member", "nll", "ece", "disagree"))
                 + f" | {statistics.mean(x['cpu'] for x in xs):.0f} | {'/'.join(str(x['epochs']) for x in xs)} |")
+    lines += ["", "CPU s per member (mean over members and replicates): `full` a fine-tune (or training) with the "
+              "full recipe; `member` a transfer member's whole trial (transfer, subsequent training, scoring of "
+              "every split); `transfer` its transfer alone, split into gradients, evaluation (BatchNorm "
+              "recalibration and val at the evaluated steps), LAP solves, setup and finish (test accuracy of the "
+              "best and last steps); `restart` one warm restart.", "",
+              "| scenario | source | full | member | transfer | grad | eval | solve | setup | finish | restart |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for scenario, part in results.items():
+        c = part["costs"]
+        lines.append(f"| {scenario} | " + " | ".join(
+            f"{statistics.mean(x[key] for x in c):.1f}" for key in
+            ("source", "full", "member", "transfer", "grad", "eval", "solve", "setup", "finish", "restart")) + " |")
     return lines
 
 
@@ -157,11 +186,14 @@ def main():
     ap.add_argument("--replicates", type=int, default=3)
     ap.add_argument("--recipe", default="fast", choices=list(ENSEMBLE_RECIPES))
     ap.add_argument("--parts", default="rand,pre")
+    ap.add_argument("--ensemble-options", default="", metavar="OPTIONS",
+                    help="more options of `raytraj ensemble`, in one string, e.g. \"--grad-batches 1 --bn-batches 2\"")
     ap.add_argument("--jobs", type=int, default=2, help="trainings (Ray tasks of 1 CPU) at once")
     ap.add_argument("--work", default="runs/ens-fmnist")
     ap.add_argument("--out", default="runs/ens-fmnist/ensemble-fmnist.md")
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
+    args.options = shlex.split(args.ensemble_options)
     model_args = cli._key_values(args.model_arg) if args.model_arg else {"width": 0.25, "batch_norm": True}
     spec = {"model": args.model, "model_args": model_args, "pretrain": f"{args.data}[0-4]",
             "recipe": {"epochs": args.epochs, "lr": args.lr, "weight_decay": 5e-4, "warmup_epochs": 1}}

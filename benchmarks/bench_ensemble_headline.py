@@ -85,9 +85,9 @@ def ensemble_acc(probs: list[np.ndarray], labels: np.ndarray) -> float:
 
 
 def transfer_ensemble(work: str, r: int, source: str, recipe: str, members: int, targets: list[str] | None = None,
-                      out: str | None = None) -> dict:
+                      out: str | None = None, extra: list[str] = ()) -> dict:
     """``raytraj ensemble`` (once) from ``source``: onto random inits, or onto the pre-trained ``targets``
-    with new heads; its ensemble.json."""
+    with new heads, with the options ``extra`` added to the recipe's; its ensemble.json."""
     out = out or os.path.join(work, f"transfer-{recipe}", f"rep-{r}")
     result_file = os.path.join(out, "ensemble.json")
     if os.path.exists(result_file):
@@ -97,6 +97,7 @@ def transfer_ensemble(work: str, r: int, source: str, recipe: str, members: int,
             "--max-concurrent", "2"]
     if targets:
         argv += ["--targets", ",".join(targets), "--new-head"]
+    argv += list(extra)
     if cli.main(argv) != 0:
         raise SystemExit(f"raytraj {' '.join(argv)} failed")
     return json.load(open(result_file))

@@ -245,9 +245,11 @@ def _base_transfer(args):
 
     # schedule "actual" follows the recorded steps; the default T is for linear schedules only.
     steps = args.steps if args.steps is not None else (None if args.schedule == "actual" else QUICK_STEPS)
+    # --bn-batches unset: TransferConfig's default
+    bn = {} if getattr(args, "bn_batches", None) is None else {"bn_batches": args.bn_batches}
     return TransferConfig(method=args.method, steps=steps, schedule=args.schedule, grad_batches=args.grad_batches,
                           batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
-                          **_solver_fields(args))
+                          **bn, **_solver_fields(args))
 
 
 def cmd_ensemble(args):
@@ -492,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--steps", type=int,
                        help=f"T (default {QUICK_STEPS}; with --schedule actual: the recorded steps)")
         _add_schedule_args(q, defaults, schedules)
+        # Per evaluated step on a BatchNorm net: fewer batches make a member's evaluation cheaper.
+        q.add_argument("--bn-batches", type=int,
+                       help=f"batches for BatchNorm recalibration at each evaluated step (default {defaults['bn_batches']})")
         _add_solver_args(q)
         q.add_argument("--out", required=True)
         q.add_argument("--storage", help="Tune experiment storage: a path, s3://... or gs://... (default OUT/tune)")

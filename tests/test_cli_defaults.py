@@ -42,6 +42,20 @@ def test_tune_commands_take_transfer_config_defaults_but_the_quick_t(command, ex
     assert f"default {QUICK_STEPS}" in _help(subparser(command), "steps")
 
 
+@pytest.mark.parametrize("command, extra", [("ensemble", ["--members", "2"]), ("sweep", ["--param", "steps=2"])])
+def test_tune_commands_pass_bn_batches_to_the_transfer(command, extra):
+    args = parse(command, "--source", "s", "--out", "o", *extra, "--bn-batches", "2")
+    assert cli._base_transfer(args) == TransferConfig(steps=QUICK_STEPS, bn_batches=2)
+
+
+def test_ensemble_recipe_leaves_bn_batches_to_the_command_line():
+    argv = ["ensemble", "--source", "s", "--out", "o", "--members", "2", "--recipe", "fast", "--bn-batches", "3"]
+    args = parse(*argv)
+    args.argv = argv
+    cli._apply_recipe(args)
+    assert cli._base_transfer(args).bn_batches == 3
+
+
 def test_train_without_recipe_options_is_train_config_defaults():
     args = parse("train", "--model", "mlp", "--data", "digits", "--epochs", "3", "--out", "o")
     assert TrainConfig(**cli._recipe(args)) == TrainConfig(epochs=3)
