@@ -137,10 +137,11 @@ def _sparse_lap(n: int, r: np.ndarray, c: np.ndarray, w: np.ndarray, engine: str
     if engine == "ortools" and lsa is None:
         raise ImportError("the ortools engine needs OR-tools: pip install 'raytraj[fastlap]'")
     if lsa is not None:
-        # Integer costs: the weights' span becomes 2^40 steps (far below the float32 contractions'
-        # precision), small enough that OR-tools' internal scaling by n + 1 cannot overflow int64.
-        low, span = w.min(), w.max() - w.min()
-        cost = np.rint((w.max() - w) * (2.0**40 / span if span > 0 else 0.0)).astype(np.int64)
+        # Integer costs: the weights' span becomes 2^60 / (n + 1)^2 steps (7e10 at n = 4096, far finer
+        # than the float32 contractions' precision): OR-tools scales costs by n + 1 and bounds its price
+        # changes by about n times more, which must stay within int64 (it warns of overflow above that).
+        span = w.max() - w.min()
+        cost = np.rint((w.max() - w) * (2.0**60 / (n + 1) ** 2 / span if span > 0 else 0.0)).astype(np.int64)
         solver = lsa.SimpleLinearSumAssignment()
         solver.add_arcs_with_cost(r.astype(np.int64), c.astype(np.int64), cost)
         if solver.solve() == solver.OPTIMAL:
