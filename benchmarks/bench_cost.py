@@ -17,7 +17,9 @@ Per model it trains the source (the cost denominator), then runs FGMT T=30 with 
 
 * today: the baseline checkout's defaults;
 * new: this checkout's defaults;
-* new-sparse: the defaults with ``--lap sparse`` (MLPs from 1024 wide).
+* new-sparse: the defaults with ``--lap sparse`` (MLPs from 1024 wide; OR-tools solves the candidate graphs
+  where it is installed, scipy's LAPJVsp otherwise: each row records which);
+* new-exact: the defaults with ``--lap scipy`` (exact solves).
 
 ``--laps W,...`` also records the exact solves' cost matrices of a transfer (``--lap scipy``) on the
 MLP source of each width and re-solves them with the sparse solver: time per LAP and objective gap.
@@ -101,6 +103,9 @@ def one(job: dict) -> dict:
         after = meters()
         out = {k: m[k] for k in ("best_val_acc", "best_step", "final_val_acc", "test_acc", "timing", "solver")}
         out["bank"] = m.get("bank")
+        from raytraj.perm.lap import _ortools
+
+        out["ortools"] = _ortools() is not None  # the sparse solver's engine: OR-tools, or scipy's LAPJVsp
         out["evaluated"] = sum(v is not None for v in m["val_acc"])
         out["state_left"] = os.path.isdir(os.path.join(job["out"], "state"))
         if captured:
@@ -194,7 +199,7 @@ def main():
             runs["today"] = {}
         if name.startswith("mlp") and int(name[3:]) >= 1024:
             runs["new-sparse"] = {"lap": "sparse"}  # the sparse LAP against the exact default, same run otherwise
-            runs["new-exact"] = {"lap": "scipy"}  # the default, named (a run of `new` predating that default)
+            runs["new-exact"] = {"lap": "scipy"}  # exact solves, the same run otherwise
         for run, cfg in runs.items():
             if args.runs and run not in args.runs.split(","):
                 continue

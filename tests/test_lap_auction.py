@@ -80,9 +80,11 @@ def test_bad_input_is_refused():
         auction_assignment(torch.tensor([[[0.0, float("nan")], [1.0, 2.0]]]))
 
 
-def test_choice_of_solver():
+def test_choice_of_solver(monkeypatch):
+    import raytraj.perm.lap as lap
     from raytraj.perm.lap import solve_laps_sparse
 
+    monkeypatch.setattr(lap, "_ortools", lambda: None)  # without OR-tools, auto is exact scipy on the CPU
     assert lap_solver("auto", "cpu") is solve_laps_serial
     assert lap_solver("auto", None) is solve_laps_serial
     assert lap_solver("auto", "cuda:0") is solve_laps_auction
@@ -92,6 +94,9 @@ def test_choice_of_solver():
     assert lap_solver("sparse", None) is solve_laps_sparse
     spread = object()  # a backend's own exact solver (the Ray backend spreads scipy's LAPs) stays the auto choice
     assert lap_solver("auto", "cpu", spread) is spread
+    monkeypatch.setattr(lap, "_ortools", lambda: object())  # with it, wide groups go sparse (tests/test_lap_sparse.py)
+    assert getattr(lap_solver("auto", "cpu"), "takes_current", False)
+    assert lap_solver("auto", "cuda:0") is solve_laps_auction
     with pytest.raises(ValueError, match="unknown LAP solver"):
         lap_solver("hungarian", "cpu")
 

@@ -52,3 +52,64 @@ def test_narrow_matrices_are_solved_exactly_and_bad_values_named():
     assert (solve_laps_sparse([a], dense_below=100)[0] == linear_sum_assignment(a, maximize=True)[1]).all()
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         solve_laps_sparse([np.full((3, 3), np.nan)])
+
+
+ENGINES = ["scipy", pytest.param("ortools", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ortools") is None, reason="OR-tools (the fastlap extra) not installed"))]
+
+
+def _planted(n, seed, noise=0.05):
+    """Gradient-matching-like costs with a known best assignment: a = T S^T with S a permuted, noisy T."""
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((n, 3 * n // 4))
+    perm = rng.permutation(n)
+    return t @ (t[np.argsort(perm)] + noise * rng.standard_normal(t.shape)).T, perm  # a_ij peaks where j = perm[i]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_finds_the_exact_optimum_on_random_and_planted_costs(engine):
+    for seed in range(3):
+        for a in (np.random.default_rng(seed).standard_normal((120, 120)), _lowrank(150, seed, noise=0.5)):
+            exact = _value(a, linear_sum_assignment(a, maximize=True)[1])
+            got = sparse_assignment(a, k=16, current=np.random.default_rng(seed).permutation(len(a)), engine=engine)
+            assert sorted(got.tolist()) == list(range(len(a)))
+            assert abs(_value(a, got) - exact) <= 1e-9 * abs(exact)
+        a, planted = _planted(100, seed)
+        got = sparse_assignment(a, k=8, engine=engine)
+        assert (got == planted).all() and (linear_sum_assignment(a, maximize=True)[1] == planted).all()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_never_returns_worse_than_the_current_assignment(engine):
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        a = _lowrank(90, trial, noise=0.1)
+        a[:, trial] += 50  # a hub column: the candidates are poor, the current assignment must still hold
+        current = linear_sum_assignment(a, maximize=True)[1] if trial % 2 else rng.permutation(90)
+        got = solve_laps_sparse([a], [current], k=2, engine=engine)[0]
+        assert sorted(got.tolist()) == list(range(90))
+        assert _value(a, got) >= _value(a, current)
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        solve_laps_sparse([np.where(np.eye(90, dtype=bool), np.inf, 0.0)], engine=engine)
+
+
+def test_auto_solves_wide_groups_sparse_and_narrow_ones_with_the_default(monkeypatch):
+    import raytraj.perm.lap as lap
+
+    if lap._ortools() is None:
+        pytest.skip("OR-tools (the fastlap extra) not installed: auto is exact scipy")
+    monkeypatch.setattr(lap, "SPARSE_FROM", 100)
+    calls = []
+
+    def default(costs):
+        calls.append([len(a) for a in costs])
+        return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
+
+    solver = lap.lap_solver("auto", "cpu", default)
+    narrow, wide = _lowrank(60, 0), _lowrank(140, 1)
+    got = solver([wide, narrow], [np.arange(140), np.arange(60)])
+    assert calls == [[60]]  # only the narrow group went to the exact default
+    for a, cols in zip((wide, narrow), got):
+        assert abs(_value(a, cols) - _value(a, linear_sum_assignment(a, maximize=True)[1])) <= 1e-9 * abs(_value(a, cols))
+    with pytest.raises(ValueError, match="unknown sparse LAP engine"):
+        solve_laps_sparse([wide], engine="gurobi")

@@ -4,11 +4,13 @@ torch auction for devices.
 Coordinate descent solves one maximum-weight assignment per permutation group. scipy's
 ``linear_sum_assignment`` is the fastest exact CPU solver we measured, but it is cubic: a 2048-wide
 group costs seconds per solve. :func:`solve_laps_sparse` solves the assignment restricted to each
-row's and each column's ``k`` best entries at approximate prices, plus the group's current
-assignment (scipy's sparse Jonker-Volgenant, ``min_weight_full_bipartite_matching``): the current
-assignment keeps the restricted problem feasible and its answer never worse than the current one,
-so coordinate descent still rises monotonically. On the CPU it measured no faster than the exact
-solve up to 2048 units, so it is opt-in (``--lap sparse``). On a GPU, :func:`solve_laps_auction` solves all same-sized
+row's and each column's ``k`` best entries at approximate (Sinkhorn) prices, plus the group's
+current assignment: the current assignment keeps the restricted problem feasible and its answer
+never worse than the current one, so coordinate descent still rises monotonically. The restricted
+problem is solved by OR-tools' cost-scaling assignment where it is installed (the ``fastlap``
+extra), else by scipy's sparse Jonker-Volgenant (``min_weight_full_bipartite_matching``), which
+measured slower than the dense exact solve. With OR-tools, ``auto`` takes the sparse solver on the
+CPU for groups of ``SPARSE_FROM`` units or more. On a GPU, :func:`solve_laps_auction` solves all same-sized
 matrices of a colour class as one batch where they live: a Jacobi auction (Bertsekas) with
 epsilon-scaling.
 
@@ -35,13 +37,16 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 # passed the groups' current assignments; one marked ``on_device`` gets torch tensors where they live.
 LapSolver = Callable[..., list]
 
-# Candidates per row and per column of the sparse solver, its Sinkhorn iterations and last temperature
-# (see sparse_assignment). On gradient-matching costs of MLPs 1024 and 2048 wide it ends within 0.1% of
-# the optimum, but is no faster than scipy's exact solve there (benchmarks/results/cost.md): ``auto``
-# keeps scipy on the CPU.
-SPARSE_K = 32
-SPARSE_ITERS = 5
-SPARSE_TAU = 0.02
+# Candidates per row and per column of the sparse solver, and the temperatures (relative to the
+# costs' spread) and scaling iterations of its Sinkhorn prices (see sparse_assignment). Measured on
+# recorded gradient-matching costs of MNIST-1D MLPs in benchmarks/results/cost.md.
+SPARSE_K = 16
+SPARSE_TEMPS = (1.0, 0.14, 0.02)
+SPARSE_INNER = 6
+# ``auto`` on the CPU solves groups at least this wide with the sparse solver, narrower ones exactly,
+# where OR-tools is installed: scipy's sparse LAPJVsp was slower than its dense exact solve on the
+# same candidate graphs, OR-tools' assignment 40x faster than LAPJVsp (benchmarks/results/cost.md).
+SPARSE_FROM = 1024
 
 
 def _check_finite(costs) -> None:
@@ -55,24 +60,24 @@ def solve_laps_serial(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
 
 
-def sparse_assignment(a: np.ndarray, k: int = SPARSE_K, current: np.ndarray | None = None,
-                      iters: int = SPARSE_ITERS) -> np.ndarray:
+def sparse_assignment(a: np.ndarray, k: int = SPARSE_K, current: np.ndarray | None = None, *,
+                      engine: str | None = None) -> np.ndarray:
     """The maximum-weight assignment of ``a`` among a few candidate entries per row and column.
 
     Plain top-k candidates fail on gradient-matching costs: they are nearly low-rank, so every
     row's largest entries sit in the same few "hub" columns, and the best assignment inside them
     was 15-50% short of the optimum (of the way from a random assignment to it). So candidates
     are ranked by reduced cost instead, a_ij - v_j per row and a_ij - u_i per column, with prices
-    (u, v) from ``iters`` log-domain Sinkhorn iterations at falling temperature: approximate
-    duals of the assignment LP, under which the optimum's entries rank first.
+    (u, v) from Sinkhorn scaling at falling temperature: approximate duals of the assignment LP,
+    under which the optimum's entries rank first.
 
     Args:
         a: (n, n) float cost matrix.
         k: candidates per row and per column.
         current: (n,) an assignment kept among the candidates (row i -> column current[i]; the
             identity when None): the candidate graph always has a perfect matching, and the answer
-            is at least as good as it.
-        iters: Sinkhorn iterations.
+            is never worse than it (checked in float64: it is returned itself otherwise).
+        engine: the sparse solver, ``ortools`` or ``scipy`` (None: OR-tools where installed).
 
     Returns:
         (n,) column of each row.
@@ -80,32 +85,84 @@ def sparse_assignment(a: np.ndarray, k: int = SPARSE_K, current: np.ndarray | No
     n = a.shape[0]
     if n <= 2 * k:
         return linear_sum_assignment(a, maximize=True)[1]
+    r, c = sparse_candidates(a, k, current)
+    cols = _sparse_lap(n, r, c, a[r, c], engine)
+    cur = np.arange(n) if current is None else np.asarray(current)
+    rows = np.arange(n)
+    # The candidates' optimum is at least the current assignment's value in exact arithmetic; the
+    # integer costs of OR-tools round. Coordinate descent must never step down, so check.
+    return cols if a[rows, cols].sum() >= a[rows, cur].sum() else cur
+
+
+def sparse_candidates(a: np.ndarray, k: int = SPARSE_K, current: np.ndarray | None = None,
+                      temps: Sequence[float] = SPARSE_TEMPS, inner: int = SPARSE_INNER) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate edges of :func:`sparse_assignment`: (rows, cols), row-major, without repeats.
+
+    The prices are entropic assignment duals (Sinkhorn) at falling temperatures. Each temperature
+    costs one exponential of the matrix, stabilised by the row maxima at the prices so far (every
+    entry in (0, 1], a 1 in each row); its ``inner`` scaling iterations are then matrix-vector
+    products, so prices cost a few passes over the matrix rather than two per iteration.
+    """
+    n = a.shape[0]
     z = torch.from_numpy(np.ascontiguousarray(a)).float()
-    z = (z - z.mean()) / z.std().clamp_min(1e-30)  # (n, n), unit spread: the temperatures below are relative
-    v = torch.zeros(n)
-    for tau in np.geomspace(1.0, SPARSE_TAU, max(1, iters)):  # from the costs' spread down to SPARSE_TAU of it
-        u = tau * torch.logsumexp((z - v[None, :]) / tau, 1)  # (n,) row prices
-        v = tau * torch.logsumexp((z - u[:, None]) / tau, 0)  # (n,) column prices
+    z = (z - z.mean()) / z.std().clamp_min(1e-30)  # (n, n), unit spread: the temperatures are relative
+    u, v = torch.zeros(n), torch.zeros(n)
+    for tau in temps:
+        w = z - v[None, :]
+        u = w.amax(1)  # (n,)
+        kernel = torch.exp_(w.sub_(u[:, None]).div_(tau))  # (n, n) in (0, 1]
+        row, col = torch.ones(n), torch.ones(n)
+        for _ in range(max(1, inner)):
+            col = 1.0 / (row @ kernel).clamp_min(1e-30)
+            row = 1.0 / (kernel @ col).clamp_min(1e-30)
+        u, v = u - tau * torch.log(row), v - tau * torch.log(col)
+    del kernel, w
     rows = torch.arange(n)
     keep = torch.zeros((n, n), dtype=torch.bool)
     keep[rows[:, None], (z - v[None, :]).topk(k, 1).indices] = True  # each row's k best at the column prices
-    keep[(z - u[:, None]).topk(k, 0).indices, rows[None, :]] = True  # each column's k best at the row prices
+    # each column's k best at the row prices, on the transpose: topk along contiguous memory is faster
+    keep[(z.T.contiguous() - u[None, :]).topk(k, 1).indices.T, rows[None, :]] = True
     # A perfect matching among the candidates: the current assignment, or the identity.
     keep[rows, rows if current is None else torch.as_tensor(np.asarray(current), dtype=torch.long)] = True
     r, c = (t.numpy() for t in keep.nonzero(as_tuple=True))  # (E,), (E,), row-major
-    return _sparse_lap(n, r, c, a[r, c])
+    return r, c
 
 
-def _sparse_lap(n: int, r: np.ndarray, c: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Maximum-weight perfect matching on the edges (r, c) of weight w (scipy's LAPJVsp)."""
+def _sparse_lap(n: int, r: np.ndarray, c: np.ndarray, w: np.ndarray, engine: str | None = None) -> np.ndarray:
+    """Maximum-weight perfect matching on the edges (r, c) of weight w: OR-tools' cost-scaling
+    assignment where it is installed (``pip install 'raytraj[fastlap]'``), else scipy's LAPJVsp."""
+    if engine not in (None, "ortools", "scipy"):
+        raise ValueError(f"unknown sparse LAP engine {engine!r}; choose ortools or scipy")
+    lsa = _ortools() if engine != "scipy" else None
+    if engine == "ortools" and lsa is None:
+        raise ImportError("the ortools engine needs OR-tools: pip install 'raytraj[fastlap]'")
+    if lsa is not None:
+        # Integer costs: the weights' span becomes 2^60 / (n + 1)^2 steps (7e10 at n = 4096, far finer
+        # than the float32 contractions' precision): OR-tools scales costs by n + 1 and bounds its price
+        # changes by about n times more, which must stay within int64 (it warns of overflow above that).
+        span = w.max() - w.min()
+        cost = np.rint((w.max() - w) * (2.0**60 / (n + 1) ** 2 / span if span > 0 else 0.0)).astype(np.int64)
+        solver = lsa.SimpleLinearSumAssignment()
+        solver.add_arcs_with_cost(r.astype(np.int64), c.astype(np.int64), cost)
+        if solver.solve() == solver.OPTIMAL:
+            return np.fromiter((solver.right_mate(i) for i in range(n)), dtype=np.int64, count=n)
     # LAPJVsp reads an explicit 0 as no edge: shift every weight above zero (a constant added to
     # every entry adds n to every perfect matching's value, so it changes no choice).
     graph = csr_matrix((w - w.min() + 1.0, (r, c)), shape=(n, n))
     return min_weight_full_bipartite_matching(graph, maximize=True)[1]
 
 
+def _ortools():
+    """OR-tools' assignment module, or None where it is not installed (an optional extra)."""
+    try:
+        from ortools.graph.python import linear_sum_assignment as lsa
+    except ImportError:
+        return None
+    return lsa
+
+
 def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = None, *, k: int = SPARSE_K,
-                      dense_below: int = 0, iters: int = SPARSE_ITERS) -> list[np.ndarray]:
+                      dense_below: int = 0, engine: str | None = None) -> list[np.ndarray]:
     """:func:`sparse_assignment` of each matrix; exact scipy for those narrower than ``dense_below``.
 
     Args:
@@ -113,7 +170,7 @@ def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = No
         current: per matrix, the group's current assignment (kept feasible; see above), or None.
         k: candidates per row and per column.
         dense_below: solve matrices narrower than this exactly.
-        iters: Sinkhorn iterations for the candidates' prices.
+        engine: the sparse solver (see :func:`sparse_assignment`).
     """
     _check_finite(costs)
     current = list(current) if current is not None else [None] * len(costs)
@@ -121,7 +178,7 @@ def solve_laps_sparse(costs: Sequence[np.ndarray], current: Sequence | None = No
     for a, cur in zip(costs, current):
         cur = None if cur is None else np.asarray(cur.cpu() if torch.is_tensor(cur) else cur)
         out.append(linear_sum_assignment(a, maximize=True)[1] if len(a) < dense_below
-                   else sparse_assignment(a, k, cur, iters))
+                   else sparse_assignment(a, k, cur, engine=engine))
     return out
 
 
@@ -257,7 +314,8 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
 
     Args:
         name: ``scipy`` exact; ``sparse`` the candidate-restricted solver; ``auction`` the torch
-            auction; ``auto`` the auction when ``device`` is a GPU, else ``default``.
+            auction; ``auto`` the auction when ``device`` is a GPU, else the sparse solver for groups
+            ``SPARSE_FROM`` or more wide where OR-tools is installed, and ``default`` for the rest.
         device: where the pair bank keeps its tensors (None: the CPU).
         default: the exact CPU solver (a backend may spread scipy's LAPs over workers).
     """
@@ -274,4 +332,25 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
         return solve_laps_auction
     if name != "auto":
         raise ValueError(f"unknown LAP solver {name!r}; choose auto, scipy, sparse or auction")
-    return solve_laps_auction if on_gpu else default
+    if on_gpu:
+        return solve_laps_auction
+    return _wide_sparse(default) if _ortools() is not None else default
+
+
+def _wide_sparse(default: LapSolver) -> LapSolver:
+    """``auto`` on the CPU with OR-tools: ``default`` below ``SPARSE_FROM`` units, the sparse solver from there."""
+    def solve(costs: Sequence[np.ndarray], current: Sequence | None = None) -> list[np.ndarray]:
+        current = list(current) if current is not None else [None] * len(costs)
+        narrow = [i for i, a in enumerate(costs) if len(a) < SPARSE_FROM]
+        out: list = [None] * len(costs)
+        if narrow:
+            for i, cols in zip(narrow, default([costs[i] for i in narrow])):
+                out[i] = cols
+        wide = [i for i in range(len(costs)) if out[i] is None]
+        if wide:
+            for i, cols in zip(wide, solve_laps_sparse([costs[i] for i in wide], [current[i] for i in wide])):
+                out[i] = cols
+        return out
+
+    solve.takes_current = True  # type: ignore[attr-defined]
+    return solve
