@@ -82,7 +82,6 @@ def test_bad_input_is_refused():
 
 def test_choice_of_solver(monkeypatch):
     import raytraj.perm.lap as lap
-    from raytraj.perm.lap import solve_laps_sparse
 
     monkeypatch.setattr(lap, "_ortools", lambda: None)  # without OR-tools, auto is exact scipy on the CPU
     assert lap_solver("auto", "cpu") is solve_laps_serial
@@ -91,11 +90,11 @@ def test_choice_of_solver(monkeypatch):
     with pytest.warns(RuntimeWarning, match="slower than scipy"):  # the auction on a CPU
         assert lap_solver("auction", "cpu") is solve_laps_auction
     assert lap_solver("scipy", "cuda") is solve_laps_serial
-    assert lap_solver("sparse", None) is solve_laps_sparse
+    assert getattr(lap_solver("sparse", None), "takes_current", False)
     spread = object()  # a backend's own exact solver (the Ray backend spreads scipy's LAPs) stays the auto choice
     assert lap_solver("auto", "cpu", spread) is spread
-    monkeypatch.setattr(lap, "_ortools", lambda: object())  # with it, wide groups go sparse (tests/test_lap_sparse.py)
-    assert getattr(lap_solver("auto", "cpu"), "takes_current", False)
+    monkeypatch.setattr(lap, "_ortools", lambda: object())  # with it too: auto never depends on the extras
+    assert lap_solver("auto", "cpu") is solve_laps_serial
     assert lap_solver("auto", "cuda:0") is solve_laps_auction
     with pytest.raises(ValueError, match="unknown LAP solver"):
         lap_solver("hungarian", "cpu")

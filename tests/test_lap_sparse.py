@@ -93,11 +93,9 @@ def test_each_engine_never_returns_worse_than_the_current_assignment(engine):
         solve_laps_sparse([np.where(np.eye(90, dtype=bool), np.inf, 0.0)], engine=engine)
 
 
-def test_auto_solves_wide_groups_sparse_and_narrow_ones_with_the_default(monkeypatch):
+def test_sparse_solves_wide_groups_sparse_and_narrow_ones_with_the_default(monkeypatch):
     import raytraj.perm.lap as lap
 
-    if lap._ortools() is None:
-        pytest.skip("OR-tools (the fastlap extra) not installed: auto is exact scipy")
     monkeypatch.setattr(lap, "SPARSE_FROM", 100)
     calls = []
 
@@ -105,7 +103,7 @@ def test_auto_solves_wide_groups_sparse_and_narrow_ones_with_the_default(monkeyp
         calls.append([len(a) for a in costs])
         return [linear_sum_assignment(a, maximize=True)[1] for a in costs]
 
-    solver = lap.lap_solver("auto", "cpu", default)
+    solver = lap.lap_solver("sparse", "cpu", default)
     narrow, wide = _lowrank(60, 0), _lowrank(140, 1)
     got = solver([wide, narrow], [np.arange(140), np.arange(60)])
     assert calls == [[60]]  # only the narrow group went to the exact default

@@ -9,8 +9,8 @@ current assignment: the current assignment keeps the restricted problem feasible
 never worse than the current one, so coordinate descent still rises monotonically. The restricted
 problem is solved by OR-tools' cost-scaling assignment where it is installed (the ``fastlap``
 extra), else by scipy's sparse Jonker-Volgenant (``min_weight_full_bipartite_matching``), which
-measured slower than the dense exact solve. With OR-tools, ``auto`` takes the sparse solver on the
-CPU for groups of ``SPARSE_FROM`` units or more. On a GPU, :func:`solve_laps_auction` solves all same-sized
+measured slower than the dense exact solve. ``--lap sparse`` takes it for groups of ``SPARSE_FROM``
+units or more; ``auto`` stays exact on the CPU whatever is installed. On a GPU, :func:`solve_laps_auction` solves all same-sized
 matrices of a colour class as one batch where they live: a Jacobi auction (Bertsekas) with
 epsilon-scaling.
 
@@ -313,9 +313,11 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
     """The LAP solver for ``name`` when the cost matrices live on ``device``.
 
     Args:
-        name: ``scipy`` exact; ``sparse`` the candidate-restricted solver; ``auction`` the torch
-            auction; ``auto`` the auction when ``device`` is a GPU, else the sparse solver for groups
-            ``SPARSE_FROM`` or more wide where OR-tools is installed, and ``default`` for the rest.
+        name: ``scipy`` exact; ``sparse`` the candidate-restricted solver for groups ``SPARSE_FROM``
+            or more wide and ``default`` for the rest; ``auction`` the torch auction; ``auto`` the
+            auction when ``device`` is a GPU, else ``default``. ``auto`` never depends on which extras
+            are installed, so a seed gives the same permutations on every machine and on Ray's ranks
+            (which solve with scipy).
         device: where the pair bank keeps its tensors (None: the CPU).
         default: the exact CPU solver (a backend may spread scipy's LAPs over workers).
     """
@@ -323,7 +325,7 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
     if name == "scipy":
         return default
     if name == "sparse":
-        return solve_laps_sparse
+        return _wide_sparse(default)
     if name == "auction":
         if not on_gpu:
             warnings.warn("--lap auction on the CPU: it measured 73-269x slower than scipy there "
@@ -334,11 +336,11 @@ def lap_solver(name: str, device, default: LapSolver = solve_laps_serial) -> Lap
         raise ValueError(f"unknown LAP solver {name!r}; choose auto, scipy, sparse or auction")
     if on_gpu:
         return solve_laps_auction
-    return _wide_sparse(default) if _ortools() is not None else default
+    return default
 
 
 def _wide_sparse(default: LapSolver) -> LapSolver:
-    """``auto`` on the CPU with OR-tools: ``default`` below ``SPARSE_FROM`` units, the sparse solver from there."""
+    """``default`` below ``SPARSE_FROM`` units, the sparse solver from there."""
     def solve(costs: Sequence[np.ndarray], current: Sequence | None = None) -> list[np.ndarray]:
         current = list(current) if current is not None else [None] * len(costs)
         narrow = [i for i, a in enumerate(costs) if len(a) < SPARSE_FROM]
