@@ -111,3 +111,13 @@ def test_sparse_solves_wide_groups_sparse_and_narrow_ones_with_the_default(monke
         assert abs(_value(a, cols) - _value(a, linear_sum_assignment(a, maximize=True)[1])) <= 1e-9 * abs(_value(a, cols))
     with pytest.raises(ValueError, match="unknown sparse LAP engine"):
         solve_laps_sparse([wide], engine="gurobi")
+
+
+def test_the_ray_backend_refuses_a_lap_solver_it_would_not_use():
+    from raytraj.config import ConfigError
+    from raytraj.transfer import TransferConfig
+    from raytraj.transfer.run import make_backend
+
+    for name in ("sparse", "auction"):  # checked before any worker starts: no problem or Ray needed
+        with pytest.raises(ConfigError, match=f"--lap {name} runs on --backend local only"):
+            make_backend(None, TransferConfig(lap=name), "ray")

@@ -57,6 +57,9 @@ def make_backend(problem: Problem, cfg: TransferConfig, backend: str = "local", 
     if backend == "ray":
         if device is not None:
             raise ConfigError("--device is for --backend local; Ray workers use the GPUs they hold")
+        if cfg.lap not in ("auto", "scipy"):  # the ranks' solve is scipy's: say so rather than ignore it
+            raise ConfigError(f"--lap {cfg.lap} runs on --backend local only; the Ray backend's ranks solve "
+                              "exactly with scipy: drop --lap, or use --backend local")
         from ..distributed import RayBackend  # upward, lazy: Ray is imported only when asked for
 
         return RayBackend(problem, cfg, ray_config, state_dir=state_dir)
