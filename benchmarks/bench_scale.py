@@ -110,7 +110,7 @@ class StateSampler:
 
     A rank's steps run on one of its threads (Ray's task thread; torch has one intra-op thread per
     rank); the others are Ray's gRPC and I/O threads. The step thread is the one with the most CPU
-    time at the end, and its samples are the rank's."""
+    ticks inside the measured spans, and its samples are the rank's."""
 
     def __init__(self, hz: float = 100.0):
         import threading
@@ -139,32 +139,22 @@ class StateSampler:
         its step thread (the most CPU ticks over those spans) is in state R."""
         out = []
         for i, spans in enumerate(windows):
-            inside = [s[i] for t, s in self.samples if any(a <= t <= b for a, b in spans)]
+            per_span = [[s[i] for t, s in self.samples if a <= t <= b] for a, b in spans]
+            inside = [states for span in per_span for states in span]
             if not inside:
                 out.append(float("nan"))
                 continue
-            ticks = {}
-            for a, b in spans:  # per thread, the ticks gained inside each span
-                span = [s[i] for t, s in self.samples if a <= t <= b]
-                if span:
-                    for tid, (_, tk) in span[-1].items():
-                        ticks[tid] = ticks.get(tid, 0) + tk - span[0].get(tid, ("", tk))[1]
+            ticks = {}  # per thread, the ticks gained inside the spans (a thread born inside one from 0)
+            for span in filter(None, per_span):
+                for tid, (_, tk) in span[-1].items():
+                    ticks[tid] = ticks.get(tid, 0) + tk - span[0].get(tid, ("", 0))[1]
             tid = max(ticks, key=ticks.get, default=None)
             out.append(sum(s.get(tid, ("",))[0] == "R" for s in inside) / len(inside))
         return out
 
     def runnable(self, t0: float, t1: float) -> list[float]:
         """Per pid, the share of samples in [t0, t1] in which its step thread is in state R."""
-        window = [states for t, states in self.samples if t0 <= t <= t1]
-        if not window:
-            return [float("nan")] * len(self.pids)
-        out = []
-        for i in range(len(self.pids)):
-            first, last = window[0][i], window[-1][i]
-            # The step thread: the most CPU ticks of the rank's threads inside the window.
-            tid = max(last, key=lambda t: last[t][1] - first.get(t, ("", 0))[1], default=None)
-            out.append(sum(s[i].get(tid, ("",))[0] == "R" for s in window) / len(window))
-        return out
+        return self.runnable_in([[(t0, t1)]] * len(self.pids))
 
 
 def _thread_stats(pid: int):
@@ -181,28 +171,16 @@ def _thread_stats(pid: int):
             continue
 
 
-def rank_pids(meter) -> list[int]:
-    """The pids of this run's rank (or worker) actors, asked of them with the meter paused."""
+def ask_ranks(meter, method: str, **kwargs) -> list:
+    """Each of this run's rank (or worker) actors' answer to ``method``, in name order, asked with the
+    meter paused (the asking is the bench's, not the transfer's)."""
     import ray
 
     meter.paused = True
     try:
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["name"].startswith("raytraj-"))
-        return [ray.get(ray.get_actor(n).describe.remote())["pid"] for n in names]
-    finally:
-        meter.paused = False
-
-
-def rank_windows(meter) -> list[list]:
-    """Each rank's recent gradient phases (start, end) on the monotonic clock, asked with the meter paused."""
-    import ray
-
-    meter.paused = True
-    try:
-        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a["name"].startswith("raytraj-"))
-        return [ray.get(ray.get_actor(n).stats.remote(windows=True)).get("grad_windows", []) for n in names]
+        return [ray.get(getattr(ray.get_actor(n), method).remote(**kwargs)) for n in names]
     finally:
         meter.paused = False
 
@@ -218,15 +196,15 @@ def measured_run(src, out, cfg, workers, meter, windows: bool = False):
     samples, pids = [], []
     pid = os.getpid()
     states = StateSampler()
-
-    spans = {}
+    spans = {}  # rank -> its gradient phases (start, end), as the rank timed them
 
     def sample(step, acc):
         if workers and not pids:
-            pids.extend(rank_pids(meter))
+            pids.extend(r["pid"] for r in ask_ranks(meter, "describe"))
             states.start(pids)
         if workers and windows and step >= 2:
-            for k, w in enumerate(rank_windows(meter)):
+            for k, r in enumerate(ask_ranks(meter, "stats", windows=True)):
+                w = r.get("grad_windows", [])
                 spans.setdefault(k, set()).update(tuple(x) for x in w)
         samples.append({"step": step, "t": time.perf_counter(), "tcp": tcp_bytes(pid) if workers else 0,
                         "calls": meter.calls, "put": meter.put, "got": meter.got,
@@ -343,39 +321,33 @@ def part_traffic(work, ranks, more=()):
     return with_cluster(runs)
 
 
-def part_scaling(work, steps, counts):
+def local_and_ray(work, name, hidden, steps, counts, windows=False):
+    """GMT over MNIST-1D with an MLP of ``hidden`` units, grad_batches=8 of 512 samples (step s has 8s
+    gradient units per model, so units >= ranks): locally, then at each rank count of ``counts``."""
     from raytraj.transfer import TransferConfig
 
-    src = source(work, "mlp512", "mlp", "mnist1d", 2, hidden=[512, 512])
+    src = source(work, f"mlp{hidden[0]}", "mlp", "mnist1d", 2, hidden=hidden)
     cfg = TransferConfig(method="gmt", steps=steps, grad_batches=8, batch_size=512, seed=0)
     meter = RayMeter()
-    runs = {"local": measured_run(src, os.path.join(work, "scale-local"), cfg, None, meter)}
+    runs = {"local": measured_run(src, os.path.join(work, f"{name}-local"), cfg, None, meter)}
 
     def ray_rows():
         for n in counts:
-            runs[f"ray, {n} ranks"] = measured_run(src, os.path.join(work, f"scale-ray{n}"), cfg, n, meter)
+            runs[f"ray, {n} ranks"] = measured_run(src, os.path.join(work, f"{name}-ray{n}"), cfg, n, meter,
+                                                   windows=windows)
 
     with_cluster(ray_rows)
     return runs
+
+
+def part_scaling(work, steps, counts):
+    return local_and_ray(work, "scale", [512, 512], steps, counts)
 
 
 def part_busy(work, steps, counts):
-    """A transfer whose steps are nearly all gradients (GMT, narrow layers: LAPs of milliseconds), so
-    each rank's share of a step spent runnable is, within the solve's few percent, its gradient busy share."""
-    from raytraj.transfer import TransferConfig
-
-    src = source(work, "mlp256", "mlp", "mnist1d", 2, hidden=[256, 256])
-    cfg = TransferConfig(method="gmt", steps=steps, grad_batches=8, batch_size=512, seed=0)
-    meter = RayMeter()
-    runs = {"local": measured_run(src, os.path.join(work, "busy-local"), cfg, None, meter)}
-
-    def ray_rows():
-        for n in counts:
-            runs[f"ray, {n} ranks"] = measured_run(src, os.path.join(work, f"busy-ray{n}"), cfg, n, meter,
-                                                   windows=True)
-
-    with_cluster(ray_rows)
-    return runs
+    """Narrow layers (LAPs of milliseconds), so the steps are nearly all gradients; each rank's
+    gradient phases are asked for, to read its runnable share over them alone."""
+    return local_and_ray(work, "busy", [256, 256], steps, counts, windows=True)
 
 
 def load() -> str:

@@ -114,9 +114,9 @@ def _add_solver_args(q) -> None:
 
     q.add_argument("--lap", choices=LAP_SOLVERS,
                    help=f"LAP solver (default {defaults['lap']}: the torch auction when the cost matrices are on a "
-                   "GPU, else the sparse solver for groups of 1024+ units where OR-tools is installed (the fastlap extra) "
-                   "and exact scipy for the rest; sparse: restricted to a few candidates per row and column; see "
-                   "benchmarks/results/cost.md)")
+                   "GPU, else exact scipy, whatever is installed; sparse: groups of 1024+ units restricted to a few "
+                   "candidates per row and column, solved by OR-tools where installed (the fastlap extra), local "
+                   "backend only; see benchmarks/results/cost.md)")
     q.add_argument("--bank-dtype", choices=BANK_DTYPES,
                    help=f"how the pair bank stores gradient pairs (default {defaults['bank_dtype']}: half the memory "
                    "of float32; contractions run in float32)")

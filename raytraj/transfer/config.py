@@ -62,9 +62,9 @@ class TransferConfig:
     # step always runs to the rule above. 3 cuts the LAPs from 1.61x to 1.40x the floor of one
     # per group per step, mostly in the cold first steps (benchmarks/results/convergence.md).
     step_sweeps: int = 3
-    # auto: the torch auction when the cost matrices live on a GPU; else, with OR-tools installed,
-    # the sparse solver for groups of 1024 units or more and exact scipy for the rest, without it
-    # exact scipy everywhere (benchmarks/results/cost.md)
+    # auto: the torch auction when the cost matrices live on a GPU, else exact scipy whatever is
+    # installed (a seed's permutations never depend on the extras); sparse: see perm/lap.py and
+    # benchmarks/results/cost.md
     lap: str = "auto"
     # Evaluate every k steps on val (0: only the last step). AUTO_EVAL (the default) evaluates about
     # ten steps spread over the run and every step of its last sixth, where the best step usually is
